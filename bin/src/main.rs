@@ -1,0 +1,162 @@
+//! The `sutra` binary: thin wrappers that parse flags and call the `sutra-grid` library.
+
+mod bench;
+mod dev;
+mod sample;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use sutra_grid::io::{Disk, RealDisk};
+use sutra_grid::limits;
+use sutra_grid::node::{NodeConfig, StorageNode};
+use sutra_grid::store::KeyRange;
+
+#[derive(Parser)]
+#[command(
+    name = "sutra",
+    version,
+    about = "Sutra Grid: a distributed store and reasoning engine for concept graphs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a local grid with sample data (today: one storage node hosting one shard).
+    Dev(dev::DevArgs),
+    /// Run a storage node.
+    Storage(StorageArgs),
+    /// Look a concept up on a storage node, by label or 32-hex-char id.
+    Concept(dev::QueryArgs),
+    /// List a concept's neighbours on a storage node.
+    Neighbors(dev::QueryArgs),
+    /// Benchmarks; each prints one JSON object.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+#[derive(clap::Args)]
+struct StorageArgs {
+    /// Directory holding this node's shards.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address to serve the Storage gRPC service on.
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    listen: SocketAddr,
+    /// Create shard 0 owning the whole key space if the node has no shards (no master yet).
+    #[arg(long)]
+    standalone: bool,
+    /// Width of concept vectors.
+    #[arg(long, default_value_t = limits::VECTOR_DIM_DEFAULT)]
+    vector_dim: usize,
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Opens a node on `data_dir`, creating shard 0 over the whole key space when asked and absent.
+pub async fn open_node(
+    data_dir: &std::path::Path,
+    vector_dim: usize,
+    standalone: bool,
+) -> Result<Arc<StorageNode>> {
+    if vector_dim == 0 || vector_dim > limits::VECTOR_DIM_MAX {
+        anyhow::bail!(
+            "--vector-dim must be between 1 and {}",
+            limits::VECTOR_DIM_MAX
+        );
+    }
+    let disk: Arc<dyn Disk> = Arc::new(
+        RealDisk::new(data_dir)
+            .with_context(|| format!("cannot use data dir {}", data_dir.display()))?,
+    );
+    let node = StorageNode::open(disk, NodeConfig { vector_dim }).await?;
+    if standalone && node.list().is_empty() {
+        node.create_shard(0, KeyRange::ALL).await?;
+    }
+    Ok(node)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    biased;
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run_storage(args: StorageArgs) -> Result<()> {
+    tracing::info!(data_dir = %args.data_dir.display(), listen = %args.listen, standalone = args.standalone,
+        vector_dim = args.vector_dim, "starting storage node");
+    let node = open_node(&args.data_dir, args.vector_dim, args.standalone).await?;
+    for (id, slot) in node.list() {
+        match slot {
+            sutra_grid::node::ShardSlot::Serving(s) => {
+                tracing::info!(shard = id, lsn = s.recovery.last_lsn, "serving")
+            }
+            sutra_grid::node::ShardSlot::Failed { reason, .. } => {
+                tracing::error!(shard = id, %reason, "not serving")
+            }
+        }
+    }
+    println!("storage node listening on {}", args.listen);
+    sutra_grid::node::serve(node, args.listen, shutdown_signal())
+        .await
+        .with_context(|| format!("serving on {}", args.listen))?;
+    tracing::info!("storage node stopped");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::Dev(a) => {
+            init_tracing("warn");
+            rt.block_on(dev::run(a))
+        }
+        Cmd::Storage(a) => {
+            init_tracing("info");
+            rt.block_on(run_storage(a))
+        }
+        Cmd::Concept(a) => {
+            init_tracing("warn");
+            rt.block_on(dev::concept(a))
+        }
+        Cmd::Neighbors(a) => {
+            init_tracing("warn");
+            rt.block_on(dev::neighbors(a))
+        }
+        Cmd::Bench(b) => {
+            init_tracing("warn");
+            rt.block_on(bench::run(b))
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The Rust client for storage nodes, used by the CLI, the simulator's workloads and the
+//! benches. Every call has a deadline; connects and idempotent reads retry a bounded number of
+//! times with exponential backoff. Writes are not retried here: the caller decides, since a
+//! timed-out write may or may not have committed.
+
+use std::future::Future;
+use std::time::Duration;
+
+use sutra_proto as pb;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::ids::ConceptId;
+use crate::limits;
+use crate::model::{EdgeFilter, WriteBatch};
+use crate::node::convert::{association_to_pb, concept_write_to_pb, filter_to_pb, id_to_pb};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr} after {attempts} attempts: {reason}")]
+    Connect {
+        addr: String,
+        attempts: u32,
+        reason: String,
+    },
+    #[error("{op} timed out after {ms} ms")]
+    Deadline { op: &'static str, ms: u64 },
+    #[error("{op} failed: {} ({:?})", .status.message(), .status.code())]
+    Rpc { op: &'static str, status: Status },
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Rpc { status, .. } => Some(status.code()),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct StorageClient {
+    inner: pb::storage_client::StorageClient<Channel>,
+    deadline: Duration,
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(limits::RPC_BACKOFF_MS_INITIAL << attempt.min(6))
+}
+
+impl StorageClient {
+    /// Connects to `addr` ("host:port"), retrying with backoff.
+    pub async fn connect(addr: &str) -> Result<StorageClient, ClientError> {
+        let deadline = Duration::from_millis(limits::RPC_DEADLINE_MS);
+        let url = format!("http://{addr}");
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| ClientError::Connect {
+                addr: addr.into(),
+                attempts: 0,
+                reason: e.to_string(),
+            })?
+            .connect_timeout(deadline);
+        let mut last = String::new();
+        for attempt in 0..limits::RPC_RETRIES_MAX {
+            match tokio::time::timeout(deadline, endpoint.connect()).await {
+                Ok(Ok(ch)) => {
+                    let inner = pb::storage_client::StorageClient::new(ch);
+                    #[cfg(not(madsim))]
+                    let inner = inner
+                        .max_decoding_message_size(limits::RPC_MESSAGE_BYTES_MAX)
+                        .max_encoding_message_size(limits::RPC_MESSAGE_BYTES_MAX);
+                    return Ok(StorageClient { inner, deadline });
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "connect timed out".into(),
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        Err(ClientError::Connect {
+            addr: addr.into(),
+            attempts: limits::RPC_RETRIES_MAX,
+            reason: last,
+        })
+    }
+
+    pub fn with_deadline(mut self, d: Duration) -> StorageClient {
+        self.deadline = d;
+        self
+    }
+
+    async fn once<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(self.deadline, fut).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => Err(ClientError::Rpc { op, status }),
+            Err(_) => Err(ClientError::Deadline {
+                op,
+                ms: self.deadline.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// Retries reads on Unavailable / deadline, which are safe to repeat.
+    async fn idempotent<T, F, Fut>(&self, op: &'static str, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(pb::storage_client::StorageClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match self.once(op, call(self.inner.clone())).await {
+                Err(e) if attempt + 1 < limits::RPC_RETRIES_MAX && retryable(&e) => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    pub async fn write_batch(
+        &self,
+        shard: u32,
+        batch: &WriteBatch,
+    ) -> Result<pb::WriteBatchResponse, ClientError> {
+        let req = pb::WriteBatchRequest {
+            shard,
+            concepts: batch.concepts.iter().map(concept_write_to_pb).collect(),
+            associations: batch.associations.iter().map(association_to_pb).collect(),
+        };
+        self.once("write_batch", self.inner.clone().write_batch(req))
+            .await
+    }
+
+    pub async fn get_concepts(
+        &self,
+        shard: u32,
+        ids: &[ConceptId],
+    ) -> Result<pb::GetConceptsResponse, ClientError> {
+        let ids: Vec<pb::Id> = ids.iter().map(|i| id_to_pb(*i)).collect();
+        self.idempotent("get_concepts", |mut c| {
+            let req = pb::GetConceptsRequest {
+                shard,
+                ids: ids.clone(),
+            };
+            async move { c.get_concepts(req).await }
+        })
+        .await
+    }
+
+    pub async fn neighbors(
+        &self,
+        shard: u32,
+        ids: &[ConceptId],
+        filter: &EdgeFilter,
+        limit: u32,
+        with_evidence: bool,
+    ) -> Result<pb::NeighborsResponse, ClientError> {
+        let req = pb::NeighborsRequest {
+            shard,
+            ids: ids.iter().map(|i| id_to_pb(*i)).collect(),
+            filter: Some(filter_to_pb(filter)),
+            limit,
+            with_evidence,
+        };
+        self.idempotent("neighbors", |mut c| {
+            let req = req.clone();
+            async move { c.neighbors(req).await }
+        })
+        .await
+    }
+
+    pub async fn expand(
+        &self,
+        shard: u32,
+        frontier: &[ConceptId],
+        filter: &EdgeFilter,
+        max_edges: u32,
+    ) -> Result<pb::ExpandResponse, ClientError> {
+        let req = pb::ExpandRequest {
+            shard,
+            frontier: frontier.iter().map(|i| id_to_pb(*i)).collect(),
+            filter: Some(filter_to_pb(filter)),
+            max_edges,
+        };
+        self.idempotent("expand", |mut c| {
+            let req = req.clone();
+            async move { c.expand(req).await }
+        })
+        .await
+    }
+
+    pub async fn create_shard(
+        &self,
+        shard: u32,
+        key_start: u64,
+        key_end: u64,
+    ) -> Result<pb::ShardInfo, ClientError> {
+        self.idempotent("create_shard", |mut c| async move {
+            c.create_shard(pb::CreateShardRequest {
+                shard,
+                key_start,
+                key_end,
+            })
+            .await
+        })
+        .await
+    }
+
+    pub async fn shard_info(&self, shard: u32) -> Result<pb::ShardInfo, ClientError> {
+        self.idempotent("get_shard_info", |mut c| async move {
+            c.get_shard_info(pb::ShardInfoRequest { shard }).await
+        })
+        .await
+    }
+
+    pub async fn list_shards(&self) -> Result<pb::ListShardsResponse, ClientError> {
+        self.idempotent("list_shards", |mut c| async move {
+            c.list_shards(pb::ListShardsRequest {}).await
+        })
+        .await
+    }
+
+    pub async fn checkpoint(&self, shard: u32) -> Result<pb::ShardInfo, ClientError> {
+        self.once(
+            "checkpoint",
+            self.inner
+                .clone()
+                .checkpoint(pb::CheckpointRequest { shard }),
+        )
+        .await
+    }
+}
+
+fn retryable(e: &ClientError) -> bool {
+    matches!(e, ClientError::Deadline { .. })
+        || matches!(e, ClientError::Rpc { status, .. } if status.code() == Code::Unavailable && !status.message().contains("not serving"))
+}

@@ -1,0 +1,25 @@
+//! Sutra Grid as a library: a distributed store and reasoning engine for concept graphs.
+//!
+//! Layout (DESIGN.md §1):
+//! - [`limits`]: every bound and default, with the reason for its number.
+//! - [`ids`], [`model`]: concept ids, the data model, label normalisation, batch validation.
+//! - [`codec`]: bounds-checked binary encoding shared by the WAL and checkpoints.
+//! - [`io`]: the seams to the world: `Disk` (real and simulated), seeded RNG, blocking work.
+//! - [`wal`]: CRC-framed segmented log, recovery, group commit.
+//! - [`store`]: one shard replica: mmap'd checkpoint + overlay, neighbours, BFS, path search.
+//! - [`node`]: the storage node: hosts shard replicas, serves the Storage gRPC service.
+//! - [`client`]: the Rust client every tool uses, with deadlines and bounded retries.
+//!
+//! Later issues add `replication`, `gossip`, `shardmap`, `agent`, `master` and `query`.
+
+pub mod client;
+pub mod codec;
+pub mod ids;
+pub mod io;
+pub mod limits;
+pub mod model;
+pub mod node;
+pub mod store;
+pub mod wal;
+
+pub use ids::{ConceptId, Epoch, Lsn, NodeId, ShardId};

@@ -1,0 +1,83 @@
+//! Every bound and default in one place, unit-suffixed, each with the reason for its number.
+//! Relations between limits are checked at compile time at the bottom of this file.
+
+/// Labels are names, not documents; 256 B keeps id hashing and label indexes cheap.
+pub const LABEL_BYTES_MAX: usize = 256;
+/// Content is a description or gloss; larger payloads belong in an object store.
+pub const CONTENT_BYTES_MAX: usize = 64 * 1024;
+/// Relation names are identifiers like `capital_of` or `member_holonym`.
+pub const RELATION_BYTES_MAX: usize = 64;
+/// Evidence is the sentence an association was learnt from.
+pub const EVIDENCE_BYTES_MAX: usize = 4 * 1024;
+/// Default embedding width (common sentence-embedding models use 768).
+pub const VECTOR_DIM_DEFAULT: usize = 768;
+/// Widest vector a grid may be configured for.
+pub const VECTOR_DIM_MAX: usize = 4096;
+/// Distinct relation names per shard; relation ids are u32 but a shard with more than this
+/// many is almost certainly storing data in the relation name.
+pub const RELATIONS_PER_SHARD_MAX: usize = 1 << 20;
+
+/// Items (concepts + associations) in one write batch: one WAL record, applied atomically.
+pub const BATCH_ITEMS_MAX: usize = 10_000;
+/// Encoded bytes of one write batch; bounds one WAL record and one request's memory.
+pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Bad items named individually in one rejection before the list is cut short.
+pub const BATCH_ERRORS_LISTED_MAX: usize = 100;
+
+/// One WAL record's payload: a whole batch plus its framing fields.
+pub const WAL_RECORD_PAYLOAD_BYTES_MAX: usize = BATCH_BYTES_MAX + 64 * 1024;
+/// Roll to a new segment past this size; small enough to trim and re-ship quickly.
+pub const WAL_SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Bytes gathered under one fsync: large enough to amortise it, small enough to keep p99 low.
+pub const WAL_GROUP_COMMIT_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Records gathered under one fsync.
+pub const WAL_GROUP_COMMIT_RECORDS_MAX: usize = 8192;
+/// Writers queued for the committer before new writers wait (backpressure, not unbounded RAM).
+pub const WAL_QUEUE_DEPTH_MAX: usize = 16_384;
+
+/// Ids in one batched get.
+pub const GET_IDS_MAX: usize = 10_000;
+/// Vertices in one batched neighbours call.
+pub const NEIGHBORS_IDS_MAX: usize = 10_000;
+/// Edges returned per vertex when the caller does not say.
+pub const NEIGHBORS_PER_VERTEX_DEFAULT: usize = 256;
+/// Edges returned per vertex at most.
+pub const NEIGHBORS_PER_VERTEX_MAX: usize = 100_000;
+/// Vertices in one expand-frontier call.
+pub const EXPAND_FRONTIER_MAX: usize = 100_000;
+/// Edges returned by one expand call when the caller does not say.
+pub const EXPAND_EDGES_DEFAULT: usize = 200_000;
+/// Edges returned by one expand call at most (~ tens of MiB on the wire).
+pub const EXPAND_EDGES_MAX: usize = 1_000_000;
+
+/// Hops a path search may take.
+pub const SEARCH_DEPTH_MAX: usize = 10;
+/// Paths one search may return.
+pub const SEARCH_PATHS_MAX: usize = 32;
+/// Vertices one local search may visit before it stops with an error.
+pub const SEARCH_VISITED_MAX: usize = 20_000_000;
+
+/// Shard replicas hosted by one storage node.
+pub const SHARDS_PER_NODE_MAX: usize = 4096;
+
+/// Deadline on every RPC unless the call says otherwise (MADSIM.md trap 9).
+pub const RPC_DEADLINE_MS: u64 = 5_000;
+/// Connect attempts and retries of idempotent calls before giving up.
+pub const RPC_RETRIES_MAX: u32 = 4;
+/// First retry backoff; doubles each attempt.
+pub const RPC_BACKOFF_MS_INITIAL: u64 = 50;
+/// Largest message either side of a gRPC call will decode (real mode).
+pub const RPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Checkpoint writes are streamed through a buffer of this size.
+pub const CHECKPOINT_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
+
+const _: () = assert!(LABEL_BYTES_MAX <= u16::MAX as usize);
+const _: () = assert!(RELATION_BYTES_MAX <= LABEL_BYTES_MAX);
+const _: () = assert!(BATCH_BYTES_MAX < WAL_RECORD_PAYLOAD_BYTES_MAX);
+const _: () = assert!(WAL_RECORD_PAYLOAD_BYTES_MAX < u32::MAX as usize);
+const _: () = assert!((WAL_RECORD_PAYLOAD_BYTES_MAX as u64) < WAL_SEGMENT_BYTES_MAX);
+const _: () = assert!(NEIGHBORS_PER_VERTEX_DEFAULT <= NEIGHBORS_PER_VERTEX_MAX);
+const _: () = assert!(EXPAND_EDGES_DEFAULT <= EXPAND_EDGES_MAX);
+const _: () = assert!(VECTOR_DIM_DEFAULT <= VECTOR_DIM_MAX);
+const _: () = assert!(BATCH_BYTES_MAX < RPC_MESSAGE_BYTES_MAX);

@@ -1,0 +1,205 @@
+//! The storage node: hosts many shard replicas under one data directory and serves the Storage
+//! gRPC service. A shard that cannot be opened (corruption, failed fsync) is kept in the map as
+//! not serving, with its reason, so the node stays up and says what is wrong.
+
+pub mod convert;
+mod service;
+mod shard;
+
+pub use service::{serve, StorageService};
+pub use shard::{Shard, ShardError};
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, RwLock};
+
+use crate::codec::{Reader, Writer};
+use crate::ids::ShardId;
+use crate::io::{write_atomic, Disk};
+use crate::limits;
+use crate::store::KeyRange;
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Width of concept vectors on this grid.
+    pub vector_dim: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            vector_dim: limits::VECTOR_DIM_DEFAULT,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("shard {0} is not hosted on this node")]
+    ShardNotFound(u32),
+    #[error("shard {0} already exists on this node")]
+    ShardExists(u32),
+    #[error("this node already hosts {0} shards, the most it may")]
+    TooManyShards(usize),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+}
+
+/// A hosted shard: serving, or failed with the reason it refuses to serve.
+#[derive(Clone)]
+pub enum ShardSlot {
+    Serving(Arc<Shard>),
+    Failed { range: KeyRange, reason: String },
+}
+
+pub struct StorageNode {
+    disk: Arc<dyn Disk>,
+    pub config: NodeConfig,
+    shards: RwLock<BTreeMap<u32, ShardSlot>>,
+    /// Serialises shard creation so two racing creates cannot both write a shard directory.
+    create_lock: tokio::sync::Mutex<()>,
+}
+
+fn shard_dir(id: u32) -> String {
+    format!("shards/{id:06}")
+}
+
+fn encode_meta(range: KeyRange) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.buf.extend_from_slice(b"SUTRASHD");
+    w.u64(range.start);
+    w.u64(range.end);
+    let crc = crc32c::crc32c(&w.buf);
+    w.u32(crc);
+    w.buf
+}
+
+fn decode_meta(b: &[u8]) -> Option<KeyRange> {
+    if b.len() != 28
+        || &b[..8] != b"SUTRASHD"
+        || crc32c::crc32c(&b[..24]).to_le_bytes() != b[24..28]
+    {
+        return None;
+    }
+    let mut r = Reader::new(&b[8..24]);
+    Some(KeyRange {
+        start: r.u64("start").ok()?,
+        end: r.u64("end").ok()?,
+    })
+}
+
+impl StorageNode {
+    /// Opens every shard found on the disk. Never fails because one shard is damaged.
+    pub async fn open(
+        disk: Arc<dyn Disk>,
+        config: NodeConfig,
+    ) -> Result<Arc<StorageNode>, NodeError> {
+        disk.create_dir_all("shards")?;
+        let mut shards = BTreeMap::new();
+        for name in disk.list("shards")? {
+            let Ok(id) = name.parse::<u32>() else {
+                continue;
+            };
+            let dir = shard_dir(id);
+            let Some(range) = disk
+                .read(&format!("{dir}/shard.meta"))
+                .ok()
+                .as_deref()
+                .and_then(decode_meta)
+            else {
+                // A create that crashed before its metadata became durable: nothing was acked.
+                tracing::warn!(
+                    shard = id,
+                    "shard directory without valid metadata; ignored"
+                );
+                continue;
+            };
+            let slot = match Shard::open(disk.clone(), ShardId(id), range, &dir, config.vector_dim)
+                .await
+            {
+                Ok(s) => ShardSlot::Serving(Arc::new(s)),
+                Err(e) => {
+                    tracing::error!(shard = id, error = %e, "shard refuses to serve");
+                    ShardSlot::Failed {
+                        range,
+                        reason: e.to_string(),
+                    }
+                }
+            };
+            shards.insert(id, slot);
+        }
+        Ok(Arc::new(StorageNode {
+            disk,
+            config,
+            shards: RwLock::new(shards),
+            create_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    fn slots(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u32, ShardSlot>> {
+        self.shards.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn list(&self) -> Vec<(u32, ShardSlot)> {
+        self.slots().iter().map(|(k, v)| (*k, v.clone())).collect()
+    }
+
+    pub fn slot(&self, id: u32) -> Result<ShardSlot, NodeError> {
+        self.slots()
+            .get(&id)
+            .cloned()
+            .ok_or(NodeError::ShardNotFound(id))
+    }
+
+    pub fn shard(&self, id: u32) -> Result<Arc<Shard>, NodeError> {
+        match self.slot(id)? {
+            ShardSlot::Serving(s) => Ok(s),
+            ShardSlot::Failed { reason, .. } => {
+                Err(ShardError::NotServing { shard: id, reason }.into())
+            }
+        }
+    }
+
+    /// Creates an empty shard replica. Idempotent for the same range.
+    pub async fn create_shard(&self, id: u32, range: KeyRange) -> Result<Arc<Shard>, NodeError> {
+        if range.start > range.end {
+            return Err(NodeError::Invalid(format!(
+                "key range start {} is after its end {}",
+                range.start, range.end
+            )));
+        }
+        let _guard = self.create_lock.lock().await;
+        if let Some(slot) = self.slots().get(&id) {
+            return match slot {
+                ShardSlot::Serving(s) if s.range == range => Ok(s.clone()),
+                _ => Err(NodeError::ShardExists(id)),
+            };
+        }
+        if self.slots().len() >= limits::SHARDS_PER_NODE_MAX {
+            return Err(NodeError::TooManyShards(limits::SHARDS_PER_NODE_MAX));
+        }
+        let dir = shard_dir(id);
+        self.disk.create_dir_all(&dir)?;
+        write_atomic(&*self.disk, &dir, "shard.meta", &encode_meta(range))?;
+        self.disk.sync_dir("shards")?;
+        let shard = Arc::new(
+            Shard::open(
+                self.disk.clone(),
+                ShardId(id),
+                range,
+                &dir,
+                self.config.vector_dim,
+            )
+            .await?,
+        );
+        self.shards
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, ShardSlot::Serving(shard.clone()));
+        Ok(shard)
+    }
+}

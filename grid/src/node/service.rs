@@ -1,0 +1,289 @@
+//! The Storage gRPC service. Request limits are enforced here, in handler code, because
+//! madsim-tonic ignores tower layers (MADSIM.md trap 8).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sutra_proto as pb;
+use tonic::{Request, Response, Status};
+
+use super::convert::*;
+use super::{NodeError, ShardError, ShardSlot, StorageNode};
+use crate::limits;
+use crate::store::KeyRange;
+
+pub struct StorageService {
+    pub node: Arc<StorageNode>,
+}
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Status {
+        match e {
+            NodeError::ShardNotFound(_) => Status::not_found(e.to_string()),
+            NodeError::ShardExists(_) => Status::already_exists(e.to_string()),
+            NodeError::TooManyShards(_) => Status::resource_exhausted(e.to_string()),
+            NodeError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            NodeError::Io(_) => Status::internal(e.to_string()),
+            NodeError::Shard(s) => s.into(),
+        }
+    }
+}
+
+impl From<ShardError> for Status {
+    fn from(e: ShardError) -> Status {
+        match e {
+            ShardError::Rejected(_) => Status::invalid_argument(e.to_string()),
+            ShardError::NotServing { .. } => Status::unavailable(e.to_string()),
+            ShardError::Storage { .. } => Status::internal(e.to_string()),
+        }
+    }
+}
+
+fn too_many(what: &str, n: usize, max: usize) -> Result<(), Status> {
+    if n > max {
+        return Err(Status::invalid_argument(format!(
+            "{n} {what} in one request; at most {max} allowed"
+        )));
+    }
+    Ok(())
+}
+
+fn clamp_limit(asked: u32, default: usize, max: usize) -> usize {
+    if asked == 0 {
+        default
+    } else {
+        (asked as usize).min(max)
+    }
+}
+
+fn shard_info(id: u32, slot: &ShardSlot) -> pb::ShardInfo {
+    match slot {
+        ShardSlot::Serving(s) => {
+            let fault = s.fault();
+            let st = s.read().ok();
+            let (concepts, out_edges, in_edges) =
+                st.as_ref().map(|st| st.counts()).unwrap_or_default();
+            pb::ShardInfo {
+                shard: id,
+                key_start: s.range.start,
+                key_end: s.range.end,
+                last_lsn: st.as_ref().map(|st| st.applied_lsn()).unwrap_or(0),
+                checkpoint_lsn: st.as_ref().map(|st| st.checkpoint_lsn()).unwrap_or(0),
+                concepts,
+                out_edges,
+                in_edges,
+                serving: fault.is_none(),
+                fault: fault.unwrap_or_default(),
+            }
+        }
+        ShardSlot::Failed { range, reason } => pb::ShardInfo {
+            shard: id,
+            key_start: range.start,
+            key_end: range.end,
+            serving: false,
+            fault: reason.clone(),
+            ..Default::default()
+        },
+    }
+}
+
+/// Neighbour lists for many vertices under one read lock, bounded per vertex and in total.
+fn neighbor_lists(
+    node: &StorageNode,
+    shard: u32,
+    ids: &[pb::Id],
+    filter: Option<pb::EdgeFilter>,
+    per_vertex: usize,
+    total_max: usize,
+    with_evidence: bool,
+) -> Result<(Vec<pb::NeighborList>, u64, bool), Status> {
+    let filter = filter_from_pb(filter).map_err(Status::invalid_argument)?;
+    let shard = node.shard(shard)?;
+    let st = shard.read()?;
+    let (mut lists, mut scanned, mut total, mut truncated_any) =
+        (Vec::with_capacity(ids.len()), 0u64, 0usize, false);
+    for pid in ids {
+        let id = id_from_pb(pid);
+        let mut edges = Vec::new();
+        let mut truncated = false;
+        st.for_each_edge(id, &filter, |e| {
+            scanned += 1;
+            if edges.len() >= per_vertex || total >= total_max {
+                truncated = true;
+                return false;
+            }
+            edges.push(edge_to_pb(&e, with_evidence));
+            total += 1;
+            true
+        });
+        truncated_any |= truncated;
+        lists.push(pb::NeighborList {
+            id: Some(*pid),
+            edges,
+            truncated,
+            missing: !st.knows(id),
+        });
+    }
+    Ok((lists, scanned, truncated_any))
+}
+
+#[tonic::async_trait]
+impl pb::storage_server::Storage for StorageService {
+    async fn write_batch(
+        &self,
+        req: Request<pb::WriteBatchRequest>,
+    ) -> Result<Response<pb::WriteBatchResponse>, Status> {
+        let req = req.into_inner();
+        too_many(
+            "items",
+            req.concepts.len() + req.associations.len(),
+            limits::BATCH_ITEMS_MAX,
+        )?;
+        let shard = self.node.shard(req.shard)?;
+        let (batch, errors) = batch_from_pb(req.concepts, req.associations);
+        let concept_ids = batch
+            .concepts
+            .iter()
+            .map(|c| id_to_pb(crate::ids::ConceptId::from_label(&c.label)))
+            .collect();
+        let lsn = shard.write(batch, errors).await?;
+        Ok(Response::new(pb::WriteBatchResponse { lsn, concept_ids }))
+    }
+
+    async fn get_concepts(
+        &self,
+        req: Request<pb::GetConceptsRequest>,
+    ) -> Result<Response<pb::GetConceptsResponse>, Status> {
+        let req = req.into_inner();
+        too_many("ids", req.ids.len(), limits::GET_IDS_MAX)?;
+        let shard = self.node.shard(req.shard)?;
+        let st = shard.read()?;
+        let mut resp = pb::GetConceptsResponse::default();
+        for pid in req.ids {
+            match st.concept(id_from_pb(&pid)) {
+                Some(c) => resp.found.push(concept_to_pb(c)),
+                None => resp.missing.push(pid),
+            }
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn neighbors(
+        &self,
+        req: Request<pb::NeighborsRequest>,
+    ) -> Result<Response<pb::NeighborsResponse>, Status> {
+        let req = req.into_inner();
+        too_many("ids", req.ids.len(), limits::NEIGHBORS_IDS_MAX)?;
+        let per = clamp_limit(
+            req.limit,
+            limits::NEIGHBORS_PER_VERTEX_DEFAULT,
+            limits::NEIGHBORS_PER_VERTEX_MAX,
+        );
+        let (lists, _, _) = neighbor_lists(
+            &self.node,
+            req.shard,
+            &req.ids,
+            req.filter,
+            per,
+            limits::EXPAND_EDGES_MAX,
+            req.with_evidence,
+        )?;
+        Ok(Response::new(pb::NeighborsResponse { lists }))
+    }
+
+    async fn expand(
+        &self,
+        req: Request<pb::ExpandRequest>,
+    ) -> Result<Response<pb::ExpandResponse>, Status> {
+        let req = req.into_inner();
+        too_many(
+            "frontier vertices",
+            req.frontier.len(),
+            limits::EXPAND_FRONTIER_MAX,
+        )?;
+        let total = clamp_limit(
+            req.max_edges,
+            limits::EXPAND_EDGES_DEFAULT,
+            limits::EXPAND_EDGES_MAX,
+        );
+        let (lists, edges_scanned, truncated) = neighbor_lists(
+            &self.node,
+            req.shard,
+            &req.frontier,
+            req.filter,
+            usize::MAX,
+            total,
+            false,
+        )?;
+        Ok(Response::new(pb::ExpandResponse {
+            lists,
+            edges_scanned,
+            truncated,
+        }))
+    }
+
+    async fn create_shard(
+        &self,
+        req: Request<pb::CreateShardRequest>,
+    ) -> Result<Response<pb::ShardInfo>, Status> {
+        let req = req.into_inner();
+        let range = KeyRange {
+            start: req.key_start,
+            end: req.key_end,
+        };
+        let shard = self.node.create_shard(req.shard, range).await?;
+        Ok(Response::new(shard_info(
+            req.shard,
+            &ShardSlot::Serving(shard),
+        )))
+    }
+
+    async fn get_shard_info(
+        &self,
+        req: Request<pb::ShardInfoRequest>,
+    ) -> Result<Response<pb::ShardInfo>, Status> {
+        let id = req.into_inner().shard;
+        Ok(Response::new(shard_info(id, &self.node.slot(id)?)))
+    }
+
+    async fn list_shards(
+        &self,
+        _req: Request<pb::ListShardsRequest>,
+    ) -> Result<Response<pb::ListShardsResponse>, Status> {
+        let shards = self
+            .node
+            .list()
+            .iter()
+            .map(|(id, slot)| shard_info(*id, slot))
+            .collect();
+        Ok(Response::new(pb::ListShardsResponse { shards }))
+    }
+
+    async fn checkpoint(
+        &self,
+        req: Request<pb::CheckpointRequest>,
+    ) -> Result<Response<pb::ShardInfo>, Status> {
+        let id = req.into_inner().shard;
+        self.node.shard(id)?.checkpoint().await?;
+        Ok(Response::new(shard_info(id, &self.node.slot(id)?)))
+    }
+}
+
+/// Serves the Storage service on `addr` until `shutdown` resolves. The binary and the
+/// simulator both boot a node through this function.
+pub async fn serve(
+    node: Arc<StorageNode>,
+    addr: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let svc = pb::storage_server::StorageServer::new(StorageService { node });
+    #[cfg(not(madsim))]
+    let svc = svc
+        .max_decoding_message_size(limits::RPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(limits::RPC_MESSAGE_BYTES_MAX);
+    tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_shutdown(addr, shutdown)
+        .await
+}

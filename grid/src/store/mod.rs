@@ -1,0 +1,464 @@
+//! One shard replica's state: the memory-mapped `storage.dat` checkpoint plus an in-memory
+//! overlay of every write applied since. Reads merge the two; overlay edges with the same
+//! upsert key (other end, kind, relation) supersede checkpoint edges.
+
+pub mod batch_codec;
+pub mod checkpoint;
+pub mod search;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use checkpoint::{Checkpoint, CheckpointError, EdgeRec, EdgeView, VertexData};
+
+use crate::ids::ConceptId;
+use crate::limits;
+use crate::model::{AssocKind, Concept, Direction, EdgeFilter, WriteBatch};
+
+/// The key range a shard owns, inclusive at both ends so one shard can own the whole space.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct KeyRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl KeyRange {
+    pub const ALL: KeyRange = KeyRange {
+        start: 0,
+        end: u64::MAX,
+    };
+
+    pub fn contains(&self, id: ConceptId) -> bool {
+        (self.start..=self.end).contains(&id.placement_key())
+    }
+}
+
+/// One edge as a read returns it, borrowed from the checkpoint or the overlay.
+#[derive(Copy, Clone, Debug)]
+pub struct Edge<'a> {
+    pub other: ConceptId,
+    pub kind: AssocKind,
+    pub relation: &'a str,
+    pub confidence: f32,
+    /// true: the asked vertex is the source.
+    pub outgoing: bool,
+    pub evidence: Option<&'a str>,
+}
+
+pub struct ShardStore {
+    pub range: KeyRange,
+    checkpoint: Option<Checkpoint>,
+    concepts: HashMap<ConceptId, Concept>,
+    out: HashMap<ConceptId, Vec<EdgeRec>>,
+    inn: HashMap<ConceptId, Vec<EdgeRec>>,
+    relations: Vec<String>,
+    relation_ids: HashMap<String, u32>,
+    applied_lsn: u64,
+    /// Counts of overlay entries that are new (not superseding the checkpoint).
+    overlay_new_concepts: u64,
+    overlay_out_edges: u64,
+    overlay_in_edges: u64,
+}
+
+impl ShardStore {
+    pub fn new(range: KeyRange, checkpoint: Option<Checkpoint>) -> ShardStore {
+        let relations: Vec<String> = checkpoint
+            .as_ref()
+            .map(|c| c.relations().to_vec())
+            .unwrap_or_default();
+        let relation_ids = relations
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.clone(), i as u32))
+            .collect();
+        let applied_lsn = checkpoint.as_ref().map(|c| c.lsn).unwrap_or(0);
+        ShardStore {
+            range,
+            checkpoint,
+            concepts: HashMap::new(),
+            out: HashMap::new(),
+            inn: HashMap::new(),
+            relations,
+            relation_ids,
+            applied_lsn,
+            overlay_new_concepts: 0,
+            overlay_out_edges: 0,
+            overlay_in_edges: 0,
+        }
+    }
+
+    pub fn applied_lsn(&self) -> u64 {
+        self.applied_lsn
+    }
+
+    pub fn checkpoint_lsn(&self) -> u64 {
+        self.checkpoint.as_ref().map(|c| c.lsn).unwrap_or(0)
+    }
+
+    pub fn checkpoint(&self) -> Option<&Checkpoint> {
+        self.checkpoint.as_ref()
+    }
+
+    pub fn overlay_is_empty(&self) -> bool {
+        self.concepts.is_empty() && self.out.is_empty() && self.inn.is_empty()
+    }
+
+    /// (concepts, out-edges, in-edges); overlay upserts of checkpointed items count once.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let cp = self.checkpoint.as_ref();
+        let cp_concepts = cp.map(|c| {
+            (0..c.vertices() as u32)
+                .filter(|i| c.has_concept(*i))
+                .count() as u64
+        });
+        (
+            cp_concepts.unwrap_or(0) + self.overlay_new_concepts,
+            cp.map(|c| c.out_edge_count() as u64).unwrap_or(0) + self.overlay_out_edges,
+            cp.map(|c| c.in_edge_count() as u64).unwrap_or(0) + self.overlay_in_edges,
+        )
+    }
+
+    pub fn relation_name(&self, rel: u32) -> &str {
+        self.relations
+            .get(rel as usize)
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
+    pub fn relation_id(&self, name: &str) -> Option<u32> {
+        self.relation_ids.get(name).copied()
+    }
+
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.relation_ids.get(name) {
+            return *id;
+        }
+        let id = self.relations.len() as u32;
+        self.relations.push(name.to_string());
+        self.relation_ids.insert(name.to_string(), id);
+        id
+    }
+
+    /// Applies one logged batch. Must be called in LSN order, exactly once per LSN.
+    pub fn apply(&mut self, lsn: u64, ts_ms: u64, batch: WriteBatch) {
+        assert!(
+            lsn > self.applied_lsn,
+            "apply out of order: lsn {lsn} after {}",
+            self.applied_lsn
+        );
+        for c in batch.concepts {
+            let id = ConceptId::from_label(&c.label);
+            if !self.range.contains(id) {
+                continue;
+            }
+            if !self.concepts.contains_key(&id) {
+                let base = self
+                    .checkpoint
+                    .as_ref()
+                    .and_then(|cp| cp.concept(cp.find(id)?));
+                let base = base.unwrap_or_else(|| {
+                    self.overlay_new_concepts += 1;
+                    Concept {
+                        id,
+                        label: c.label.trim().to_string(),
+                        content: String::new(),
+                        vector: Vec::new(),
+                        confidence: c.confidence,
+                        created_ms: ts_ms,
+                        updated_ms: ts_ms,
+                    }
+                });
+                self.concepts.insert(id, base);
+            }
+            if let Some(p) = self.concepts.get_mut(&id) {
+                if !c.content.is_empty() {
+                    p.content = c.content;
+                }
+                if !c.vector.is_empty() {
+                    p.vector = c.vector;
+                }
+                p.confidence = c.confidence;
+                p.updated_ms = ts_ms;
+            }
+        }
+        for a in batch.associations {
+            let rel = self.intern(&a.relation);
+            let evidence: Option<Arc<str>> =
+                (!a.evidence.is_empty()).then(|| Arc::from(a.evidence.as_str()));
+            if self.range.contains(a.source) {
+                let e = EdgeRec {
+                    other: a.target,
+                    kind: a.kind,
+                    rel,
+                    confidence: a.confidence,
+                    evidence: evidence.clone(),
+                };
+                if self.upsert_edge(a.source, e, true) {
+                    self.overlay_out_edges += 1;
+                }
+            }
+            if self.range.contains(a.target) {
+                let e = EdgeRec {
+                    other: a.source,
+                    kind: a.kind,
+                    rel,
+                    confidence: a.confidence,
+                    evidence,
+                };
+                if self.upsert_edge(a.target, e, false) {
+                    self.overlay_in_edges += 1;
+                }
+            }
+        }
+        self.applied_lsn = lsn;
+    }
+
+    /// Returns true when the edge is new (neither in the overlay nor the checkpoint).
+    fn upsert_edge(&mut self, v: ConceptId, e: EdgeRec, out: bool) -> bool {
+        let in_checkpoint = self.checkpoint.as_ref().and_then(|cp| {
+            let i = cp.find(v)?;
+            cp.edge_range(i, out).find(|&x| {
+                let ev = cp.edge(x, out);
+                ev.other == e.other && ev.kind == e.kind && ev.rel == e.rel
+            })
+        });
+        let map = if out { &mut self.out } else { &mut self.inn };
+        let list = map.entry(v).or_default();
+        if let Some(slot) = list.iter_mut().find(|x| x.same_key(e.other, e.kind, e.rel)) {
+            *slot = e;
+            return false;
+        }
+        list.push(e);
+        in_checkpoint.is_none()
+    }
+
+    pub fn concept(&self, id: ConceptId) -> Option<Concept> {
+        if let Some(c) = self.concepts.get(&id) {
+            return Some(c.clone());
+        }
+        let cp = self.checkpoint.as_ref()?;
+        cp.concept(cp.find(id)?)
+    }
+
+    /// Calls `f` for every edge of `v` on the chosen side(s) that passes `filter`, until `f`
+    /// returns false. Checkpoint edges superseded by an overlay upsert are skipped.
+    pub fn for_each_edge<'a>(
+        &'a self,
+        v: ConceptId,
+        filter: &EdgeFilter,
+        mut f: impl FnMut(Edge<'a>) -> bool,
+    ) {
+        let rel_filter: Option<Vec<u32>> = (!filter.relations.is_empty()).then(|| {
+            filter
+                .relations
+                .iter()
+                .filter_map(|r| self.relation_id(r))
+                .collect()
+        });
+        let pass = |kind: AssocKind, rel: u32, conf: f32| {
+            filter.accepts_kind(kind)
+                && conf >= filter.min_confidence
+                && rel_filter.as_ref().is_none_or(|rs| rs.contains(&rel))
+        };
+        let sides: &[bool] = match filter.direction {
+            Direction::Out => &[true],
+            Direction::In => &[false],
+            Direction::Both => &[true, false],
+        };
+        let cp_index = self
+            .checkpoint
+            .as_ref()
+            .and_then(|cp| cp.find(v).map(|i| (cp, i)));
+        for &out in sides {
+            let overlay = if out {
+                self.out.get(&v)
+            } else {
+                self.inn.get(&v)
+            };
+            let overlay: &[EdgeRec] = overlay.map(Vec::as_slice).unwrap_or(&[]);
+            if let Some((cp, i)) = cp_index {
+                for x in cp.edge_range(i, out) {
+                    let e = cp.edge(x, out);
+                    if !pass(e.kind, e.rel, e.confidence)
+                        || overlay.iter().any(|o| o.same_key(e.other, e.kind, e.rel))
+                    {
+                        continue;
+                    }
+                    let edge = Edge {
+                        other: e.other,
+                        kind: e.kind,
+                        relation: self.relation_name(e.rel),
+                        confidence: e.confidence,
+                        outgoing: out,
+                        evidence: e.evidence,
+                    };
+                    if !f(edge) {
+                        return;
+                    }
+                }
+            }
+            for o in overlay {
+                if !pass(o.kind, o.rel, o.confidence) {
+                    continue;
+                }
+                let edge = Edge {
+                    other: o.other,
+                    kind: o.kind,
+                    relation: self.relation_name(o.rel),
+                    confidence: o.confidence,
+                    outgoing: out,
+                    evidence: o.evidence.as_deref(),
+                };
+                if !f(edge) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Does this replica hold anything (concept or edges) for `v`?
+    pub fn knows(&self, v: ConceptId) -> bool {
+        self.concepts.contains_key(&v)
+            || self.out.contains_key(&v)
+            || self.inn.contains_key(&v)
+            || self
+                .checkpoint
+                .as_ref()
+                .is_some_and(|cp| cp.find(v).is_some())
+    }
+
+    /// Full single-thread BFS from `start`; returns (vertices reached, edges scanned). Uses the
+    /// CSR fast path (local indexes, a bitmap, 4 bytes read per edge) when the overlay is empty
+    /// and the filter only picks a direction.
+    pub fn bfs_reach(&self, start: ConceptId, filter: &EdgeFilter, max_depth: usize) -> (u64, u64) {
+        if let (Some(cp), true, true) = (
+            &self.checkpoint,
+            self.overlay_is_empty(),
+            filter.is_trivial(),
+        ) {
+            if let Some(s) = cp.find(start) {
+                return csr_bfs(cp, s, filter.direction, max_depth);
+            }
+        }
+        let mut seen = std::collections::HashSet::from([start]);
+        let mut frontier = vec![start];
+        let mut edges = 0u64;
+        for _ in 0..max_depth {
+            let mut next = Vec::new();
+            for v in &frontier {
+                self.for_each_edge(*v, filter, |e| {
+                    edges += 1;
+                    if seen.len() < limits::SEARCH_VISITED_MAX && seen.insert(e.other) {
+                        next.push(e.other);
+                    }
+                    true
+                });
+            }
+            if next.is_empty() {
+                break;
+            }
+            frontier = next;
+        }
+        (seen.len() as u64, edges)
+    }
+
+    /// Everything this replica holds, sorted by id: the input of the next checkpoint.
+    pub fn snapshot_vertices(&self) -> Vec<VertexData> {
+        let mut ids: Vec<ConceptId> = self
+            .concepts
+            .keys()
+            .chain(self.out.keys())
+            .chain(self.inn.keys())
+            .copied()
+            .collect();
+        if let Some(cp) = &self.checkpoint {
+            ids.extend((0..cp.vertices() as u32).map(|i| cp.id_at(i)));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let all = EdgeFilter::default();
+        ids.into_iter()
+            .map(|id| {
+                let mut v = VertexData {
+                    id,
+                    concept: self.concept(id),
+                    ..Default::default()
+                };
+                self.for_each_edge(id, &all, |e| {
+                    let rec = EdgeRec {
+                        other: e.other,
+                        kind: e.kind,
+                        rel: self.relation_id(e.relation).unwrap_or(0),
+                        confidence: e.confidence,
+                        evidence: e.evidence.map(Arc::from),
+                    };
+                    if e.outgoing {
+                        v.out.push(rec)
+                    } else {
+                        v.inn.push(rec)
+                    }
+                    true
+                });
+                v
+            })
+            .collect()
+    }
+
+    pub fn relations(&self) -> &[String] {
+        &self.relations
+    }
+
+    /// Replaces checkpoint + overlay with a freshly written checkpoint covering `applied_lsn`.
+    pub fn install_checkpoint(&mut self, cp: Checkpoint) {
+        assert_eq!(
+            cp.lsn, self.applied_lsn,
+            "a checkpoint must cover exactly what was applied"
+        );
+        *self = ShardStore::new(self.range, Some(cp));
+    }
+}
+
+/// BFS over local indexes; edges to vertices not stored here are counted but not followed.
+fn csr_bfs(cp: &Checkpoint, start: u32, dir: Direction, max_depth: usize) -> (u64, u64) {
+    let n = cp.vertices();
+    let mut seen = vec![0u64; n.div_ceil(64)];
+    seen[start as usize / 64] |= 1 << (start % 64);
+    let mut frontier = vec![start];
+    let mut next = Vec::new();
+    let (mut reached, mut edges) = (1u64, 0u64);
+    let sides: &[bool] = match dir {
+        Direction::Out => &[true],
+        Direction::In => &[false],
+        Direction::Both => &[true, false],
+    };
+    for _ in 0..max_depth {
+        for &out in sides {
+            let nbr = cp.nbr_section(out);
+            for &v in &frontier {
+                let r = cp.edge_range(v, out);
+                edges += r.len() as u64;
+                for chunk in nbr[r.start * 4..r.end * 4].chunks_exact(4) {
+                    let w = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+                    if w == checkpoint::REMOTE {
+                        continue;
+                    }
+                    let (word, bit) = (w as usize / 64, 1u64 << (w % 64));
+                    if seen[word] & bit == 0 {
+                        seen[word] |= bit;
+                        reached += 1;
+                        next.push(w);
+                    }
+                }
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        std::mem::swap(&mut frontier, &mut next);
+        next.clear();
+    }
+    (reached, edges)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,313 @@
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+
+use super::checkpoint::{build_image, CheckpointMeta};
+use super::search::{most_confident_path, shortest_paths, Graph, Step};
+use super::*;
+use crate::io::Mapped;
+use crate::model::{Association, ConceptWrite};
+
+fn id(n: u32) -> ConceptId {
+    ConceptId::from_label(&format!("c{n}"))
+}
+
+fn concept(n: u32, content: &str) -> ConceptWrite {
+    ConceptWrite {
+        label: format!("c{n}"),
+        content: content.into(),
+        vector: vec![],
+        confidence: 0.9,
+    }
+}
+
+fn assoc(a: u32, b: u32, rel: &str, conf: f32) -> Association {
+    Association {
+        source: id(a),
+        target: id(b),
+        kind: AssocKind::Semantic,
+        relation: rel.into(),
+        confidence: conf,
+        evidence: format!("c{a} {rel} c{b}"),
+    }
+}
+
+fn store_with(edges: &[(u32, u32, f32)], n: u32) -> ShardStore {
+    let mut s = ShardStore::new(KeyRange::ALL, None);
+    let batch = WriteBatch {
+        concepts: (0..n).map(|i| concept(i, "x")).collect(),
+        associations: edges
+            .iter()
+            .map(|(a, b, c)| assoc(*a, *b, "r", *c))
+            .collect(),
+    };
+    s.apply(1, 1000, batch);
+    s
+}
+
+fn checkpointed(s: &ShardStore) -> ShardStore {
+    let meta = CheckpointMeta {
+        lsn: s.applied_lsn(),
+        epoch: 1,
+        key_start: 0,
+        key_end: u64::MAX,
+    };
+    let image = build_image(&meta, s.relations(), &s.snapshot_vertices());
+    ShardStore::new(
+        s.range,
+        Some(Checkpoint::open(Mapped::from_vec(image)).unwrap()),
+    )
+}
+
+fn edges_of(s: &ShardStore, v: ConceptId) -> BTreeSet<(String, bool, String, u32, String)> {
+    let mut out = BTreeSet::new();
+    s.for_each_edge(v, &EdgeFilter::default(), |e| {
+        out.insert((
+            e.other.to_string(),
+            e.outgoing,
+            e.relation.to_string(),
+            e.confidence.to_bits(),
+            e.evidence.unwrap_or("").to_string(),
+        ));
+        true
+    });
+    out
+}
+
+#[test]
+fn upserts_merge_and_keep_the_first_spelling() {
+    let mut s = ShardStore::new(KeyRange::ALL, None);
+    s.apply(
+        1,
+        10,
+        WriteBatch {
+            concepts: vec![ConceptWrite {
+                label: "Eiffel_Tower".into(),
+                content: "a tower".into(),
+                vector: vec![],
+                confidence: 1.0,
+            }],
+            associations: vec![],
+        },
+    );
+    s.apply(
+        2,
+        20,
+        WriteBatch {
+            concepts: vec![ConceptWrite {
+                label: "eiffel tower".into(),
+                content: String::new(),
+                vector: vec![],
+                confidence: 0.5,
+            }],
+            associations: vec![],
+        },
+    );
+    let c = s.concept(ConceptId::from_label("EIFFEL TOWER")).unwrap();
+    assert_eq!(
+        (
+            c.label.as_str(),
+            c.content.as_str(),
+            c.confidence,
+            c.created_ms,
+            c.updated_ms
+        ),
+        ("Eiffel_Tower", "a tower", 0.5, 10, 20)
+    );
+    // Same (source, target, kind, relation) replaces; a new relation adds.
+    s.apply(
+        3,
+        30,
+        WriteBatch {
+            concepts: vec![],
+            associations: vec![
+                assoc(1, 2, "r", 0.5),
+                assoc(1, 2, "r", 0.7),
+                assoc(1, 2, "q", 0.1),
+            ],
+        },
+    );
+    assert_eq!(edges_of(&s, id(1)).len(), 2);
+    assert_eq!(s.counts(), (1, 2, 2));
+}
+
+#[test]
+fn overlay_supersedes_checkpoint_edges() {
+    let s = store_with(&[(0, 1, 0.5), (0, 2, 0.5)], 3);
+    let mut s = checkpointed(&s);
+    s.apply(
+        2,
+        2000,
+        WriteBatch {
+            concepts: vec![concept(0, "")],
+            associations: vec![assoc(0, 1, "r", 0.9), assoc(0, 3, "r", 0.2)],
+        },
+    );
+    let e = edges_of(&s, id(0));
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(e
+        .iter()
+        .any(|x| x.0 == id(1).to_string() && x.3 == 0.9f32.to_bits()));
+    assert_eq!(
+        s.concept(id(0)).unwrap().content,
+        "x",
+        "empty content keeps the stored one"
+    );
+    assert_eq!(s.counts(), (3, 3, 3));
+    // And a second checkpoint folds it all in.
+    let s2 = checkpointed(&s);
+    assert_eq!(edges_of(&s2, id(0)), e);
+    assert!(s2.overlay_is_empty());
+}
+
+#[test]
+fn checkpoint_rejects_every_damaged_byte_it_is_shown() {
+    let s = store_with(&[(0, 1, 0.5), (1, 2, 0.25), (2, 0, 1.0)], 4);
+    let meta = CheckpointMeta {
+        lsn: 1,
+        epoch: 1,
+        key_start: 0,
+        key_end: u64::MAX,
+    };
+    let image = build_image(&meta, s.relations(), &s.snapshot_vertices());
+    for at in (0..image.len()).step_by(7) {
+        let mut bad = image.clone();
+        bad[at] ^= 0x10;
+        assert!(
+            Checkpoint::open(Mapped::from_vec(bad)).is_err(),
+            "flip at {at} went unnoticed"
+        );
+    }
+    for cut in [0, 10, 255, 256, 511, 512, image.len() - 1] {
+        assert!(Checkpoint::open(Mapped::from_vec(image[..cut].to_vec())).is_err());
+    }
+}
+
+#[test]
+fn csr_fast_path_agrees_with_the_general_bfs() {
+    let edges: Vec<(u32, u32, f32)> = (0..200).map(|i| (i % 50, (i * 7 + 3) % 60, 1.0)).collect();
+    let s = store_with(&edges, 60);
+    let cp = checkpointed(&s);
+    for dir in [Direction::Out, Direction::In, Direction::Both] {
+        let f = EdgeFilter {
+            direction: dir,
+            ..Default::default()
+        };
+        let slow = s.bfs_reach(id(0), &f, 10);
+        let fast = cp.bfs_reach(id(0), &f, 10);
+        assert_eq!(slow.0, fast.0, "{dir:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever goes in comes back out of a checkpoint, concept by concept and edge by edge.
+    #[test]
+    fn checkpoint_round_trips(edges in proptest::collection::vec((0u32..20, 0u32..20, 0.0f32..=1.0), 0..60), n in 1u32..20) {
+        let s = store_with(&edges, n);
+        let cp = checkpointed(&s);
+        for v in 0..20 {
+            prop_assert_eq!(s.concept(id(v)), cp.concept(id(v)));
+            prop_assert_eq!(edges_of(&s, id(v)), edges_of(&cp, id(v)));
+        }
+        prop_assert_eq!(s.counts(), cp.counts());
+    }
+}
+
+/// Reference: every simple path of at most `max_depth` hops, by exhaustive DFS.
+fn all_simple_paths(
+    g: &dyn Graph,
+    from: ConceptId,
+    to: ConceptId,
+    max_depth: usize,
+) -> Vec<(Vec<ConceptId>, Vec<Step>)> {
+    fn dfs(
+        g: &dyn Graph,
+        v: ConceptId,
+        to: ConceptId,
+        left: usize,
+        vs: &mut Vec<ConceptId>,
+        ss: &mut Vec<Step>,
+        out: &mut Vec<(Vec<ConceptId>, Vec<Step>)>,
+    ) {
+        if v == to {
+            out.push((vs.clone(), ss.clone()));
+            return;
+        }
+        if left == 0 {
+            return;
+        }
+        let mut steps = Vec::new();
+        g.expand(v, &EdgeFilter::default(), &mut |s| {
+            steps.push(s);
+            true
+        });
+        for s in steps {
+            if vs.contains(&s.to) {
+                continue;
+            }
+            vs.push(s.to);
+            ss.push(s.clone());
+            dfs(g, s.to, to, left - 1, vs, ss, out);
+            vs.pop();
+            ss.pop();
+        }
+    }
+    let mut out = Vec::new();
+    dfs(
+        g,
+        from,
+        to,
+        max_depth,
+        &mut vec![from],
+        &mut Vec::new(),
+        &mut out,
+    );
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn shortest_and_confident_paths_match_brute_force(
+        edges in proptest::collection::vec((0u32..9, 0u32..9, 0.05f32..=1.0), 0..30),
+        a in 0u32..9, b in 0u32..9, k in 1usize..6,
+    ) {
+        let s = store_with(&edges, 9);
+        let depth = 5;
+        let reference = all_simple_paths(&s, id(a), id(b), depth);
+        let got = shortest_paths(&s, id(a), id(b), k, depth, &EdgeFilter::default(), 10_000).unwrap();
+        let min_hops = reference.iter().map(|p| p.1.len()).min();
+        match min_hops {
+            None => prop_assert!(got.is_empty()),
+            Some(h) => {
+                let shortest: Vec<_> = reference.iter().filter(|p| p.1.len() == h).collect();
+                prop_assert!(got.iter().all(|p| p.hops() == h));
+                prop_assert_eq!(got.len(), shortest.len().min(k));
+                let mut keys: Vec<_> = got.iter().map(|p| format!("{:?}", p.steps)).collect();
+                keys.sort();
+                keys.dedup();
+                prop_assert_eq!(keys.len(), got.len(), "paths are distinct");
+                if shortest.len() <= k {
+                    let mut want: Vec<_> = shortest.iter().map(|p| format!("{:?}", p.1)).collect();
+                    want.sort();
+                    prop_assert_eq!(keys, want);
+                }
+            }
+        }
+        let best = most_confident_path(&s, id(a), id(b), depth, &EdgeFilter::default(), 10_000).unwrap();
+        let want = reference.iter().map(|p| p.1.iter().map(|s| s.confidence as f64).product::<f64>()).fold(None, |m: Option<f64>, c| Some(m.map_or(c, |m| m.max(c))));
+        match (best, want) {
+            (None, None) => {}
+            (Some(p), Some(w)) => {
+                prop_assert!((p.confidence - w).abs() < 1e-9, "{} vs {}", p.confidence, w);
+                prop_assert!(p.hops() <= depth);
+                let product: f64 = p.steps.iter().map(|s| s.confidence as f64).product();
+                prop_assert!((product - p.confidence).abs() < 1e-9);
+            }
+            (p, w) => prop_assert!(false, "got {:?}, want {:?}", p.map(|p| p.confidence), w),
+        }
+    }
+}
