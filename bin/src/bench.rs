@@ -87,9 +87,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
     if !quiet {
         eprintln!(
             "(machine: {} cores; figures are one run — compare medians across runs)",
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0)
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
         );
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
@@ -156,15 +154,7 @@ async fn bench_wal(a: &WalArgs) -> Result<serde_json::Value> {
                     })
                     .collect();
                 let t = Instant::now();
-                shard
-                    .write(
-                        WriteBatch {
-                            concepts,
-                            associations: vec![],
-                        },
-                        vec![],
-                    )
-                    .await?;
+                shard.write(WriteBatch { concepts, associations: vec![] }, vec![]).await?;
                 lat_us.push(t.elapsed().as_micros() as u64);
             }
             anyhow::Ok(lat_us)
@@ -217,26 +207,11 @@ fn generate(n: u32, m: u64, seed: u64) -> Vec<VertexData> {
         .collect();
     vs.sort_unstable_by_key(|v| v.id);
     for _ in 0..m {
-        let (s, t) = (
-            rng.random_range(0..n) as usize,
-            rng.random_range(0..n) as usize,
-        );
+        let (s, t) = (rng.random_range(0..n) as usize, rng.random_range(0..n) as usize);
         let (sid, tid) = (vs[s].id, vs[t].id);
         let conf = rng.random_range(0.5f32..1.0);
-        vs[s].out.push(EdgeRec {
-            other: tid,
-            kind: AssocKind::Semantic,
-            rel: 0,
-            confidence: conf,
-            evidence: None,
-        });
-        vs[t].inn.push(EdgeRec {
-            other: sid,
-            kind: AssocKind::Semantic,
-            rel: 0,
-            confidence: conf,
-            evidence: None,
-        });
+        vs[s].out.push(EdgeRec { other: tid, kind: AssocKind::Semantic, rel: 0, confidence: conf, evidence: None });
+        vs[t].inn.push(EdgeRec { other: sid, kind: AssocKind::Semantic, rel: 0, confidence: conf, evidence: None });
     }
     vs
 }
@@ -244,12 +219,7 @@ fn generate(n: u32, m: u64, seed: u64) -> Vec<VertexData> {
 /// Writes a checkpoint of a generated graph into `disk` at `dir`; returns its size.
 fn write_generated(disk: &dyn Disk, dir: &str, n: u32, m: u64, seed: u64, lsn: u64) -> Result<u64> {
     let vs = generate(n, m, seed);
-    let meta = CheckpointMeta {
-        lsn,
-        epoch: 1,
-        key_start: 0,
-        key_end: u64::MAX,
-    };
+    let meta = CheckpointMeta { lsn, epoch: 1, key_start: 0, key_end: u64::MAX };
     let image = checkpoint::build_image(&meta, &["related_to".to_string()], &vs);
     drop(vs);
     disk.create_dir_all(dir)?;
@@ -264,10 +234,7 @@ fn bench_bfs(a: &GraphArgs) -> Result<serde_json::Value> {
     let build_s = t.elapsed().as_secs_f64();
     let cp = Checkpoint::open(disk.map("shard/storage.dat")?)?;
     let store = ShardStore::new(KeyRange::ALL, Some(cp));
-    let filter = EdgeFilter {
-        direction: Direction::Out,
-        ..Default::default()
-    };
+    let filter = EdgeFilter { direction: Direction::Out, ..Default::default() };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed ^ 1);
     let mut runs = Vec::new();
     let (mut reached, mut scanned) = (0, 0);
@@ -303,14 +270,7 @@ async fn bench_reopen(a: &ReopenArgs) -> Result<serde_json::Value> {
         let node = StorageNode::open(disk.clone(), NodeConfig { vector_dim: 8 }).await?;
         node.create_shard(0, KeyRange::ALL).await?;
     }
-    let bytes = write_generated(
-        &*disk,
-        "shards/000000",
-        a.concepts,
-        a.associations,
-        a.seed,
-        0,
-    )?;
+    let bytes = write_generated(&*disk, "shards/000000", a.concepts, a.associations, a.seed, 0)?;
     {
         let node = StorageNode::open(disk.clone(), NodeConfig { vector_dim: 8 }).await?;
         let shard = node.shard(0)?;
@@ -324,15 +284,7 @@ async fn bench_reopen(a: &ReopenArgs) -> Result<serde_json::Value> {
                     confidence: 1.0,
                 })
                 .collect();
-            shard
-                .write(
-                    WriteBatch {
-                        concepts,
-                        associations: vec![],
-                    },
-                    vec![],
-                )
-                .await?;
+            shard.write(WriteBatch { concepts, associations: vec![] }, vec![]).await?;
         }
     }
     let mut times = Vec::new();

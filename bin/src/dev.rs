@@ -52,30 +52,24 @@ fn label_of(labels: &HashMap<ConceptId, String>, id: ConceptId) -> String {
     labels.get(&id).cloned().unwrap_or_else(|| id.to_string())
 }
 
-async fn labels(
-    client: &StorageClient,
-    shard: u32,
-    ids: &[ConceptId],
-) -> Result<HashMap<ConceptId, String>> {
+async fn labels(client: &StorageClient, shard: u32, ids: &[ConceptId]) -> Result<HashMap<ConceptId, String>> {
     let r = client.get_concepts(shard, ids).await?;
-    Ok(r.found
-        .into_iter()
-        .filter_map(|c| Some((id_from_pb(c.id.as_ref()?), c.label)))
-        .collect())
+    Ok(r.found.into_iter().filter_map(|c| Some((id_from_pb(c.id.as_ref()?), c.label))).collect())
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
     let t0 = Instant::now();
-    let node =
-        crate::open_node(&args.data_dir, sutra_grid::limits::VECTOR_DIM_DEFAULT, true).await?;
+    // Bind first: a taken port fails here, clearly, instead of talking to someone else's node.
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
+        format!("cannot listen on {}; is another grid running? pick another address with --listen", args.listen)
+    })?;
+    let node = crate::open_node(&args.data_dir, sutra_grid::limits::VECTOR_DIM_DEFAULT, true).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sutra_grid::node::serve(node, args.listen, async {
+    let server = tokio::spawn(sutra_grid::node::serve_listener(node, listener, async {
         let _ = stop_rx.await;
     }));
     let addr = args.listen.to_string();
-    let client = StorageClient::connect(&addr)
-        .await
-        .context("connecting to the local storage node")?;
+    let client = StorageClient::connect(&addr).await.context("connecting to the local storage node")?;
     let info = client.shard_info(0).await?;
     if info.concepts == 0 {
         let batch = crate::sample::batch()?;
@@ -87,12 +81,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             r.lsn
         );
     } else {
-        println!(
-            "reusing data in {}: {} concepts, {} edges",
-            args.data_dir.display(),
-            info.concepts,
-            info.out_edges
-        );
+        println!("reusing data in {}: {} concepts, {} edges", args.data_dir.display(), info.concepts, info.out_edges);
     }
     println!(
         "grid up in {} ms: 1 storage node at {addr}, shard 0 owns the whole key space\n",
@@ -105,22 +94,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
     print_neighbors(&client, 0, resolve("Paris"), 10, "text").await?;
     println!("\nshortest path Medical_Diagnosis -> Financial_Fraud (one batched expand RPC per BFS level):");
     let t = Instant::now();
-    let (path, rpcs) = find_path(
-        &client,
-        0,
-        resolve("Medical_Diagnosis"),
-        resolve("Financial_Fraud"),
-        6,
-    )
-    .await?;
+    let (path, rpcs) = find_path(&client, 0, resolve("Medical_Diagnosis"), resolve("Financial_Fraud"), 6).await?;
     match path {
-        Some(p) => println!(
-            "  {}\n  ({} hops, {} expand RPCs, {:.2} ms)",
-            p,
-            p.matches("--").count(),
-            rpcs,
-            t.elapsed().as_secs_f64() * 1e3
-        ),
+        Some((p, hops)) => {
+            println!("  {p}\n  ({hops} hops, {rpcs} expand RPCs, {:.2} ms)", t.elapsed().as_secs_f64() * 1e3)
+        }
         None => println!("  no path within 6 hops"),
     }
     if args.no_wait {
@@ -128,9 +106,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         server.await??;
         return Ok(());
     }
-    println!(
-        "\nserving at {addr}; try `sutra concept Paris` or `sutra neighbors France`. Ctrl-C stops."
-    );
+    println!("\nserving at {addr}; try `sutra concept Paris` or `sutra neighbors France`. Ctrl-C stops.");
     crate::shutdown_signal().await;
     let _ = stop_tx.send(());
     server.await??;
@@ -145,11 +121,8 @@ async fn find_path(
     start: ConceptId,
     end: ConceptId,
     max_depth: usize,
-) -> Result<(Option<String>, usize)> {
-    let filter = EdgeFilter {
-        direction: Direction::Both,
-        ..Default::default()
-    };
+) -> Result<(Option<(String, usize)>, usize)> {
+    let filter = EdgeFilter { direction: Direction::Both, ..Default::default() };
     let mut parent: HashMap<ConceptId, (ConceptId, String, bool, f32)> = HashMap::new();
     let mut frontier = vec![start];
     let mut seen = std::collections::HashSet::from([start]);
@@ -191,28 +164,17 @@ async fn find_path(
     for v in &chain[1..] {
         let (_, rel, outgoing, c) = &parent[v];
         conf *= *c as f64;
-        let arrow = if *outgoing {
-            format!(" --{rel}--> ")
-        } else {
-            format!(" <--{rel}-- ")
-        };
+        let arrow = if *outgoing { format!(" --{rel}--> ") } else { format!(" <--{rel}-- ") };
         out.push_str(&arrow);
         out.push_str(&label_of(&names, *v));
     }
     out.push_str(&format!("   [confidence {conf:.3}]"));
-    Ok((Some(out), rpcs))
+    Ok((Some((out, chain.len() - 1)), rpcs))
 }
 
-async fn print_concept(
-    client: &StorageClient,
-    shard: u32,
-    id: ConceptId,
-    format: &str,
-) -> Result<()> {
+async fn print_concept(client: &StorageClient, shard: u32, id: ConceptId, format: &str) -> Result<()> {
     let r = client.get_concepts(shard, &[id]).await?;
-    let Some(c) = r.found.into_iter().next() else {
-        bail!("no concept {id} on shard {shard}")
-    };
+    let Some(c) = r.found.into_iter().next() else { bail!("no concept {id} on shard {shard}") };
     if format == "json" {
         println!(
             "{}",
@@ -224,61 +186,40 @@ async fn print_concept(
             "  {}  {}\n  {}\n  confidence {:.2}",
             c.label,
             id,
-            if c.content.is_empty() {
-                "(no content)"
-            } else {
-                &c.content
-            },
+            if c.content.is_empty() { "(no content)" } else { &c.content },
             c.confidence
         );
     }
     Ok(())
 }
 
-async fn print_neighbors(
-    client: &StorageClient,
-    shard: u32,
-    id: ConceptId,
-    limit: u32,
-    format: &str,
-) -> Result<()> {
-    let r = client
-        .neighbors(shard, &[id], &EdgeFilter::default(), limit, true)
-        .await?;
+async fn print_neighbors(client: &StorageClient, shard: u32, id: ConceptId, limit: u32, format: &str) -> Result<()> {
+    let r = client.neighbors(shard, &[id], &EdgeFilter::default(), limit, true).await?;
     let list: pb::NeighborList = r.lists.into_iter().next().unwrap_or_default();
     if list.missing {
         bail!("no concept {id} on shard {shard}");
     }
-    let others: Vec<ConceptId> = list
-        .edges
-        .iter()
-        .filter_map(|e| e.other.as_ref().map(id_from_pb))
-        .collect();
+    let others: Vec<ConceptId> = list.edges.iter().filter_map(|e| e.other.as_ref().map(id_from_pb)).collect();
     let names = labels(client, shard, &others).await?;
     if format == "json" {
-        let edges: Vec<_> = list.edges.iter().map(|e| {
-            let other = e.other.as_ref().map(id_from_pb).unwrap_or_default();
-            serde_json::json!({"other": other.to_string(), "label": label_of(&names, other),
+        let edges: Vec<_> = list
+            .edges
+            .iter()
+            .map(|e| {
+                let other = e.other.as_ref().map(id_from_pb).unwrap_or_default();
+                serde_json::json!({"other": other.to_string(), "label": label_of(&names, other),
                 "kind": kind_from_pb(e.kind).map(|k| k.name()), "relation": e.relation,
                 "confidence": e.confidence, "direction": if e.outgoing {"out"} else {"in"}, "evidence": e.evidence})
-        }).collect();
-        println!(
-            "{}",
-            serde_json::json!({"id": id.to_string(), "edges": edges, "truncated": list.truncated})
-        );
+            })
+            .collect();
+        println!("{}", serde_json::json!({"id": id.to_string(), "edges": edges, "truncated": list.truncated}));
         return Ok(());
     }
     for e in &list.edges {
         let other = e.other.as_ref().map(id_from_pb).unwrap_or_default();
         let kind = kind_from_pb(e.kind).map(|k| k.name()).unwrap_or("?");
         let arrow = if e.outgoing { "-->" } else { "<--" };
-        println!(
-            "  {arrow} {:<22} {:<14} {:<13} {:.2}",
-            label_of(&names, other),
-            e.relation,
-            kind,
-            e.confidence
-        );
+        println!("  {arrow} {:<22} {:<14} {:<13} {:.2}", label_of(&names, other), e.relation, kind, e.confidence);
     }
     if list.truncated {
         println!("  (more; raise --limit)");

@@ -16,11 +16,7 @@ use sutra_grid::node::{NodeConfig, StorageNode};
 use sutra_grid::store::KeyRange;
 
 #[derive(Parser)]
-#[command(
-    name = "sutra",
-    version,
-    about = "Sutra Grid: a distributed store and reasoning engine for concept graphs"
-)]
+#[command(name = "sutra", version, about = "Sutra Grid: a distributed store and reasoning engine for concept graphs")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -60,28 +56,16 @@ struct StorageArgs {
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 /// Opens a node on `data_dir`, creating shard 0 over the whole key space when asked and absent.
-pub async fn open_node(
-    data_dir: &std::path::Path,
-    vector_dim: usize,
-    standalone: bool,
-) -> Result<Arc<StorageNode>> {
+pub async fn open_node(data_dir: &std::path::Path, vector_dim: usize, standalone: bool) -> Result<Arc<StorageNode>> {
     if vector_dim == 0 || vector_dim > limits::VECTOR_DIM_MAX {
-        anyhow::bail!(
-            "--vector-dim must be between 1 and {}",
-            limits::VECTOR_DIM_MAX
-        );
+        anyhow::bail!("--vector-dim must be between 1 and {}", limits::VECTOR_DIM_MAX);
     }
-    let disk: Arc<dyn Disk> = Arc::new(
-        RealDisk::new(data_dir)
-            .with_context(|| format!("cannot use data dir {}", data_dir.display()))?,
-    );
+    let disk: Arc<dyn Disk> =
+        Arc::new(RealDisk::new(data_dir).with_context(|| format!("cannot use data dir {}", data_dir.display()))?);
     let node = StorageNode::open(disk, NodeConfig { vector_dim }).await?;
     if standalone && node.list().is_empty() {
         node.create_shard(0, KeyRange::ALL).await?;
@@ -113,6 +97,9 @@ async fn shutdown_signal() {
 async fn run_storage(args: StorageArgs) -> Result<()> {
     tracing::info!(data_dir = %args.data_dir.display(), listen = %args.listen, standalone = args.standalone,
         vector_dim = args.vector_dim, "starting storage node");
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let node = open_node(&args.data_dir, args.vector_dim, args.standalone).await?;
     for (id, slot) in node.list() {
         match slot {
@@ -125,18 +112,25 @@ async fn run_storage(args: StorageArgs) -> Result<()> {
         }
     }
     println!("storage node listening on {}", args.listen);
-    sutra_grid::node::serve(node, args.listen, shutdown_signal())
+    sutra_grid::node::serve_listener(node, listener, shutdown_signal())
         .await
         .with_context(|| format!("serving on {}", args.listen))?;
     tracing::info!("storage node stopped");
     Ok(())
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.cmd {
         Cmd::Dev(a) => {
             init_tracing("warn");

@@ -16,9 +16,7 @@ pub struct Writer {
 
 impl Writer {
     pub fn with_capacity(n: usize) -> Writer {
-        Writer {
-            buf: Vec::with_capacity(n),
-        }
+        Writer { buf: Vec::with_capacity(n) }
     }
     pub fn u8(&mut self, v: u8) {
         self.buf.push(v);
@@ -70,10 +68,7 @@ impl<'a> Reader<'a> {
         self.buf.len() - self.pos
     }
     fn err(&self, what: &'static str) -> DecodeError {
-        DecodeError {
-            offset: self.pos,
-            what,
-        }
+        DecodeError { offset: self.pos, what }
     }
     pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         if self.remaining() < n {

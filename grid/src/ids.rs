@@ -81,27 +81,15 @@ mod tests {
 
     #[test]
     fn label_spellings_share_one_id() {
-        assert_eq!(
-            ConceptId::from_label("Eiffel_Tower"),
-            ConceptId::from_label("eiffel  tower")
-        );
-        assert_ne!(
-            ConceptId::from_label("Paris"),
-            ConceptId::from_label("France")
-        );
+        assert_eq!(ConceptId::from_label("Eiffel_Tower"), ConceptId::from_label("eiffel  tower"));
+        assert_ne!(ConceptId::from_label("Paris"), ConceptId::from_label("France"));
     }
 
     #[test]
     fn id_hash_is_stable_across_releases() {
         // Golden value: changing the hash or normalisation would re-place every concept.
-        assert_eq!(
-            ConceptId::from_label("Paris").to_string(),
-            "37a4b11770e7206adffb6ce3742b3b39"
-        );
-        assert_eq!(
-            ConceptId::from_label("Paris").placement_key(),
-            0x37a4b11770e7206a
-        );
+        assert_eq!(ConceptId::from_label("Paris").to_string(), "37a4b11770e7206adffb6ce3742b3b39");
+        assert_eq!(ConceptId::from_label("Paris").placement_key(), 0x37a4b11770e7206a);
     }
 
     #[test]

@@ -19,18 +19,8 @@ fn batch(i: u32) -> WriteBatch {
     let b = format!("b{i}");
     WriteBatch {
         concepts: vec![
-            ConceptWrite {
-                label: a.clone(),
-                content: format!("content {i}"),
-                vector: vec![0.5; 4],
-                confidence: 1.0,
-            },
-            ConceptWrite {
-                label: b.clone(),
-                content: String::new(),
-                vector: vec![],
-                confidence: 0.5,
-            },
+            ConceptWrite { label: a.clone(), content: format!("content {i}"), vector: vec![0.5; 4], confidence: 1.0 },
+            ConceptWrite { label: b.clone(), content: String::new(), vector: vec![], confidence: 0.5 },
         ],
         associations: vec![Association {
             source: ConceptId::from_label(&a),
@@ -86,10 +76,7 @@ async fn a_failed_fsync_stops_the_shard_and_nothing_unsynced_is_acknowledged() {
     sim.fail_next_syncs(1);
     let err = shard.write(batch(2), vec![]).await.unwrap_err();
     assert!(matches!(err, ShardError::NotServing { .. }), "{err}");
-    assert!(
-        shard.write(batch(3), vec![]).await.is_err(),
-        "fatal: no retry on the same page cache"
-    );
+    assert!(shard.write(batch(3), vec![]).await.is_err(), "fatal: no retry on the same page cache");
     assert!(shard.read().is_err());
     assert!(shard.fault().unwrap().contains("fsync"));
 }
@@ -122,16 +109,7 @@ async fn corruption_before_the_tail_makes_the_replica_refuse_to_serve() {
 async fn a_bad_batch_is_rejected_whole_and_names_every_bad_item() {
     let disk: Arc<dyn Disk> = Arc::new(SimDisk::new(1));
     let node = StorageNode::open(disk, cfg()).await.unwrap();
-    let shard = node
-        .create_shard(
-            0,
-            KeyRange {
-                start: 0,
-                end: 1 << 62,
-            },
-        )
-        .await
-        .unwrap();
+    let shard = node.create_shard(0, KeyRange { start: 0, end: 1 << 62 }).await.unwrap();
     let mut b = batch(1);
     b.concepts[0].label = "x".repeat(400);
     b.concepts[1].vector = vec![1.0; 3];
@@ -145,16 +123,10 @@ async fn a_bad_batch_is_rejected_whole_and_names_every_bad_item() {
         assert!(err.contains(want), "{err}");
     }
     // Ownership is part of validation: a concept whose key is outside the range names its index.
-    let outside = (0..100)
-        .map(|i| format!("k{i}"))
-        .find(|l| ConceptId::from_label(l).placement_key() > 1 << 62)
-        .unwrap();
+    let outside =
+        (0..100).map(|i| format!("k{i}")).find(|l| ConceptId::from_label(l).placement_key() > 1 << 62).unwrap();
     let b = WriteBatch {
-        concepts: vec![ConceptWrite {
-            label: outside,
-            confidence: 1.0,
-            ..Default::default()
-        }],
+        concepts: vec![ConceptWrite { label: outside, confidence: 1.0, ..Default::default() }],
         associations: vec![],
     };
     let err = shard.write(b, vec![]).await.unwrap_err().to_string();

@@ -18,11 +18,7 @@ use crate::node::convert::{association_to_pb, concept_write_to_pb, filter_to_pb,
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {addr} after {attempts} attempts: {reason}")]
-    Connect {
-        addr: String,
-        attempts: u32,
-        reason: String,
-    },
+    Connect { addr: String, attempts: u32, reason: String },
     #[error("{op} timed out after {ms} ms")]
     Deadline { op: &'static str, ms: u64 },
     #[error("{op} failed: {} ({:?})", .status.message(), .status.code())]
@@ -54,11 +50,7 @@ impl StorageClient {
         let deadline = Duration::from_millis(limits::RPC_DEADLINE_MS);
         let url = format!("http://{addr}");
         let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| ClientError::Connect {
-                addr: addr.into(),
-                attempts: 0,
-                reason: e.to_string(),
-            })?
+            .map_err(|e| ClientError::Connect { addr: addr.into(), attempts: 0, reason: e.to_string() })?
             .connect_timeout(deadline);
         let mut last = String::new();
         for attempt in 0..limits::RPC_RETRIES_MAX {
@@ -76,11 +68,7 @@ impl StorageClient {
             }
             tokio::time::sleep(backoff(attempt)).await;
         }
-        Err(ClientError::Connect {
-            addr: addr.into(),
-            attempts: limits::RPC_RETRIES_MAX,
-            reason: last,
-        })
+        Err(ClientError::Connect { addr: addr.into(), attempts: limits::RPC_RETRIES_MAX, reason: last })
     }
 
     pub fn with_deadline(mut self, d: Duration) -> StorageClient {
@@ -96,10 +84,7 @@ impl StorageClient {
         match tokio::time::timeout(self.deadline, fut).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(status)) => Err(ClientError::Rpc { op, status }),
-            Err(_) => Err(ClientError::Deadline {
-                op,
-                ms: self.deadline.as_millis() as u64,
-            }),
+            Err(_) => Err(ClientError::Deadline { op, ms: self.deadline.as_millis() as u64 }),
         }
     }
 
@@ -121,31 +106,19 @@ impl StorageClient {
         }
     }
 
-    pub async fn write_batch(
-        &self,
-        shard: u32,
-        batch: &WriteBatch,
-    ) -> Result<pb::WriteBatchResponse, ClientError> {
+    pub async fn write_batch(&self, shard: u32, batch: &WriteBatch) -> Result<pb::WriteBatchResponse, ClientError> {
         let req = pb::WriteBatchRequest {
             shard,
             concepts: batch.concepts.iter().map(concept_write_to_pb).collect(),
             associations: batch.associations.iter().map(association_to_pb).collect(),
         };
-        self.once("write_batch", self.inner.clone().write_batch(req))
-            .await
+        self.once("write_batch", self.inner.clone().write_batch(req)).await
     }
 
-    pub async fn get_concepts(
-        &self,
-        shard: u32,
-        ids: &[ConceptId],
-    ) -> Result<pb::GetConceptsResponse, ClientError> {
+    pub async fn get_concepts(&self, shard: u32, ids: &[ConceptId]) -> Result<pb::GetConceptsResponse, ClientError> {
         let ids: Vec<pb::Id> = ids.iter().map(|i| id_to_pb(*i)).collect();
         self.idempotent("get_concepts", |mut c| {
-            let req = pb::GetConceptsRequest {
-                shard,
-                ids: ids.clone(),
-            };
+            let req = pb::GetConceptsRequest { shard, ids: ids.clone() };
             async move { c.get_concepts(req).await }
         })
         .await
@@ -193,45 +166,24 @@ impl StorageClient {
         .await
     }
 
-    pub async fn create_shard(
-        &self,
-        shard: u32,
-        key_start: u64,
-        key_end: u64,
-    ) -> Result<pb::ShardInfo, ClientError> {
+    pub async fn create_shard(&self, shard: u32, key_start: u64, key_end: u64) -> Result<pb::ShardInfo, ClientError> {
         self.idempotent("create_shard", |mut c| async move {
-            c.create_shard(pb::CreateShardRequest {
-                shard,
-                key_start,
-                key_end,
-            })
-            .await
+            c.create_shard(pb::CreateShardRequest { shard, key_start, key_end }).await
         })
         .await
     }
 
     pub async fn shard_info(&self, shard: u32) -> Result<pb::ShardInfo, ClientError> {
-        self.idempotent("get_shard_info", |mut c| async move {
-            c.get_shard_info(pb::ShardInfoRequest { shard }).await
-        })
-        .await
+        self.idempotent("get_shard_info", |mut c| async move { c.get_shard_info(pb::ShardInfoRequest { shard }).await })
+            .await
     }
 
     pub async fn list_shards(&self) -> Result<pb::ListShardsResponse, ClientError> {
-        self.idempotent("list_shards", |mut c| async move {
-            c.list_shards(pb::ListShardsRequest {}).await
-        })
-        .await
+        self.idempotent("list_shards", |mut c| async move { c.list_shards(pb::ListShardsRequest {}).await }).await
     }
 
     pub async fn checkpoint(&self, shard: u32) -> Result<pb::ShardInfo, ClientError> {
-        self.once(
-            "checkpoint",
-            self.inner
-                .clone()
-                .checkpoint(pb::CheckpointRequest { shard }),
-        )
-        .await
+        self.once("checkpoint", self.inner.clone().checkpoint(pb::CheckpointRequest { shard })).await
     }
 }
 

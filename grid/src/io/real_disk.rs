@@ -19,16 +19,9 @@ impl RealDisk {
 
     fn path(&self, p: &str) -> io::Result<PathBuf> {
         if p.split('/').any(|c| c == "..") || p.starts_with('/') {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("path escapes the data dir: {p}"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("path escapes the data dir: {p}")));
         }
-        Ok(if p.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(p)
-        })
+        Ok(if p.is_empty() { self.root.clone() } else { self.root.join(p) })
     }
 }
 
@@ -52,12 +45,7 @@ impl AppendFile for RealFile {
 }
 
 fn open(path: &Path, truncate: bool) -> io::Result<Box<dyn AppendFile>> {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(!truncate)
-        .write(true)
-        .truncate(truncate)
-        .open(path)?;
+    let file = OpenOptions::new().create(true).append(!truncate).write(true).truncate(truncate).open(path)?;
     let len = file.metadata()?.len();
     Ok(Box::new(RealFile { file, len }))
 }

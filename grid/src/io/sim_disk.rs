@@ -94,18 +94,11 @@ impl State {
         v
     }
     fn lookup(&self, path: &str) -> io::Result<u64> {
-        self.names
-            .get(path)
-            .copied()
-            .ok_or_else(|| err(io::ErrorKind::NotFound, path))
+        self.names.get(path).copied().ok_or_else(|| err(io::ErrorKind::NotFound, path))
     }
     fn gc(&mut self) {
-        let live: std::collections::HashSet<u64> = self
-            .names
-            .values()
-            .chain(self.durable_names.values())
-            .copied()
-            .collect();
+        let live: std::collections::HashSet<u64> =
+            self.names.values().chain(self.durable_names.values()).copied().collect();
         self.inodes.retain(|ino, _| live.contains(ino));
     }
 }
@@ -180,27 +173,15 @@ impl SimDisk {
             node.durable_len = node.data.len();
         }
         // Directory changes not yet synced: per directory, all kept or all reverted.
-        let mut dirs: Vec<String> = s
-            .names
-            .keys()
-            .chain(s.durable_names.keys())
-            .map(|p| parent_dir(p).to_string())
-            .collect();
+        let mut dirs: Vec<String> =
+            s.names.keys().chain(s.durable_names.keys()).map(|p| parent_dir(p).to_string()).collect();
         dirs.sort();
         dirs.dedup();
         for dir in dirs {
-            let cur: Vec<(String, u64)> = s
-                .names
-                .iter()
-                .filter(|(p, _)| parent_dir(p) == dir)
-                .map(|(p, i)| (p.clone(), *i))
-                .collect();
-            let dur: Vec<(String, u64)> = s
-                .durable_names
-                .iter()
-                .filter(|(p, _)| parent_dir(p) == dir)
-                .map(|(p, i)| (p.clone(), *i))
-                .collect();
+            let cur: Vec<(String, u64)> =
+                s.names.iter().filter(|(p, _)| parent_dir(p) == dir).map(|(p, i)| (p.clone(), *i)).collect();
+            let dur: Vec<(String, u64)> =
+                s.durable_names.iter().filter(|(p, _)| parent_dir(p) == dir).map(|(p, i)| (p.clone(), *i)).collect();
             if cur != dur && s.rng.random_bool(0.5) {
                 for (p, _) in &cur {
                     s.names.remove(p);
@@ -213,11 +194,7 @@ impl SimDisk {
     }
 
     fn new_handle(&self, ino: u64, generation: u64) -> Box<dyn AppendFile> {
-        Box::new(SimFile {
-            disk: self.clone(),
-            ino,
-            generation,
-        })
+        Box::new(SimFile { disk: self.clone(), ino, generation })
     }
 }
 
@@ -232,9 +209,7 @@ impl SimFile {
         if s.generation != self.generation {
             return Err(err(io::ErrorKind::Other, "stale file handle after crash"));
         }
-        s.inodes
-            .get_mut(&self.ino)
-            .ok_or_else(|| err(io::ErrorKind::NotFound, "file removed"))
+        s.inodes.get_mut(&self.ino).ok_or_else(|| err(io::ErrorKind::NotFound, "file removed"))
     }
 }
 
@@ -282,13 +257,7 @@ impl Disk for SimDisk {
             None => {
                 let ino = s.next_ino;
                 s.next_ino += 1;
-                s.inodes.insert(
-                    ino,
-                    Inode {
-                        data: Vec::new(),
-                        durable_len: 0,
-                    },
-                );
+                s.inodes.insert(ino, Inode { data: Vec::new(), durable_len: 0 });
                 s.names.insert(path.to_string(), ino);
                 ino
             }
@@ -301,13 +270,7 @@ impl Disk for SimDisk {
         let mut s = self.lock();
         let ino = s.next_ino;
         s.next_ino += 1;
-        s.inodes.insert(
-            ino,
-            Inode {
-                data: Vec::new(),
-                durable_len: 0,
-            },
-        );
+        s.inodes.insert(ino, Inode { data: Vec::new(), durable_len: 0 });
         s.names.insert(path.to_string(), ino);
         s.gc();
         let g = s.generation;
@@ -326,10 +289,7 @@ impl Disk for SimDisk {
     fn truncate(&self, path: &str, len: u64) -> io::Result<()> {
         let mut s = self.lock();
         let ino = s.lookup(path)?;
-        let node = s
-            .inodes
-            .get_mut(&ino)
-            .ok_or_else(|| err(io::ErrorKind::NotFound, path))?;
+        let node = s.inodes.get_mut(&ino).ok_or_else(|| err(io::ErrorKind::NotFound, path))?;
         node.data.truncate(len as usize);
         node.durable_len = node.durable_len.min(node.data.len());
         Ok(())
@@ -351,11 +311,7 @@ impl Disk for SimDisk {
     }
     fn list(&self, dir: &str) -> io::Result<Vec<String>> {
         let s = self.lock();
-        let prefix = if dir.is_empty() {
-            String::new()
-        } else {
-            format!("{dir}/")
-        };
+        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
         let mut out: Vec<String> = Vec::new();
         for p in s.names.keys() {
             if let Some(rest) = p.strip_prefix(&prefix) {
@@ -433,18 +389,9 @@ mod tests {
         d.fail_next_syncs(1);
         assert!(f.sync().is_err());
         assert!(f.sync().is_ok());
-        d.set_faults(SimDiskFaults {
-            capacity_bytes: 4,
-            ..Default::default()
-        });
-        assert_eq!(
-            f.append(b"12345").unwrap_err().kind(),
-            io::ErrorKind::StorageFull
-        );
-        d.set_faults(SimDiskFaults {
-            read_bitflip_probability: 1.0,
-            ..Default::default()
-        });
+        d.set_faults(SimDiskFaults { capacity_bytes: 4, ..Default::default() });
+        assert_eq!(f.append(b"12345").unwrap_err().kind(), io::ErrorKind::StorageFull);
+        d.set_faults(SimDiskFaults { read_bitflip_probability: 1.0, ..Default::default() });
         f.append(b"abcd").unwrap();
         assert_ne!(d.read("f").unwrap(), b"abcd");
         assert_eq!(d.stats().bitflips, 1);

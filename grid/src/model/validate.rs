@@ -59,25 +59,13 @@ pub fn validate_batch(batch: &WriteBatch, vector_dim: usize) -> Result<(), Batch
     let mut unlisted = 0usize;
     let mut push = |list, index, reason: String| {
         if errors.len() < limits::BATCH_ERRORS_LISTED_MAX {
-            errors.push(ItemError {
-                list,
-                index,
-                reason,
-            });
+            errors.push(ItemError { list, index, reason });
         } else {
             unlisted += 1;
         }
     };
     if batch.items() > limits::BATCH_ITEMS_MAX {
-        push(
-            "batch",
-            0,
-            format!(
-                "{} items; at most {} allowed per batch",
-                batch.items(),
-                limits::BATCH_ITEMS_MAX
-            ),
-        );
+        push("batch", 0, format!("{} items; at most {} allowed per batch", batch.items(), limits::BATCH_ITEMS_MAX));
     }
     let mut bytes = 0usize;
     for (i, c) in batch.concepts.iter().enumerate() {
@@ -89,10 +77,7 @@ pub fn validate_batch(batch: &WriteBatch, vector_dim: usize) -> Result<(), Batch
         reasons.extend(check_len("label", &c.label, limits::LABEL_BYTES_MAX));
         reasons.extend(check_len("content", &c.content, limits::CONTENT_BYTES_MAX));
         if !c.vector.is_empty() && c.vector.len() != vector_dim {
-            reasons.push(format!(
-                "vector has {} dimensions; this grid uses {vector_dim}",
-                c.vector.len()
-            ));
+            reasons.push(format!("vector has {} dimensions; this grid uses {vector_dim}", c.vector.len()));
         }
         if c.vector.iter().any(|x| !x.is_finite()) {
             reasons.push("vector has a NaN or infinite component".into());
@@ -108,30 +93,15 @@ pub fn validate_batch(batch: &WriteBatch, vector_dim: usize) -> Result<(), Batch
         if a.relation.trim().is_empty() {
             reasons.push("relation is empty".to_string());
         }
-        reasons.extend(check_len(
-            "relation",
-            &a.relation,
-            limits::RELATION_BYTES_MAX,
-        ));
-        reasons.extend(check_len(
-            "evidence",
-            &a.evidence,
-            limits::EVIDENCE_BYTES_MAX,
-        ));
+        reasons.extend(check_len("relation", &a.relation, limits::RELATION_BYTES_MAX));
+        reasons.extend(check_len("evidence", &a.evidence, limits::EVIDENCE_BYTES_MAX));
         reasons.extend(check_confidence(a.confidence));
         for r in reasons {
             push("associations", i, r);
         }
     }
     if bytes > limits::BATCH_BYTES_MAX {
-        push(
-            "batch",
-            0,
-            format!(
-                "{bytes} bytes; at most {} allowed per batch",
-                limits::BATCH_BYTES_MAX
-            ),
-        );
+        push("batch", 0, format!("{bytes} bytes; at most {} allowed per batch", limits::BATCH_BYTES_MAX));
     }
     if errors.is_empty() && unlisted == 0 {
         Ok(())
@@ -147,12 +117,7 @@ mod tests {
     use crate::model::{AssocKind, Association, ConceptWrite};
 
     fn concept(label: &str) -> ConceptWrite {
-        ConceptWrite {
-            label: label.into(),
-            content: "c".into(),
-            vector: vec![],
-            confidence: 1.0,
-        }
+        ConceptWrite { label: label.into(), content: "c".into(), vector: vec![], confidence: 1.0 }
     }
 
     #[test]
@@ -160,14 +125,8 @@ mod tests {
         let mut b = WriteBatch::default();
         b.concepts.push(concept("ok"));
         b.concepts.push(concept(&"x".repeat(300)));
-        b.concepts.push(ConceptWrite {
-            confidence: f32::NAN,
-            ..concept("nan")
-        });
-        b.concepts.push(ConceptWrite {
-            vector: vec![0.5; 3],
-            ..concept("vec")
-        });
+        b.concepts.push(ConceptWrite { confidence: f32::NAN, ..concept("nan") });
+        b.concepts.push(ConceptWrite { vector: vec![0.5; 3], ..concept("vec") });
         b.associations.push(Association {
             source: ConceptId::from_label("a"),
             target: ConceptId::from_label("b"),
@@ -178,15 +137,7 @@ mod tests {
         });
         let err = validate_batch(&b, 8).unwrap_err();
         let at: Vec<_> = err.errors.iter().map(|e| (e.list, e.index)).collect();
-        assert_eq!(
-            at,
-            vec![
-                ("concepts", 1),
-                ("concepts", 2),
-                ("concepts", 3),
-                ("associations", 0)
-            ]
-        );
+        assert_eq!(at, vec![("concepts", 1), ("concepts", 2), ("concepts", 3), ("associations", 0)]);
         let msg = err.to_string();
         assert!(msg.contains("concepts[1]: label is 300 bytes"), "{msg}");
         assert!(msg.contains("NaN"), "{msg}");
@@ -197,10 +148,7 @@ mod tests {
     #[test]
     fn a_good_batch_passes() {
         let mut b = WriteBatch::default();
-        b.concepts.push(ConceptWrite {
-            vector: vec![0.1; 8],
-            ..concept("Paris")
-        });
+        b.concepts.push(ConceptWrite { vector: vec![0.1; 8], ..concept("Paris") });
         assert!(validate_batch(&b, 8).is_ok());
     }
 

@@ -4,16 +4,11 @@
 use sutra_proto as pb;
 
 use crate::ids::ConceptId;
-use crate::model::{
-    AssocKind, Association, Concept, ConceptWrite, Direction, EdgeFilter, ItemError, WriteBatch,
-};
+use crate::model::{AssocKind, Association, Concept, ConceptWrite, Direction, EdgeFilter, ItemError, WriteBatch};
 use crate::store::Edge;
 
 pub fn id_to_pb(id: ConceptId) -> pb::Id {
-    pb::Id {
-        hi: id.hi(),
-        lo: id.lo(),
-    }
+    pb::Id { hi: id.hi(), lo: id.lo() }
 }
 
 pub fn id_from_pb(id: &pb::Id) -> ConceptId {
@@ -80,41 +75,23 @@ pub fn edge_to_pb(e: &Edge<'_>, with_evidence: bool) -> pb::Edge {
         relation: e.relation.to_string(),
         confidence: e.confidence,
         outgoing: e.outgoing,
-        evidence: if with_evidence {
-            e.evidence.unwrap_or("").to_string()
-        } else {
-            String::new()
-        },
+        evidence: if with_evidence { e.evidence.unwrap_or("").to_string() } else { String::new() },
     }
 }
 
 /// Converts a wire batch; items that cannot even be converted (unknown kind, missing id) are
 /// reported with their index and replaced by placeholders so the rest is still validated.
-pub fn batch_from_pb(
-    concepts: Vec<pb::ConceptWrite>,
-    assocs: Vec<pb::Association>,
-) -> (WriteBatch, Vec<ItemError>) {
+pub fn batch_from_pb(concepts: Vec<pb::ConceptWrite>, assocs: Vec<pb::Association>) -> (WriteBatch, Vec<ItemError>) {
     let mut errors = Vec::new();
     let concepts = concepts
         .into_iter()
-        .map(|c| ConceptWrite {
-            label: c.label,
-            content: c.content,
-            vector: c.vector,
-            confidence: c.confidence,
-        })
+        .map(|c| ConceptWrite { label: c.label, content: c.content, vector: c.vector, confidence: c.confidence })
         .collect();
     let associations = assocs
         .into_iter()
         .enumerate()
         .map(|(i, a)| {
-            let mut bad = |reason: String| {
-                errors.push(ItemError {
-                    list: "associations",
-                    index: i,
-                    reason,
-                })
-            };
+            let mut bad = |reason: String| errors.push(ItemError { list: "associations", index: i, reason });
             let kind = kind_from_pb(a.kind).unwrap_or_else(|| {
                 bad(format!("unknown association kind {}", a.kind));
                 AssocKind::Semantic
@@ -127,23 +104,10 @@ pub fn batch_from_pb(
                 bad("target id is missing".into());
                 ConceptId::default()
             });
-            Association {
-                source,
-                target,
-                kind,
-                relation: a.relation,
-                confidence: a.confidence,
-                evidence: a.evidence,
-            }
+            Association { source, target, kind, relation: a.relation, confidence: a.confidence, evidence: a.evidence }
         })
         .collect();
-    (
-        WriteBatch {
-            concepts,
-            associations,
-        },
-        errors,
-    )
+    (WriteBatch { concepts, associations }, errors)
 }
 
 pub fn filter_from_pb(f: Option<pb::EdgeFilter>) -> Result<EdgeFilter, String> {
@@ -152,37 +116,21 @@ pub fn filter_from_pb(f: Option<pb::EdgeFilter>) -> Result<EdgeFilter, String> {
     };
     let mut kinds = Vec::with_capacity(f.kinds.len());
     for k in &f.kinds {
-        kinds.push(
-            kind_from_pb(*k)
-                .ok_or_else(|| format!("filter.kinds: unknown association kind {k}"))?,
-        );
+        kinds.push(kind_from_pb(*k).ok_or_else(|| format!("filter.kinds: unknown association kind {k}"))?);
     }
     let direction = match pb::Direction::try_from(f.direction) {
         Ok(pb::Direction::Both) => Direction::Both,
         Ok(pb::Direction::Out) => Direction::Out,
         Ok(pb::Direction::In) => Direction::In,
-        Err(_) => {
-            return Err(format!(
-                "filter.direction: unknown direction {}",
-                f.direction
-            ))
-        }
+        Err(_) => return Err(format!("filter.direction: unknown direction {}", f.direction)),
     };
     if f.min_confidence.is_nan() || !(0.0..=1.0).contains(&f.min_confidence) {
-        return Err(format!(
-            "filter.min_confidence {} is outside [0, 1]",
-            f.min_confidence
-        ));
+        return Err(format!("filter.min_confidence {} is outside [0, 1]", f.min_confidence));
     }
     if f.relations.len() > 1024 {
         return Err("filter.relations: more than 1024 relations".into());
     }
-    Ok(EdgeFilter {
-        kinds,
-        relations: f.relations,
-        direction,
-        min_confidence: f.min_confidence,
-    })
+    Ok(EdgeFilter { kinds, relations: f.relations, direction, min_confidence: f.min_confidence })
 }
 
 pub fn filter_to_pb(f: &EdgeFilter) -> pb::EdgeFilter {

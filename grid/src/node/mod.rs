@@ -6,6 +6,8 @@ pub mod convert;
 mod service;
 mod shard;
 
+#[cfg(not(madsim))]
+pub use service::serve_listener;
 pub use service::{serve, StorageService};
 pub use shard::{Shard, ShardError};
 
@@ -27,9 +29,7 @@ pub struct NodeConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig {
-            vector_dim: limits::VECTOR_DIM_DEFAULT,
-        }
+        NodeConfig { vector_dim: limits::VECTOR_DIM_DEFAULT }
     }
 }
 
@@ -79,25 +79,16 @@ fn encode_meta(range: KeyRange) -> Vec<u8> {
 }
 
 fn decode_meta(b: &[u8]) -> Option<KeyRange> {
-    if b.len() != 28
-        || &b[..8] != b"SUTRASHD"
-        || crc32c::crc32c(&b[..24]).to_le_bytes() != b[24..28]
-    {
+    if b.len() != 28 || &b[..8] != b"SUTRASHD" || crc32c::crc32c(&b[..24]).to_le_bytes() != b[24..28] {
         return None;
     }
     let mut r = Reader::new(&b[8..24]);
-    Some(KeyRange {
-        start: r.u64("start").ok()?,
-        end: r.u64("end").ok()?,
-    })
+    Some(KeyRange { start: r.u64("start").ok()?, end: r.u64("end").ok()? })
 }
 
 impl StorageNode {
     /// Opens every shard found on the disk. Never fails because one shard is damaged.
-    pub async fn open(
-        disk: Arc<dyn Disk>,
-        config: NodeConfig,
-    ) -> Result<Arc<StorageNode>, NodeError> {
+    pub async fn open(disk: Arc<dyn Disk>, config: NodeConfig) -> Result<Arc<StorageNode>, NodeError> {
         disk.create_dir_all("shards")?;
         let mut shards = BTreeMap::new();
         for name in disk.list("shards")? {
@@ -105,29 +96,16 @@ impl StorageNode {
                 continue;
             };
             let dir = shard_dir(id);
-            let Some(range) = disk
-                .read(&format!("{dir}/shard.meta"))
-                .ok()
-                .as_deref()
-                .and_then(decode_meta)
-            else {
+            let Some(range) = disk.read(&format!("{dir}/shard.meta")).ok().as_deref().and_then(decode_meta) else {
                 // A create that crashed before its metadata became durable: nothing was acked.
-                tracing::warn!(
-                    shard = id,
-                    "shard directory without valid metadata; ignored"
-                );
+                tracing::warn!(shard = id, "shard directory without valid metadata; ignored");
                 continue;
             };
-            let slot = match Shard::open(disk.clone(), ShardId(id), range, &dir, config.vector_dim)
-                .await
-            {
+            let slot = match Shard::open(disk.clone(), ShardId(id), range, &dir, config.vector_dim).await {
                 Ok(s) => ShardSlot::Serving(Arc::new(s)),
                 Err(e) => {
                     tracing::error!(shard = id, error = %e, "shard refuses to serve");
-                    ShardSlot::Failed {
-                        range,
-                        reason: e.to_string(),
-                    }
+                    ShardSlot::Failed { range, reason: e.to_string() }
                 }
             };
             shards.insert(id, slot);
@@ -149,28 +127,20 @@ impl StorageNode {
     }
 
     pub fn slot(&self, id: u32) -> Result<ShardSlot, NodeError> {
-        self.slots()
-            .get(&id)
-            .cloned()
-            .ok_or(NodeError::ShardNotFound(id))
+        self.slots().get(&id).cloned().ok_or(NodeError::ShardNotFound(id))
     }
 
     pub fn shard(&self, id: u32) -> Result<Arc<Shard>, NodeError> {
         match self.slot(id)? {
             ShardSlot::Serving(s) => Ok(s),
-            ShardSlot::Failed { reason, .. } => {
-                Err(ShardError::NotServing { shard: id, reason }.into())
-            }
+            ShardSlot::Failed { reason, .. } => Err(ShardError::NotServing { shard: id, reason }.into()),
         }
     }
 
     /// Creates an empty shard replica. Idempotent for the same range.
     pub async fn create_shard(&self, id: u32, range: KeyRange) -> Result<Arc<Shard>, NodeError> {
         if range.start > range.end {
-            return Err(NodeError::Invalid(format!(
-                "key range start {} is after its end {}",
-                range.start, range.end
-            )));
+            return Err(NodeError::Invalid(format!("key range start {} is after its end {}", range.start, range.end)));
         }
         let _guard = self.create_lock.lock().await;
         if let Some(slot) = self.slots().get(&id) {
@@ -186,20 +156,8 @@ impl StorageNode {
         self.disk.create_dir_all(&dir)?;
         write_atomic(&*self.disk, &dir, "shard.meta", &encode_meta(range))?;
         self.disk.sync_dir("shards")?;
-        let shard = Arc::new(
-            Shard::open(
-                self.disk.clone(),
-                ShardId(id),
-                range,
-                &dir,
-                self.config.vector_dim,
-            )
-            .await?,
-        );
-        self.shards
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, ShardSlot::Serving(shard.clone()));
+        let shard = Arc::new(Shard::open(self.disk.clone(), ShardId(id), range, &dir, self.config.vector_dim).await?);
+        self.shards.write().unwrap_or_else(|p| p.into_inner()).insert(id, ShardSlot::Serving(shard.clone()));
         Ok(shard)
     }
 }

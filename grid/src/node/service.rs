@@ -42,9 +42,7 @@ impl From<ShardError> for Status {
 
 fn too_many(what: &str, n: usize, max: usize) -> Result<(), Status> {
     if n > max {
-        return Err(Status::invalid_argument(format!(
-            "{n} {what} in one request; at most {max} allowed"
-        )));
+        return Err(Status::invalid_argument(format!("{n} {what} in one request; at most {max} allowed")));
     }
     Ok(())
 }
@@ -62,8 +60,7 @@ fn shard_info(id: u32, slot: &ShardSlot) -> pb::ShardInfo {
         ShardSlot::Serving(s) => {
             let fault = s.fault();
             let st = s.read().ok();
-            let (concepts, out_edges, in_edges) =
-                st.as_ref().map(|st| st.counts()).unwrap_or_default();
+            let (concepts, out_edges, in_edges) = st.as_ref().map(|st| st.counts()).unwrap_or_default();
             pb::ShardInfo {
                 shard: id,
                 key_start: s.range.start,
@@ -101,8 +98,7 @@ fn neighbor_lists(
     let filter = filter_from_pb(filter).map_err(Status::invalid_argument)?;
     let shard = node.shard(shard)?;
     let st = shard.read()?;
-    let (mut lists, mut scanned, mut total, mut truncated_any) =
-        (Vec::with_capacity(ids.len()), 0u64, 0usize, false);
+    let (mut lists, mut scanned, mut total, mut truncated_any) = (Vec::with_capacity(ids.len()), 0u64, 0usize, false);
     for pid in ids {
         let id = id_from_pb(pid);
         let mut edges = Vec::new();
@@ -118,12 +114,7 @@ fn neighbor_lists(
             true
         });
         truncated_any |= truncated;
-        lists.push(pb::NeighborList {
-            id: Some(*pid),
-            edges,
-            truncated,
-            missing: !st.knows(id),
-        });
+        lists.push(pb::NeighborList { id: Some(*pid), edges, truncated, missing: !st.knows(id) });
     }
     Ok((lists, scanned, truncated_any))
 }
@@ -135,18 +126,11 @@ impl pb::storage_server::Storage for StorageService {
         req: Request<pb::WriteBatchRequest>,
     ) -> Result<Response<pb::WriteBatchResponse>, Status> {
         let req = req.into_inner();
-        too_many(
-            "items",
-            req.concepts.len() + req.associations.len(),
-            limits::BATCH_ITEMS_MAX,
-        )?;
+        too_many("items", req.concepts.len() + req.associations.len(), limits::BATCH_ITEMS_MAX)?;
         let shard = self.node.shard(req.shard)?;
         let (batch, errors) = batch_from_pb(req.concepts, req.associations);
-        let concept_ids = batch
-            .concepts
-            .iter()
-            .map(|c| id_to_pb(crate::ids::ConceptId::from_label(&c.label)))
-            .collect();
+        let concept_ids =
+            batch.concepts.iter().map(|c| id_to_pb(crate::ids::ConceptId::from_label(&c.label))).collect();
         let lsn = shard.write(batch, errors).await?;
         Ok(Response::new(pb::WriteBatchResponse { lsn, concept_ids }))
     }
@@ -169,17 +153,10 @@ impl pb::storage_server::Storage for StorageService {
         Ok(Response::new(resp))
     }
 
-    async fn neighbors(
-        &self,
-        req: Request<pb::NeighborsRequest>,
-    ) -> Result<Response<pb::NeighborsResponse>, Status> {
+    async fn neighbors(&self, req: Request<pb::NeighborsRequest>) -> Result<Response<pb::NeighborsResponse>, Status> {
         let req = req.into_inner();
         too_many("ids", req.ids.len(), limits::NEIGHBORS_IDS_MAX)?;
-        let per = clamp_limit(
-            req.limit,
-            limits::NEIGHBORS_PER_VERTEX_DEFAULT,
-            limits::NEIGHBORS_PER_VERTEX_MAX,
-        );
+        let per = clamp_limit(req.limit, limits::NEIGHBORS_PER_VERTEX_DEFAULT, limits::NEIGHBORS_PER_VERTEX_MAX);
         let (lists, _, _) = neighbor_lists(
             &self.node,
             req.shard,
@@ -192,57 +169,23 @@ impl pb::storage_server::Storage for StorageService {
         Ok(Response::new(pb::NeighborsResponse { lists }))
     }
 
-    async fn expand(
-        &self,
-        req: Request<pb::ExpandRequest>,
-    ) -> Result<Response<pb::ExpandResponse>, Status> {
+    async fn expand(&self, req: Request<pb::ExpandRequest>) -> Result<Response<pb::ExpandResponse>, Status> {
         let req = req.into_inner();
-        too_many(
-            "frontier vertices",
-            req.frontier.len(),
-            limits::EXPAND_FRONTIER_MAX,
-        )?;
-        let total = clamp_limit(
-            req.max_edges,
-            limits::EXPAND_EDGES_DEFAULT,
-            limits::EXPAND_EDGES_MAX,
-        );
-        let (lists, edges_scanned, truncated) = neighbor_lists(
-            &self.node,
-            req.shard,
-            &req.frontier,
-            req.filter,
-            usize::MAX,
-            total,
-            false,
-        )?;
-        Ok(Response::new(pb::ExpandResponse {
-            lists,
-            edges_scanned,
-            truncated,
-        }))
+        too_many("frontier vertices", req.frontier.len(), limits::EXPAND_FRONTIER_MAX)?;
+        let total = clamp_limit(req.max_edges, limits::EXPAND_EDGES_DEFAULT, limits::EXPAND_EDGES_MAX);
+        let (lists, edges_scanned, truncated) =
+            neighbor_lists(&self.node, req.shard, &req.frontier, req.filter, usize::MAX, total, false)?;
+        Ok(Response::new(pb::ExpandResponse { lists, edges_scanned, truncated }))
     }
 
-    async fn create_shard(
-        &self,
-        req: Request<pb::CreateShardRequest>,
-    ) -> Result<Response<pb::ShardInfo>, Status> {
+    async fn create_shard(&self, req: Request<pb::CreateShardRequest>) -> Result<Response<pb::ShardInfo>, Status> {
         let req = req.into_inner();
-        let range = KeyRange {
-            start: req.key_start,
-            end: req.key_end,
-        };
+        let range = KeyRange { start: req.key_start, end: req.key_end };
         let shard = self.node.create_shard(req.shard, range).await?;
-        Ok(Response::new(shard_info(
-            req.shard,
-            &ShardSlot::Serving(shard),
-        )))
+        Ok(Response::new(shard_info(req.shard, &ShardSlot::Serving(shard))))
     }
 
-    async fn get_shard_info(
-        &self,
-        req: Request<pb::ShardInfoRequest>,
-    ) -> Result<Response<pb::ShardInfo>, Status> {
+    async fn get_shard_info(&self, req: Request<pb::ShardInfoRequest>) -> Result<Response<pb::ShardInfo>, Status> {
         let id = req.into_inner().shard;
         Ok(Response::new(shard_info(id, &self.node.slot(id)?)))
     }
@@ -251,23 +194,23 @@ impl pb::storage_server::Storage for StorageService {
         &self,
         _req: Request<pb::ListShardsRequest>,
     ) -> Result<Response<pb::ListShardsResponse>, Status> {
-        let shards = self
-            .node
-            .list()
-            .iter()
-            .map(|(id, slot)| shard_info(*id, slot))
-            .collect();
+        let shards = self.node.list().iter().map(|(id, slot)| shard_info(*id, slot)).collect();
         Ok(Response::new(pb::ListShardsResponse { shards }))
     }
 
-    async fn checkpoint(
-        &self,
-        req: Request<pb::CheckpointRequest>,
-    ) -> Result<Response<pb::ShardInfo>, Status> {
+    async fn checkpoint(&self, req: Request<pb::CheckpointRequest>) -> Result<Response<pb::ShardInfo>, Status> {
         let id = req.into_inner().shard;
         self.node.shard(id)?.checkpoint().await?;
         Ok(Response::new(shard_info(id, &self.node.slot(id)?)))
     }
+}
+
+/// The service with real-mode message limits (madsim passes objects and has no such knobs).
+#[cfg(not(madsim))]
+fn service(node: Arc<StorageNode>) -> pb::storage_server::StorageServer<StorageService> {
+    pb::storage_server::StorageServer::new(StorageService { node })
+        .max_decoding_message_size(limits::RPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(limits::RPC_MESSAGE_BYTES_MAX)
 }
 
 /// Serves the Storage service on `addr` until `shutdown` resolves. The binary and the
@@ -277,13 +220,24 @@ pub async fn serve(
     addr: SocketAddr,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let svc = pb::storage_server::StorageServer::new(StorageService { node });
     #[cfg(not(madsim))]
-    let svc = svc
-        .max_decoding_message_size(limits::RPC_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(limits::RPC_MESSAGE_BYTES_MAX);
+    let svc = service(node);
+    #[cfg(madsim)]
+    let svc = pb::storage_server::StorageServer::new(StorageService { node });
+    tonic::transport::Server::builder().add_service(svc).serve_with_shutdown(addr, shutdown).await
+}
+
+/// Real mode: serves on a listener the caller already bound, so a taken port fails before
+/// anything starts and port 0 works.
+#[cfg(not(madsim))]
+pub async fn serve_listener(
+    node: Arc<StorageNode>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .add_service(svc)
-        .serve_with_shutdown(addr, shutdown)
+        .add_service(service(node))
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

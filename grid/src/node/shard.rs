@@ -60,10 +60,7 @@ impl CommitSink<Waiter> for Sink {
             *f = Some(reason.clone());
         }
         for w in batch {
-            let _ = w.done.send(Err(ShardError::NotServing {
-                shard: self.shard,
-                reason: reason.clone(),
-            }));
+            let _ = w.done.send(Err(ShardError::NotServing { shard: self.shard, reason: reason.clone() }));
         }
     }
 }
@@ -87,10 +84,7 @@ pub struct Shard {
 }
 
 fn storage_err(shard: u32, e: impl std::fmt::Display) -> ShardError {
-    ShardError::Storage {
-        shard,
-        reason: e.to_string(),
-    }
+    ShardError::Storage { shard, reason: e.to_string() }
 }
 
 impl Shard {
@@ -106,16 +100,10 @@ impl Shard {
         let sid = id.0;
         let cp_path = format!("{dir}/storage.dat");
         let checkpoint = if disk.exists(&cp_path) {
-            let map = disk
-                .map(&cp_path)
-                .map_err(|e| storage_err(sid, format!("reading {cp_path}: {e}")))?;
-            let cp =
-                Checkpoint::open(map).map_err(|e| storage_err(sid, format!("{cp_path}: {e}")))?;
+            let map = disk.map(&cp_path).map_err(|e| storage_err(sid, format!("reading {cp_path}: {e}")))?;
+            let cp = Checkpoint::open(map).map_err(|e| storage_err(sid, format!("{cp_path}: {e}")))?;
             if cp.key_start != range.start || cp.key_end != range.end {
-                return Err(storage_err(
-                    sid,
-                    "checkpoint key range does not match the shard's",
-                ));
+                return Err(storage_err(sid, "checkpoint key range does not match the shard's"));
             }
             Some(cp)
         } else {
@@ -142,12 +130,7 @@ impl Shard {
         let trim_through = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel(limits::WAL_QUEUE_DEPTH_MAX);
         let syncs = Arc::new(AtomicU64::new(0));
-        let sink = Sink {
-            shard: sid,
-            syncs: syncs.clone(),
-            state: state.clone(),
-            fault: fault.clone(),
-        };
+        let sink = Sink { shard: sid, syncs: syncs.clone(), state: state.clone(), fault: fault.clone() };
         tokio::spawn(wal::run_group_commit(wal, rx, sink, trim_through.clone()));
         Ok(Shard {
             id,
@@ -176,10 +159,7 @@ impl Shard {
 
     fn check_serving(&self) -> Result<(), ShardError> {
         match self.fault() {
-            Some(reason) => Err(ShardError::NotServing {
-                shard: self.id.0,
-                reason,
-            }),
+            Some(reason) => Err(ShardError::NotServing { shard: self.id.0, reason }),
             None => Ok(()),
         }
     }
@@ -192,18 +172,11 @@ impl Shard {
 
     /// Validates the whole batch (limits and ownership), logs it as one WAL record, and returns
     /// its LSN once it is durable and applied.
-    pub async fn write(
-        &self,
-        batch: WriteBatch,
-        mut extra: Vec<ItemError>,
-    ) -> Result<u64, ShardError> {
+    pub async fn write(&self, batch: WriteBatch, mut extra: Vec<ItemError>) -> Result<u64, ShardError> {
         self.check_serving()?;
         if let Err(mut rej) = validate_batch(&batch, self.vector_dim) {
             extra.append(&mut rej.errors);
-            return Err(ShardError::Rejected(BatchRejected {
-                errors: sorted(extra),
-                unlisted: rej.unlisted,
-            }));
+            return Err(ShardError::Rejected(BatchRejected { errors: sorted(extra), unlisted: rej.unlisted }));
         }
         for (i, c) in batch.concepts.iter().enumerate() {
             let id = ConceptId::from_label(&c.label);
@@ -217,10 +190,7 @@ impl Shard {
             }
         }
         if !extra.is_empty() {
-            return Err(ShardError::Rejected(BatchRejected {
-                errors: sorted(extra),
-                unlisted: 0,
-            }));
+            return Err(ShardError::Rejected(BatchRejected { errors: sorted(extra), unlisted: 0 }));
         }
         if batch.is_empty() {
             return Ok(self.read()?.applied_lsn());
@@ -228,29 +198,15 @@ impl Shard {
         let ts_ms = now_ms();
         let payload = batch_codec::encode(ts_ms, &batch);
         let (done, rx) = oneshot::channel();
-        let pending = Pending {
-            epoch: 1,
-            rtype: RecordType::Batch,
-            payload,
-            item: Waiter { ts_ms, batch, done },
-        };
-        let stopped = || ShardError::NotServing {
-            shard: self.id.0,
-            reason: "wal committer stopped".into(),
-        };
-        self.tx
-            .send(pending)
-            .await
-            .map_err(|_| self.fault_or(stopped()))?;
+        let pending = Pending { epoch: 1, rtype: RecordType::Batch, payload, item: Waiter { ts_ms, batch, done } };
+        let stopped = || ShardError::NotServing { shard: self.id.0, reason: "wal committer stopped".into() };
+        self.tx.send(pending).await.map_err(|_| self.fault_or(stopped()))?;
         rx.await.map_err(|_| self.fault_or(stopped()))?
     }
 
     fn fault_or(&self, e: ShardError) -> ShardError {
         match self.fault() {
-            Some(reason) => ShardError::NotServing {
-                shard: self.id.0,
-                reason,
-            },
+            Some(reason) => ShardError::NotServing { shard: self.id.0, reason },
             None => e,
         }
     }
@@ -274,12 +230,7 @@ impl Shard {
     pub async fn checkpoint(&self) -> Result<u64, ShardError> {
         self.check_serving()?;
         let _one = self.checkpointing.lock().await;
-        let (state, disk, dir, sid) = (
-            self.state.clone(),
-            self.disk.clone(),
-            self.dir.clone(),
-            self.id.0,
-        );
+        let (state, disk, dir, sid) = (self.state.clone(), self.disk.clone(), self.dir.clone(), self.id.0);
         let lsn = crate::io::blocking(move || -> Result<u64, CheckpointError> {
             let mut st = state.write().unwrap_or_else(|p| p.into_inner());
             let meta = checkpoint::CheckpointMeta {
@@ -309,8 +260,5 @@ fn sorted(mut v: Vec<ItemError>) -> Vec<ItemError> {
 
 /// Wall-clock milliseconds; simulated time inside madsim.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

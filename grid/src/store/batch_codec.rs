@@ -33,10 +33,7 @@ pub fn decode(payload: &[u8]) -> Result<(u64, WriteBatch), DecodeError> {
     let ts = r.u64("timestamp")?;
     let n = r.u32("concept count")? as usize;
     if n > limits::BATCH_ITEMS_MAX {
-        return Err(DecodeError {
-            offset: r.pos(),
-            what: "concept count",
-        });
+        return Err(DecodeError { offset: r.pos(), what: "concept count" });
     }
     let mut b = WriteBatch::default();
     for _ in 0..n {
@@ -49,19 +46,13 @@ pub fn decode(payload: &[u8]) -> Result<(u64, WriteBatch), DecodeError> {
     }
     let n = r.u32("association count")? as usize;
     if n > limits::BATCH_ITEMS_MAX {
-        return Err(DecodeError {
-            offset: r.pos(),
-            what: "association count",
-        });
+        return Err(DecodeError { offset: r.pos(), what: "association count" });
     }
     for _ in 0..n {
         let source = ConceptId(r.u128("source")?);
         let target = ConceptId(r.u128("target")?);
         let at = r.pos();
-        let kind = AssocKind::from_u8(r.u8("kind")?).ok_or(DecodeError {
-            offset: at,
-            what: "kind",
-        })?;
+        let kind = AssocKind::from_u8(r.u8("kind")?).ok_or(DecodeError { offset: at, what: "kind" })?;
         b.associations.push(Association {
             source,
             target,

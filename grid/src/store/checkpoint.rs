@@ -121,10 +121,7 @@ fn decode_concept(id: ConceptId, b: &[u8]) -> Option<Concept> {
     let c = Concept {
         id,
         label: r.str(limits::LABEL_BYTES_MAX, "label").ok()?.to_string(),
-        content: r
-            .str(limits::CONTENT_BYTES_MAX, "content")
-            .ok()?
-            .to_string(),
+        content: r.str(limits::CONTENT_BYTES_MAX, "content").ok()?.to_string(),
         vector: r.f32s(limits::VECTOR_DIM_MAX, "vector").ok()?,
         confidence: r.f32("confidence").ok()?,
         created_ms: r.u64("created").ok()?,
@@ -135,31 +132,20 @@ fn decode_concept(id: ConceptId, b: &[u8]) -> Option<Concept> {
 }
 
 fn align8(v: &mut Vec<u8>) {
-    while v.len() % 8 != 0 {
+    while !v.len().is_multiple_of(8) {
         v.push(0);
     }
 }
 
 /// Builds the file image. `vertices` must be sorted by id without duplicates.
-pub fn build_image(
-    meta: &CheckpointMeta,
-    relations: &[String],
-    vertices: &[VertexData],
-) -> Vec<u8> {
-    assert!(
-        vertices.windows(2).all(|w| w[0].id < w[1].id),
-        "checkpoint vertices must be sorted and unique"
-    );
+pub fn build_image(meta: &CheckpointMeta, relations: &[String], vertices: &[VertexData]) -> Vec<u8> {
+    assert!(vertices.windows(2).all(|w| w[0].id < w[1].id), "checkpoint vertices must be sorted and unique");
     let n = vertices.len();
     let n_out: usize = vertices.iter().map(|v| v.out.len()).sum();
     let n_in: usize = vertices.iter().map(|v| v.inn.len()).sum();
     assert!(n < REMOTE as usize, "too many vertices for one checkpoint");
-    let local = |id: ConceptId| -> u32 {
-        vertices
-            .binary_search_by(|v| v.id.cmp(&id))
-            .map(|i| i as u32)
-            .unwrap_or(REMOTE)
-    };
+    let local =
+        |id: ConceptId| -> u32 { vertices.binary_search_by(|v| v.id.cmp(&id)).map(|i| i as u32).unwrap_or(REMOTE) };
     let mut evidence = vec![0u8]; // offset 0 is reserved for "no evidence"
     let mut body: Vec<u8> = Vec::with_capacity(n * 64 + (n_out + n_in) * (EDGE_BYTES + 12) + 1024);
     let mut sec: Vec<Range<usize>> = Vec::with_capacity(SECTIONS);
@@ -250,15 +236,7 @@ pub fn build_image(
     h.buf.extend_from_slice(MAGIC);
     h.u32(VERSION);
     h.u32(0); // header crc, filled below
-    for v in [
-        meta.lsn,
-        meta.epoch,
-        meta.key_start,
-        meta.key_end,
-        n as u64,
-        n_out as u64,
-        n_in as u64,
-    ] {
+    for v in [meta.lsn, meta.epoch, meta.key_start, meta.key_end, n as u64, n_out as u64, n_in as u64] {
         h.u64(v);
     }
     h.u64(relations.len() as u64);
@@ -295,10 +273,7 @@ impl Checkpoint {
     pub fn open(map: Mapped) -> Result<Checkpoint, CheckpointError> {
         let b = &map[..];
         if b.len() < HEADER_BYTES {
-            return Err(corrupt(format!(
-                "file is {} bytes, shorter than the header",
-                b.len()
-            )));
+            return Err(corrupt(format!("file is {} bytes, shorter than the header", b.len())));
         }
         if &b[0..8] != MAGIC {
             return Err(corrupt("bad magic; not a storage.dat file"));
@@ -326,10 +301,7 @@ impl Checkpoint {
         let mut sec: [Range<usize>; SECTIONS] = Default::default();
         for s in sec.iter_mut() {
             let (off, len) = (h(&mut r)? as usize, h(&mut r)? as usize);
-            if off < HEADER_BYTES
-                || off % 8 != 0
-                || off.checked_add(len).is_none_or(|end| end > b.len())
-            {
+            if off < HEADER_BYTES || !off.is_multiple_of(8) || off.checked_add(len).is_none_or(|end| end > b.len()) {
                 return Err(corrupt("section out of bounds"));
             }
             *s = off..off + len;
@@ -341,10 +313,7 @@ impl Checkpoint {
         let expect = |s: Sec, len: Option<usize>| -> Result<(), CheckpointError> {
             match len {
                 Some(l) if sec[s as usize].len() == l => Ok(()),
-                _ => Err(corrupt(format!(
-                    "section {} has the wrong size",
-                    s as usize
-                ))),
+                _ => Err(corrupt(format!("section {} has the wrong size", s as usize))),
             }
         };
         let size = |count: usize, each: usize| count.checked_mul(each);
@@ -359,24 +328,10 @@ impl Checkpoint {
         let mut rr = Reader::new(&b[sec[Sec::Relations as usize].clone()]);
         let mut relations = Vec::with_capacity(n_rel as usize);
         for _ in 0..n_rel {
-            relations.push(
-                rr.str(limits::RELATION_BYTES_MAX, "relation")
-                    .map_err(|e| corrupt(e.to_string()))?
-                    .to_string(),
-            );
+            relations
+                .push(rr.str(limits::RELATION_BYTES_MAX, "relation").map_err(|e| corrupt(e.to_string()))?.to_string());
         }
-        let cp = Checkpoint {
-            map: map.clone(),
-            sec,
-            lsn,
-            epoch,
-            key_start,
-            key_end,
-            n,
-            n_out,
-            n_in,
-            relations,
-        };
+        let cp = Checkpoint { map: map.clone(), sec, lsn, epoch, key_start, key_end, n, n_out, n_in, relations };
         cp.verify_structure()?;
         Ok(cp)
     }
@@ -398,32 +353,20 @@ impl Checkpoint {
             for i in 0..=self.n {
                 let v = u64_at(o, i).unwrap_or(u64::MAX) as usize;
                 if v < prev || v > end {
-                    return Err(corrupt(format!(
-                        "offsets of section {} are not monotone",
-                        sec as usize
-                    )));
+                    return Err(corrupt(format!("offsets of section {} are not monotone", sec as usize)));
                 }
                 prev = v;
             }
             if prev != end {
-                return Err(corrupt(format!(
-                    "offsets of section {} do not cover it",
-                    sec as usize
-                )));
+                return Err(corrupt(format!("offsets of section {} do not cover it", sec as usize)));
             }
             Ok(())
         };
-        monotone(
-            Sec::ConceptOffsets,
-            self.sec[Sec::ConceptBlob as usize].len(),
-        )?;
+        monotone(Sec::ConceptOffsets, self.sec[Sec::ConceptBlob as usize].len())?;
         monotone(Sec::OutOffsets, self.n_out)?;
         monotone(Sec::InOffsets, self.n_in)?;
         let ev_len = self.sec[Sec::Evidence as usize].len() as u64;
-        for (nbr, edges, count) in [
-            (Sec::OutNbr, Sec::OutEdges, self.n_out),
-            (Sec::InNbr, Sec::InEdges, self.n_in),
-        ] {
+        for (nbr, edges, count) in [(Sec::OutNbr, Sec::OutEdges, self.n_out), (Sec::InNbr, Sec::InEdges, self.n_in)] {
             let (nb, ed) = (self.s(nbr), self.s(edges));
             for e in 0..count {
                 let x = u32_at(nb, e).unwrap_or(REMOTE);
@@ -431,9 +374,7 @@ impl Checkpoint {
                     return Err(corrupt("edge neighbour index out of range"));
                 }
                 let rk = u32_at(ed, e * 8 + 4).unwrap_or(0);
-                if AssocKind::from_u8((rk >> 24) as u8).is_none()
-                    || (rk & 0xff_ffff) as usize >= self.relations.len()
-                {
+                if AssocKind::from_u8((rk >> 24) as u8).is_none() || (rk & 0xff_ffff) as usize >= self.relations.len() {
                     return Err(corrupt("edge kind or relation out of range"));
                 }
                 let ev = u64_at(ed, e * 4 + 3).unwrap_or(u64::MAX);
@@ -482,10 +423,7 @@ impl Checkpoint {
 
     pub fn concept(&self, i: u32) -> Option<Concept> {
         let o = self.s(Sec::ConceptOffsets);
-        let (a, b) = (
-            u64_at(o, i as usize)? as usize,
-            u64_at(o, i as usize + 1)? as usize,
-        );
+        let (a, b) = (u64_at(o, i as usize)? as usize, u64_at(o, i as usize + 1)? as usize);
         if a == b {
             return None;
         }
@@ -521,18 +459,13 @@ impl Checkpoint {
         } else {
             let blob = self.s(Sec::Evidence);
             let len = u32_at(&blob[ev..], 0).unwrap_or(0) as usize;
-            blob.get(ev + 4..ev + 4 + len)
-                .and_then(|b| std::str::from_utf8(b).ok())
+            blob.get(ev + 4..ev + 4 + len).and_then(|b| std::str::from_utf8(b).ok())
         };
         EdgeView {
             other: ConceptId(u128_at(ed, e * 2).unwrap_or(0)),
             kind: AssocKind::from_u8((rk >> 24) as u8).unwrap_or(AssocKind::Semantic),
             rel: rk & 0xff_ffff,
-            confidence: f32::from_le_bytes(
-                ed[e * EDGE_BYTES + 20..e * EDGE_BYTES + 24]
-                    .try_into()
-                    .unwrap_or([0; 4]),
-            ),
+            confidence: f32::from_le_bytes(ed[e * EDGE_BYTES + 20..e * EDGE_BYTES + 24].try_into().unwrap_or([0; 4])),
             evidence,
         }
     }

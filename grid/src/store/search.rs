@@ -33,7 +33,9 @@ impl Path {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SearchError {
-    #[error("search visited {visited} vertices, over the limit of {limit}; narrow it with filters or a lower max_depth")]
+    #[error(
+        "search visited {visited} vertices, over the limit of {limit}; narrow it with filters or a lower max_depth"
+    )]
     VisitedLimit { visited: usize, limit: usize },
 }
 
@@ -68,11 +70,7 @@ pub fn shortest_paths(
     visited_max: usize,
 ) -> Result<Vec<Path>, SearchError> {
     if start == end {
-        return Ok(vec![Path {
-            vertices: vec![start],
-            steps: vec![],
-            confidence: 1.0,
-        }]);
+        return Ok(vec![Path { vertices: vec![start], steps: vec![], confidence: 1.0 }]);
     }
     let mut dist: HashMap<ConceptId, usize> = HashMap::from([(start, 0)]);
     let mut preds: HashMap<ConceptId, Vec<(ConceptId, Step)>> = HashMap::new();
@@ -93,10 +91,7 @@ pub fn shortest_paths(
                 true
             });
             if dist.len() > visited_max {
-                return Err(SearchError::VisitedLimit {
-                    visited: dist.len(),
-                    limit: visited_max,
-                });
+                return Err(SearchError::VisitedLimit { visited: dist.len(), limit: visited_max });
             }
         }
         if dist.contains_key(&end) {
@@ -134,11 +129,7 @@ fn collect(
             steps.push(s.clone());
         }
         let confidence = steps.iter().map(|s| s.confidence as f64).product();
-        out.push(Path {
-            vertices,
-            steps,
-            confidence,
-        });
+        out.push(Path { vertices, steps, confidence });
         return;
     }
     for (u, step) in preds.get(&v).map(Vec::as_slice).unwrap_or(&[]) {
@@ -166,17 +157,9 @@ pub fn most_confident_path(
         parent: Option<(usize, Step)>,
     }
     if start == end {
-        return Ok(Some(Path {
-            vertices: vec![start],
-            steps: vec![],
-            confidence: 1.0,
-        }));
+        return Ok(Some(Path { vertices: vec![start], steps: vec![], confidence: 1.0 }));
     }
-    let mut states = vec![State {
-        v: start,
-        conf: 1.0,
-        parent: None,
-    }];
+    let mut states = vec![State { v: start, conf: 1.0, parent: None }];
     // Best confidence reaching each vertex in at most the current number of hops: a state that
     // does not beat it is dominated (more hops, no more confidence) and is dropped.
     let mut best: HashMap<ConceptId, (f64, usize)> = HashMap::from([(start, (1.0, 0))]);
@@ -191,20 +174,13 @@ pub fn most_confident_path(
                     return true;
                 }
                 let to = step.to;
-                states.push(State {
-                    v: to,
-                    conf: c,
-                    parent: Some((si, step)),
-                });
+                states.push(State { v: to, conf: c, parent: Some((si, step)) });
                 best.insert(to, (c, states.len() - 1));
                 improved.insert(to, states.len() - 1);
                 true
             });
             if states.len() > visited_max {
-                return Err(SearchError::VisitedLimit {
-                    visited: states.len(),
-                    limit: visited_max,
-                });
+                return Err(SearchError::VisitedLimit { visited: states.len(), limit: visited_max });
             }
         }
         if improved.is_empty() {
@@ -226,9 +202,5 @@ pub fn most_confident_path(
     }
     steps.reverse();
     vertices.reverse();
-    Ok(Some(Path {
-        vertices,
-        steps,
-        confidence: conf,
-    }))
+    Ok(Some(Path { vertices, steps, confidence: conf }))
 }

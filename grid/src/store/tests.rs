@@ -13,12 +13,7 @@ fn id(n: u32) -> ConceptId {
 }
 
 fn concept(n: u32, content: &str) -> ConceptWrite {
-    ConceptWrite {
-        label: format!("c{n}"),
-        content: content.into(),
-        vector: vec![],
-        confidence: 0.9,
-    }
+    ConceptWrite { label: format!("c{n}"), content: content.into(), vector: vec![], confidence: 0.9 }
 }
 
 fn assoc(a: u32, b: u32, rel: &str, conf: f32) -> Association {
@@ -36,27 +31,16 @@ fn store_with(edges: &[(u32, u32, f32)], n: u32) -> ShardStore {
     let mut s = ShardStore::new(KeyRange::ALL, None);
     let batch = WriteBatch {
         concepts: (0..n).map(|i| concept(i, "x")).collect(),
-        associations: edges
-            .iter()
-            .map(|(a, b, c)| assoc(*a, *b, "r", *c))
-            .collect(),
+        associations: edges.iter().map(|(a, b, c)| assoc(*a, *b, "r", *c)).collect(),
     };
     s.apply(1, 1000, batch);
     s
 }
 
 fn checkpointed(s: &ShardStore) -> ShardStore {
-    let meta = CheckpointMeta {
-        lsn: s.applied_lsn(),
-        epoch: 1,
-        key_start: 0,
-        key_end: u64::MAX,
-    };
+    let meta = CheckpointMeta { lsn: s.applied_lsn(), epoch: 1, key_start: 0, key_end: u64::MAX };
     let image = build_image(&meta, s.relations(), &s.snapshot_vertices());
-    ShardStore::new(
-        s.range,
-        Some(Checkpoint::open(Mapped::from_vec(image)).unwrap()),
-    )
+    ShardStore::new(s.range, Some(Checkpoint::open(Mapped::from_vec(image)).unwrap()))
 }
 
 fn edges_of(s: &ShardStore, v: ConceptId) -> BTreeSet<(String, bool, String, u32, String)> {
@@ -105,13 +89,7 @@ fn upserts_merge_and_keep_the_first_spelling() {
     );
     let c = s.concept(ConceptId::from_label("EIFFEL TOWER")).unwrap();
     assert_eq!(
-        (
-            c.label.as_str(),
-            c.content.as_str(),
-            c.confidence,
-            c.created_ms,
-            c.updated_ms
-        ),
+        (c.label.as_str(), c.content.as_str(), c.confidence, c.created_ms, c.updated_ms),
         ("Eiffel_Tower", "a tower", 0.5, 10, 20)
     );
     // Same (source, target, kind, relation) replaces; a new relation adds.
@@ -120,11 +98,7 @@ fn upserts_merge_and_keep_the_first_spelling() {
         30,
         WriteBatch {
             concepts: vec![],
-            associations: vec![
-                assoc(1, 2, "r", 0.5),
-                assoc(1, 2, "r", 0.7),
-                assoc(1, 2, "q", 0.1),
-            ],
+            associations: vec![assoc(1, 2, "r", 0.5), assoc(1, 2, "r", 0.7), assoc(1, 2, "q", 0.1)],
         },
     );
     assert_eq!(edges_of(&s, id(1)).len(), 2);
@@ -138,21 +112,12 @@ fn overlay_supersedes_checkpoint_edges() {
     s.apply(
         2,
         2000,
-        WriteBatch {
-            concepts: vec![concept(0, "")],
-            associations: vec![assoc(0, 1, "r", 0.9), assoc(0, 3, "r", 0.2)],
-        },
+        WriteBatch { concepts: vec![concept(0, "")], associations: vec![assoc(0, 1, "r", 0.9), assoc(0, 3, "r", 0.2)] },
     );
     let e = edges_of(&s, id(0));
     assert_eq!(e.len(), 3, "{e:?}");
-    assert!(e
-        .iter()
-        .any(|x| x.0 == id(1).to_string() && x.3 == 0.9f32.to_bits()));
-    assert_eq!(
-        s.concept(id(0)).unwrap().content,
-        "x",
-        "empty content keeps the stored one"
-    );
+    assert!(e.iter().any(|x| x.0 == id(1).to_string() && x.3 == 0.9f32.to_bits()));
+    assert_eq!(s.concept(id(0)).unwrap().content, "x", "empty content keeps the stored one");
     assert_eq!(s.counts(), (3, 3, 3));
     // And a second checkpoint folds it all in.
     let s2 = checkpointed(&s);
@@ -163,20 +128,12 @@ fn overlay_supersedes_checkpoint_edges() {
 #[test]
 fn checkpoint_rejects_every_damaged_byte_it_is_shown() {
     let s = store_with(&[(0, 1, 0.5), (1, 2, 0.25), (2, 0, 1.0)], 4);
-    let meta = CheckpointMeta {
-        lsn: 1,
-        epoch: 1,
-        key_start: 0,
-        key_end: u64::MAX,
-    };
+    let meta = CheckpointMeta { lsn: 1, epoch: 1, key_start: 0, key_end: u64::MAX };
     let image = build_image(&meta, s.relations(), &s.snapshot_vertices());
     for at in (0..image.len()).step_by(7) {
         let mut bad = image.clone();
         bad[at] ^= 0x10;
-        assert!(
-            Checkpoint::open(Mapped::from_vec(bad)).is_err(),
-            "flip at {at} went unnoticed"
-        );
+        assert!(Checkpoint::open(Mapped::from_vec(bad)).is_err(), "flip at {at} went unnoticed");
     }
     for cut in [0, 10, 255, 256, 511, 512, image.len() - 1] {
         assert!(Checkpoint::open(Mapped::from_vec(image[..cut].to_vec())).is_err());
@@ -189,10 +146,7 @@ fn csr_fast_path_agrees_with_the_general_bfs() {
     let s = store_with(&edges, 60);
     let cp = checkpointed(&s);
     for dir in [Direction::Out, Direction::In, Direction::Both] {
-        let f = EdgeFilter {
-            direction: dir,
-            ..Default::default()
-        };
+        let f = EdgeFilter { direction: dir, ..Default::default() };
         let slow = s.bfs_reach(id(0), &f, 10);
         let fast = cp.bfs_reach(id(0), &f, 10);
         assert_eq!(slow.0, fast.0, "{dir:?}");
@@ -255,15 +209,7 @@ fn all_simple_paths(
         }
     }
     let mut out = Vec::new();
-    dfs(
-        g,
-        from,
-        to,
-        max_depth,
-        &mut vec![from],
-        &mut Vec::new(),
-        &mut out,
-    );
+    dfs(g, from, to, max_depth, &mut vec![from], &mut Vec::new(), &mut out);
     out
 }
 

@@ -47,9 +47,7 @@ pub async fn run_group_commit<T: Send + 'static>(
         }
         let mut group = vec![first];
         let mut bytes = group[0].payload.len();
-        while group.len() < limits::WAL_GROUP_COMMIT_RECORDS_MAX
-            && bytes < limits::WAL_GROUP_COMMIT_BYTES_MAX
-        {
+        while group.len() < limits::WAL_GROUP_COMMIT_RECORDS_MAX && bytes < limits::WAL_GROUP_COMMIT_BYTES_MAX {
             match rx.try_recv() {
                 Ok(p) => {
                     bytes += p.payload.len();
@@ -65,16 +63,25 @@ pub async fn run_group_commit<T: Send + 'static>(
             let lsn = wal.stage(&mut buf, p.epoch, p.rtype, &p.payload);
             items.push((lsn, p.item));
         }
-        let (w, b, res) = crate::io::blocking(move || {
-            let r = wal.write_and_sync(first_lsn, &buf);
-            (wal, buf, r)
-        })
-        .await;
-        wal = w;
-        buf = b;
-        if !sync_latency.is_zero() {
-            tokio::time::sleep(sync_latency).await;
-        }
+        let res = if sync_latency.is_zero() {
+            let (w, b, r) = crate::io::blocking(move || {
+                let r = wal.write_and_sync(first_lsn, &buf);
+                (wal, buf, r)
+            })
+            .await;
+            (wal, buf) = (w, b);
+            r
+        } else {
+            // Simulated device latency sits between the write and the fsync's return, so a
+            // crash can land while the group is written but not yet durable.
+            match wal.write(first_lsn, &buf) {
+                Ok(()) => {
+                    tokio::time::sleep(sync_latency).await;
+                    wal.sync()
+                }
+                Err(e) => Err(e),
+            }
+        };
         if let Err(e) = res {
             sink.failed(&e, items.into_iter().map(|(_, t)| t).collect());
             rx.close();

@@ -19,21 +19,11 @@ use crate::limits;
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
     #[error("wal i/o error on {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("wal corruption in {segment} at byte {offset}: {reason}; refusing to serve (re-sync from peers)")]
-    Corruption {
-        segment: String,
-        offset: u64,
-        reason: String,
-    },
+    Corruption { segment: String, offset: u64, reason: String },
     #[error("fsync failed on {path}: {source}; the replica stops (fsync errors are fatal)")]
-    FsyncFailed {
-        path: String,
-        source: std::io::Error,
-    },
+    FsyncFailed { path: String, source: std::io::Error },
     #[error("wal replay rejected record lsn {lsn}: {reason}")]
     Replay { lsn: u64, reason: String },
 }
@@ -82,18 +72,10 @@ impl Wal {
             move |source| WalError::Io { path, source }
         };
         disk.create_dir_all(dir).map_err(io_err(dir))?;
-        let mut segments: Vec<u64> = disk
-            .list(dir)
-            .map_err(io_err(dir))?
-            .iter()
-            .filter_map(|n| parse_segment_name(n))
-            .collect();
+        let mut segments: Vec<u64> =
+            disk.list(dir).map_err(io_err(dir))?.iter().filter_map(|n| parse_segment_name(n)).collect();
         segments.sort_unstable();
-        let mut report = RecoveryReport {
-            segments: segments.len(),
-            last_lsn: after,
-            ..Default::default()
-        };
+        let mut report = RecoveryReport { segments: segments.len(), last_lsn: after, ..Default::default() };
         let mut prev_lsn: Option<u64> = None;
         for (i, &first) in segments.iter().enumerate() {
             let path = format!("{dir}/{}", segment_name(first));
@@ -106,10 +88,7 @@ impl Wal {
             };
             if let Some(p) = prev_lsn {
                 if first != p + 1 {
-                    return Err(corrupt(
-                        0,
-                        format!("segment starts at lsn {first} but the previous one ended at {p}"),
-                    ));
+                    return Err(corrupt(0, format!("segment starts at lsn {first} but the previous one ended at {p}")));
                 }
             }
             let mut off = 0usize;
@@ -121,13 +100,8 @@ impl Wal {
                         if !is_last {
                             return Err(corrupt(off, reason));
                         }
-                        if let Some(at) =
-                            find_valid_record_after(&buf, off + 1, prev_lsn.unwrap_or(0))
-                        {
-                            return Err(corrupt(
-                                off,
-                                format!("{reason}, yet a valid record follows at byte {at}"),
-                            ));
+                        if let Some(at) = find_valid_record_after(&buf, off + 1, prev_lsn.unwrap_or(0)) {
+                            return Err(corrupt(off, format!("{reason}, yet a valid record follows at byte {at}")));
                         }
                         // Torn tail: never acknowledged (acks follow the fsync that covers them).
                         disk.truncate(&path, off as u64).map_err(io_err(&path))?;
@@ -137,27 +111,15 @@ impl Wal {
                 };
                 let expected = prev_lsn.map(|p| p + 1).unwrap_or(first);
                 if rec.lsn != expected {
-                    return Err(corrupt(
-                        off,
-                        format!("lsn {} where {expected} was expected", rec.lsn),
-                    ));
+                    return Err(corrupt(off, format!("lsn {} where {expected} was expected", rec.lsn)));
                 }
                 if rec.epoch < report.last_epoch {
-                    return Err(corrupt(
-                        off,
-                        format!(
-                            "epoch went back from {} to {}",
-                            report.last_epoch, rec.epoch
-                        ),
-                    ));
+                    return Err(corrupt(off, format!("epoch went back from {} to {}", report.last_epoch, rec.epoch)));
                 }
                 report.records_scanned += 1;
                 report.last_epoch = rec.epoch;
                 if rec.lsn > after {
-                    replay(&rec).map_err(|reason| WalError::Replay {
-                        lsn: rec.lsn,
-                        reason,
-                    })?;
+                    replay(&rec).map_err(|reason| WalError::Replay { lsn: rec.lsn, reason })?;
                     report.records_replayed += 1;
                 }
                 prev_lsn = Some(rec.lsn);
@@ -174,10 +136,7 @@ impl Wal {
             _ => false,
         };
         let active = if reusable {
-            let path = format!(
-                "{dir}/{}",
-                segment_name(*segments.last().unwrap_or(&next_lsn))
-            );
+            let path = format!("{dir}/{}", segment_name(*segments.last().unwrap_or(&next_lsn)));
             disk.open_append(&path).map_err(io_err(&path))?
         } else {
             // New WAL, or the checkpoint is ahead of every record (all were trimmed).
@@ -212,13 +171,7 @@ impl Wal {
     }
 
     /// Frames one record into `buf` and assigns it the next LSN.
-    pub fn stage(
-        &mut self,
-        buf: &mut Vec<u8>,
-        epoch: u64,
-        rtype: RecordType,
-        payload: &[u8],
-    ) -> u64 {
+    pub fn stage(&mut self, buf: &mut Vec<u8>, epoch: u64, rtype: RecordType, payload: &[u8]) -> u64 {
         let lsn = self.next_lsn;
         record::encode(buf, epoch, lsn, rtype, payload);
         self.next_lsn += 1;
@@ -227,40 +180,34 @@ impl Wal {
 
     /// Writes staged records whose first LSN is `first_lsn`, then fsyncs. Blocking.
     pub fn write_and_sync(&mut self, first_lsn: u64, buf: &[u8]) -> Result<(), WalError> {
+        self.write(first_lsn, buf)?;
+        self.sync()
+    }
+
+    /// Appends staged records (not yet durable), rolling to a new segment first if needed.
+    pub fn write(&mut self, first_lsn: u64, buf: &[u8]) -> Result<(), WalError> {
         if self.active.len() >= self.segment_bytes_max {
             self.roll(first_lsn)?;
         }
         let path = self.active_path();
-        self.active.append(buf).map_err(|source| WalError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        self.active
-            .sync()
-            .map_err(|source| WalError::FsyncFailed { path, source })
+        self.active.append(buf).map_err(|source| WalError::Io { path, source })
+    }
+
+    /// fsyncs the active segment. An error is fatal for the replica.
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        let path = self.active_path();
+        self.active.sync().map_err(|source| WalError::FsyncFailed { path, source })
     }
 
     fn active_path(&self) -> String {
-        format!(
-            "{}/{}",
-            self.dir,
-            segment_name(*self.segments.last().unwrap_or(&0))
-        )
+        format!("{}/{}", self.dir, segment_name(*self.segments.last().unwrap_or(&0)))
     }
 
     fn roll(&mut self, first_lsn: u64) -> Result<(), WalError> {
         let path = format!("{}/{}", self.dir, segment_name(first_lsn));
-        let f = self.disk.create(&path).map_err(|source| WalError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let f = self.disk.create(&path).map_err(|source| WalError::Io { path: path.clone(), source })?;
         // The new name must be durable before any record in it is acknowledged.
-        self.disk
-            .sync_dir(&self.dir)
-            .map_err(|source| WalError::FsyncFailed {
-                path: self.dir.clone(),
-                source,
-            })?;
+        self.disk.sync_dir(&self.dir).map_err(|source| WalError::FsyncFailed { path: self.dir.clone(), source })?;
         self.active = f;
         self.segments.push(first_lsn);
         Ok(())
@@ -272,19 +219,12 @@ impl Wal {
         let mut removed = 0;
         while self.segments.len() > 1 && self.segments[1] <= lsn + 1 {
             let path = format!("{}/{}", self.dir, segment_name(self.segments[0]));
-            self.disk
-                .remove(&path)
-                .map_err(|source| WalError::Io { path, source })?;
+            self.disk.remove(&path).map_err(|source| WalError::Io { path, source })?;
             self.segments.remove(0);
             removed += 1;
         }
         if removed > 0 {
-            self.disk
-                .sync_dir(&self.dir)
-                .map_err(|source| WalError::Io {
-                    path: self.dir.clone(),
-                    source,
-                })?;
+            self.disk.sync_dir(&self.dir).map_err(|source| WalError::Io { path: self.dir.clone(), source })?;
         }
         Ok(removed)
     }
@@ -301,8 +241,7 @@ impl Wal {
 /// Looks for any decodable record after a failure: if one exists, the failure was not a torn
 /// tail. Byte-by-byte, but only ever run on a failure path.
 fn find_valid_record_after(buf: &[u8], from: usize, min_lsn: u64) -> Option<usize> {
-    (from..buf.len())
-        .find(|&at| matches!(record::decode(&buf[at..]), Ok((r, _)) if r.lsn > min_lsn))
+    (from..buf.len()).find(|&at| matches!(record::decode(&buf[at..]), Ok((r, _)) if r.lsn > min_lsn))
 }
 
 #[cfg(test)]

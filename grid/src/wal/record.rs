@@ -45,10 +45,7 @@ fn crc_of(frame: &[u8]) -> u32 {
 
 /// Appends one framed record to `out`.
 pub fn encode(out: &mut Vec<u8>, epoch: u64, lsn: u64, rtype: RecordType, payload: &[u8]) {
-    assert!(
-        payload.len() <= limits::WAL_RECORD_PAYLOAD_BYTES_MAX,
-        "record payload over the limit"
-    );
+    assert!(payload.len() <= limits::WAL_RECORD_PAYLOAD_BYTES_MAX, "record payload over the limit");
     let start = out.len();
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&[0u8; 4]);
@@ -88,12 +85,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeFailure> {
     let mut l = [0u8; 8];
     l.copy_from_slice(&frame[16..24]);
     Ok((
-        Record {
-            epoch: u64::from_le_bytes(e),
-            lsn: u64::from_le_bytes(l),
-            rtype,
-            payload: &frame[HEADER_BYTES..],
-        },
+        Record { epoch: u64::from_le_bytes(e), lsn: u64::from_le_bytes(l), rtype, payload: &frame[HEADER_BYTES..] },
         total,
     ))
 }

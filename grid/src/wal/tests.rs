@@ -15,10 +15,10 @@ fn write_records(disk: &Arc<dyn Disk>, payloads: &[Vec<u8>], segment_bytes: u64)
     }
 }
 
-fn replay(
-    disk: &Arc<dyn Disk>,
-    after: u64,
-) -> Result<(Vec<(u64, Vec<u8>)>, RecoveryReport), WalError> {
+/// (lsn, payload) of every replayed record.
+type Replayed = Vec<(u64, Vec<u8>)>;
+
+fn replay(disk: &Arc<dyn Disk>, after: u64) -> Result<(Replayed, RecoveryReport), WalError> {
     let mut got = Vec::new();
     let (_, report) = Wal::open(disk.clone(), "wal", after, |r| {
         got.push((r.lsn, r.payload.to_vec()));
@@ -35,10 +35,7 @@ fn records_survive_reopen_across_segments() {
     let (got, report) = replay(&disk, 0).unwrap();
     assert!(report.segments > 5, "{report:?}");
     assert_eq!(got.len(), 100);
-    assert!(got
-        .iter()
-        .enumerate()
-        .all(|(i, (lsn, p))| *lsn == i as u64 + 1 && p == &payloads[i]));
+    assert!(got.iter().enumerate().all(|(i, (lsn, p))| *lsn == i as u64 + 1 && p == &payloads[i]));
     // Replay after a checkpoint LSN skips what the checkpoint holds.
     let (got, _) = replay(&disk, 60).unwrap();
     assert_eq!(got.first().map(|g| g.0), Some(61));
@@ -57,10 +54,7 @@ fn trimming_keeps_the_tail_and_lsns_continue() {
     assert_eq!(wal.stage(&mut buf, 1, RecordType::Batch, b"next"), 51);
     wal.write_and_sync(51, &buf).unwrap();
     let (got, _) = replay(&disk, 40).unwrap();
-    assert_eq!(
-        got.iter().map(|g| g.0).collect::<Vec<_>>(),
-        (41..=51).collect::<Vec<_>>()
-    );
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), (41..=51).collect::<Vec<_>>());
 }
 
 #[test]
@@ -71,10 +65,7 @@ fn fsync_failure_is_reported_as_fatal() {
     sim.fail_next_syncs(1);
     let mut buf = Vec::new();
     wal.stage(&mut buf, 1, RecordType::Batch, b"x");
-    assert!(matches!(
-        wal.write_and_sync(1, &buf),
-        Err(WalError::FsyncFailed { .. })
-    ));
+    assert!(matches!(wal.write_and_sync(1, &buf), Err(WalError::FsyncFailed { .. })));
 }
 
 proptest! {

@@ -1,0 +1,33 @@
+//! Boots roles on simulated nodes through the same library functions the binary calls.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sutra_grid::io::{Disk, SimDisk};
+use sutra_grid::node::{serve, NodeConfig, StorageNode};
+use sutra_grid::store::KeyRange;
+
+/// Vector width used in simulation: small, since workloads write few vectors.
+pub const SIM_VECTOR_DIM: usize = 8;
+
+/// What `sutra storage --standalone` does: open every shard on the disk, create shard 0 over
+/// the whole key space if there are none, serve until killed.
+pub async fn storage_standalone(disk: SimDisk, addr: SocketAddr) {
+    let disk: Arc<dyn Disk> = Arc::new(disk);
+    let node = match StorageNode::open(disk, NodeConfig { vector_dim: SIM_VECTOR_DIM }).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(error = %e, "storage node failed to open");
+            return;
+        }
+    };
+    if node.list().is_empty() {
+        if let Err(e) = node.create_shard(0, KeyRange::ALL).await {
+            tracing::error!(error = %e, "creating shard 0 failed");
+            return;
+        }
+    }
+    if let Err(e) = serve(node, addr, std::future::pending()).await {
+        tracing::error!(error = %e, "storage node stopped serving");
+    }
+}

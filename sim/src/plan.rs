@@ -1,0 +1,20 @@
+//! Node names and the simulated address plan, in one place.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// Port every storage node serves the Storage gRPC service on.
+pub const STORAGE_PORT: u16 = 7100;
+
+/// Storage node `i` (0-based) lives at 10.0.1.(i+1).
+pub fn storage_addr(i: u8) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, i + 1)), STORAGE_PORT)
+}
+
+pub fn storage_name(i: u8) -> String {
+    format!("storage-{}", i + 1)
+}
+
+/// Client node `i` (workloads and checkers) lives at 10.0.0.(i+1).
+pub fn client_ip(i: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, i + 1))
+}
