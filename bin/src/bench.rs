@@ -130,7 +130,7 @@ fn padded(prefix: String, len: usize) -> String {
 async fn bench_wal(a: &WalArgs) -> Result<serde_json::Value> {
     let scratch = Scratch::new(&a.dir, "wal")?;
     let disk: Arc<dyn Disk> = Arc::new(RealDisk::new(&scratch.0)?);
-    let node = StorageNode::open(disk, NodeConfig { vector_dim: 8 }).await?;
+    let node = StorageNode::open(disk, bench_config()).await?;
     let shard = node.create_shard(0, KeyRange::ALL).await?;
     let content = "c".repeat(200);
     let deadline = Instant::now() + Duration::from_secs_f64(a.seconds);
@@ -267,12 +267,12 @@ async fn bench_reopen(a: &ReopenArgs) -> Result<serde_json::Value> {
     let scratch = Scratch::new(&a.dir, "reopen")?;
     let disk: Arc<dyn Disk> = Arc::new(RealDisk::new(&scratch.0)?);
     {
-        let node = StorageNode::open(disk.clone(), NodeConfig { vector_dim: 8 }).await?;
+        let node = StorageNode::open(disk.clone(), bench_config()).await?;
         node.create_shard(0, KeyRange::ALL).await?;
     }
     let bytes = write_generated(&*disk, "shards/000000", a.concepts, a.associations, a.seed, 0)?;
     {
-        let node = StorageNode::open(disk.clone(), NodeConfig { vector_dim: 8 }).await?;
+        let node = StorageNode::open(disk.clone(), bench_config()).await?;
         let shard = node.shard(0)?;
         let content = "t".repeat(200);
         for chunk in 0..a.tail_upserts.div_ceil(100) {
@@ -291,7 +291,7 @@ async fn bench_reopen(a: &ReopenArgs) -> Result<serde_json::Value> {
     let mut replayed = 0;
     for _ in 0..a.runs.max(1) {
         let t = Instant::now();
-        let node = StorageNode::open(disk.clone(), NodeConfig { vector_dim: 8 }).await?;
+        let node = StorageNode::open(disk.clone(), bench_config()).await?;
         let shard = node.shard(0)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
         replayed = shard.recovery.records_replayed;
@@ -309,4 +309,9 @@ async fn bench_reopen(a: &ReopenArgs) -> Result<serde_json::Value> {
         "runs": times.len(),
         "note": "page cache warm (the files were just written); verifies both checksums and every structural bound",
     }))
+}
+
+/// Automatic checkpoints off: the benches measure one path at a time.
+fn bench_config() -> NodeConfig {
+    NodeConfig { vector_dim: 8, checkpoint_overlay_items: u64::MAX, ..NodeConfig::default() }
 }

@@ -66,7 +66,7 @@ pub async fn open_node(data_dir: &std::path::Path, vector_dim: usize, standalone
     }
     let disk: Arc<dyn Disk> =
         Arc::new(RealDisk::new(data_dir).with_context(|| format!("cannot use data dir {}", data_dir.display()))?);
-    let node = StorageNode::open(disk, NodeConfig { vector_dim }).await?;
+    let node = StorageNode::open(disk, NodeConfig::with_vector_dim(vector_dim)).await?;
     if standalone && node.list().is_empty() {
         node.create_shard(0, KeyRange::ALL).await?;
     }

@@ -69,6 +69,12 @@ pub const RPC_BACKOFF_MS_INITIAL: u64 = 50;
 /// Largest message either side of a gRPC call will decode (real mode).
 pub const RPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Overlay entries (concepts + edge records written since the last checkpoint) that trigger a
+/// new checkpoint: bounds the overlay's memory and the WAL a restart must replay (~1 GiB RAM).
+pub const CHECKPOINT_OVERLAY_ITEMS_TRIGGER: u64 = 2_000_000;
+/// How often a shard checks whether it needs a checkpoint.
+pub const CHECKPOINT_CHECK_INTERVAL_MS: u64 = 2_000;
+
 /// Checkpoint writes are streamed through a buffer of this size.
 pub const CHECKPOINT_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 

@@ -11,7 +11,7 @@ use sutra_grid::node::{NodeConfig, ShardError, ShardSlot, StorageNode};
 use sutra_grid::store::KeyRange;
 
 fn cfg() -> NodeConfig {
-    NodeConfig { vector_dim: 4 }
+    NodeConfig::with_vector_dim(4)
 }
 
 fn batch(i: u32) -> WriteBatch {
@@ -132,4 +132,45 @@ async fn a_bad_batch_is_rejected_whole_and_names_every_bad_item() {
     let err = shard.write(b, vec![]).await.unwrap_err().to_string();
     assert!(err.contains("concepts[0]: placement key"), "{err}");
     assert_eq!(shard.read().unwrap().applied_lsn(), 0, "nothing was logged");
+}
+
+#[tokio::test]
+async fn a_large_overlay_is_checkpointed_automatically_and_the_wal_trimmed() {
+    let disk: Arc<dyn Disk> = Arc::new(SimDisk::new(5));
+    let config = NodeConfig {
+        checkpoint_overlay_items: 10,
+        checkpoint_check_interval_ms: 5,
+        wal_segment_bytes_max: 300,
+        ..cfg()
+    };
+    let node = StorageNode::open(disk.clone(), config).await.unwrap();
+    let shard = node.create_shard(0, KeyRange::ALL).await.unwrap();
+    for i in 0..20 {
+        shard.write(batch(i), vec![]).await.unwrap();
+    }
+    let start = std::time::Instant::now();
+    while shard.read().unwrap().checkpoint_lsn() == 0 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "no automatic checkpoint");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let st = shard.read().unwrap();
+    assert!(st.overlay_items() < 10, "the overlay was folded into the checkpoint");
+    assert_eq!(st.counts().0, 40);
+}
+
+#[tokio::test]
+async fn a_shard_with_data_but_no_readable_metadata_refuses_to_serve() {
+    let disk: Arc<dyn Disk> = Arc::new(SimDisk::new(6));
+    {
+        let node = StorageNode::open(disk.clone(), cfg()).await.unwrap();
+        node.create_shard(4, KeyRange::ALL).await.unwrap().write(batch(0), vec![]).await.unwrap();
+    }
+    let mut f = disk.create("shards/000004/shard.meta").unwrap();
+    f.append(b"garbage").unwrap();
+    f.sync().unwrap();
+    let node = StorageNode::open(disk, cfg()).await.unwrap();
+    match node.slot(4).unwrap() {
+        ShardSlot::Failed { reason, .. } => assert!(reason.contains("shard.meta"), "{reason}"),
+        ShardSlot::Serving(_) => panic!("must not guess a key range"),
+    }
 }

@@ -12,9 +12,9 @@ pub const SIM_VECTOR_DIM: usize = 8;
 
 /// What `sutra storage --standalone` does: open every shard on the disk, create shard 0 over
 /// the whole key space if there are none, serve until killed.
-pub async fn storage_standalone(disk: SimDisk, addr: SocketAddr) {
+pub async fn storage_standalone(disk: SimDisk, addr: SocketAddr, config: NodeConfig) {
     let disk: Arc<dyn Disk> = Arc::new(disk);
-    let node = match StorageNode::open(disk, NodeConfig { vector_dim: SIM_VECTOR_DIM }).await {
+    let node = match StorageNode::open(disk, config).await {
         Ok(n) => n,
         Err(e) => {
             tracing::error!(error = %e, "storage node failed to open");

@@ -134,6 +134,15 @@ impl SimDisk {
         self.lock().failing_syncs = n;
     }
 
+    /// Bytes held by every file, durable or not.
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used_bytes()
+    }
+
+    pub fn faults(&self) -> SimDiskFaults {
+        self.lock().faults.clone()
+    }
+
     pub fn stats(&self) -> SimDiskStats {
         self.lock().stats.clone()
     }

@@ -25,11 +25,48 @@ use crate::store::KeyRange;
 pub struct NodeConfig {
     /// Width of concept vectors on this grid.
     pub vector_dim: usize,
+    /// Overlay entries that trigger an automatic checkpoint (the simulator lowers it so
+    /// checkpoints race with crashes).
+    pub checkpoint_overlay_items: u64,
+    pub checkpoint_check_interval_ms: u64,
+    /// WAL segment size; the simulator makes it tiny so segments roll and trim constantly.
+    pub wal_segment_bytes_max: u64,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { vector_dim: limits::VECTOR_DIM_DEFAULT }
+        NodeConfig {
+            vector_dim: limits::VECTOR_DIM_DEFAULT,
+            checkpoint_overlay_items: limits::CHECKPOINT_OVERLAY_ITEMS_TRIGGER,
+            checkpoint_check_interval_ms: limits::CHECKPOINT_CHECK_INTERVAL_MS,
+            wal_segment_bytes_max: limits::WAL_SEGMENT_BYTES_MAX,
+        }
+    }
+}
+
+impl NodeConfig {
+    pub fn with_vector_dim(vector_dim: usize) -> NodeConfig {
+        NodeConfig { vector_dim, ..NodeConfig::default() }
+    }
+}
+
+/// Checkpoints `shard` whenever its overlay passes the trigger; ends when the shard is dropped
+/// or stops serving.
+async fn auto_checkpoint(shard: std::sync::Weak<Shard>, config: NodeConfig) {
+    let interval = std::time::Duration::from_millis(config.checkpoint_check_interval_ms.max(1));
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(s) = shard.upgrade() else { return };
+        if s.fault().is_some() {
+            return;
+        }
+        let items = s.read().map(|st| st.overlay_items()).unwrap_or(0);
+        if items >= config.checkpoint_overlay_items {
+            match s.checkpoint().await {
+                Ok(lsn) => tracing::info!(shard = s.id.0, lsn, items, "automatic checkpoint"),
+                Err(e) => tracing::warn!(shard = s.id.0, error = %e, "automatic checkpoint failed"),
+            }
+        }
     }
 }
 
@@ -97,12 +134,23 @@ impl StorageNode {
             };
             let dir = shard_dir(id);
             let Some(range) = disk.read(&format!("{dir}/shard.meta")).ok().as_deref().and_then(decode_meta) else {
-                // A create that crashed before its metadata became durable: nothing was acked.
-                tracing::warn!(shard = id, "shard directory without valid metadata; ignored");
+                if disk.list(&dir)?.iter().any(|n| n == "wal" || n == "storage.dat") {
+                    // Data without a readable key range: never guess the range, refuse to serve.
+                    tracing::error!(shard = id, "shard.meta is missing or corrupt; shard refuses to serve");
+                    let reason = "shard.meta is missing or corrupt; re-sync this replica from its peers".to_string();
+                    shards.insert(id, ShardSlot::Failed { range: KeyRange { start: 0, end: 0 }, reason });
+                } else {
+                    // A create that crashed before its metadata became durable: nothing was acked.
+                    tracing::warn!(shard = id, "empty shard directory without metadata; ignored");
+                }
                 continue;
             };
-            let slot = match Shard::open(disk.clone(), ShardId(id), range, &dir, config.vector_dim).await {
-                Ok(s) => ShardSlot::Serving(Arc::new(s)),
+            let slot = match Shard::open(disk.clone(), ShardId(id), range, &dir, &config).await {
+                Ok(s) => {
+                    let s = Arc::new(s);
+                    tokio::spawn(auto_checkpoint(Arc::downgrade(&s), config.clone()));
+                    ShardSlot::Serving(s)
+                }
                 Err(e) => {
                     tracing::error!(shard = id, error = %e, "shard refuses to serve");
                     ShardSlot::Failed { range, reason: e.to_string() }
@@ -156,7 +204,8 @@ impl StorageNode {
         self.disk.create_dir_all(&dir)?;
         write_atomic(&*self.disk, &dir, "shard.meta", &encode_meta(range))?;
         self.disk.sync_dir("shards")?;
-        let shard = Arc::new(Shard::open(self.disk.clone(), ShardId(id), range, &dir, self.config.vector_dim).await?);
+        let shard = Arc::new(Shard::open(self.disk.clone(), ShardId(id), range, &dir, &self.config).await?);
+        tokio::spawn(auto_checkpoint(Arc::downgrade(&shard), self.config.clone()));
         self.shards.write().unwrap_or_else(|p| p.into_inner()).insert(id, ShardSlot::Serving(shard.clone()));
         Ok(shard)
     }

@@ -95,8 +95,9 @@ impl Shard {
         id: ShardId,
         range: KeyRange,
         dir: &str,
-        vector_dim: usize,
+        config: &super::NodeConfig,
     ) -> Result<Shard, ShardError> {
+        let vector_dim = config.vector_dim;
         let sid = id.0;
         let cp_path = format!("{dir}/storage.dat");
         let checkpoint = if disk.exists(&cp_path) {
@@ -112,12 +113,13 @@ impl Shard {
         let _ = disk.remove(&format!("{dir}/storage.dat.tmp"));
         let after = checkpoint.as_ref().map(|c| c.lsn).unwrap_or(0);
         let mut store = ShardStore::new(range, checkpoint);
-        let (wal, recovery) = Wal::open(disk.clone(), &format!("{dir}/wal"), after, |rec| {
+        let (mut wal, recovery) = Wal::open(disk.clone(), &format!("{dir}/wal"), after, |rec| {
             let (ts, batch) = batch_codec::decode(rec.payload).map_err(|e| e.to_string())?;
             store.apply(rec.lsn, ts, batch);
             Ok(())
         })
         .map_err(|e| storage_err(sid, e))?;
+        wal.set_segment_bytes_max(config.wal_segment_bytes_max);
         tracing::info!(
             shard = sid,
             lsn = recovery.last_lsn,

@@ -104,6 +104,8 @@ pub struct Checkpoint {
     n: usize,
     n_out: usize,
     n_in: usize,
+    /// Vertices with a concept record (the rest only hold edges).
+    concepts: usize,
     relations: Vec<String>,
 }
 
@@ -331,8 +333,21 @@ impl Checkpoint {
             relations
                 .push(rr.str(limits::RELATION_BYTES_MAX, "relation").map_err(|e| corrupt(e.to_string()))?.to_string());
         }
-        let cp = Checkpoint { map: map.clone(), sec, lsn, epoch, key_start, key_end, n, n_out, n_in, relations };
+        let mut cp = Checkpoint {
+            map: map.clone(),
+            sec,
+            lsn,
+            epoch,
+            key_start,
+            key_end,
+            n,
+            n_out,
+            n_in,
+            concepts: 0,
+            relations,
+        };
         cp.verify_structure()?;
+        cp.concepts = (0..n as u32).filter(|i| cp.has_concept(*i)).count();
         Ok(cp)
     }
 
@@ -388,6 +403,9 @@ impl Checkpoint {
 
     pub fn vertices(&self) -> usize {
         self.n
+    }
+    pub fn concept_count(&self) -> usize {
+        self.concepts
     }
     pub fn out_edge_count(&self) -> usize {
         self.n_out

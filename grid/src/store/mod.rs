@@ -55,6 +55,8 @@ pub struct ShardStore {
     overlay_new_concepts: u64,
     overlay_out_edges: u64,
     overlay_in_edges: u64,
+    /// Concepts and edge records written into the overlay; drives automatic checkpoints.
+    overlay_items: u64,
 }
 
 impl ShardStore {
@@ -74,6 +76,7 @@ impl ShardStore {
             overlay_new_concepts: 0,
             overlay_out_edges: 0,
             overlay_in_edges: 0,
+            overlay_items: 0,
         }
     }
 
@@ -89,6 +92,10 @@ impl ShardStore {
         self.checkpoint.as_ref()
     }
 
+    pub fn overlay_items(&self) -> u64 {
+        self.overlay_items
+    }
+
     pub fn overlay_is_empty(&self) -> bool {
         self.concepts.is_empty() && self.out.is_empty() && self.inn.is_empty()
     }
@@ -96,9 +103,8 @@ impl ShardStore {
     /// (concepts, out-edges, in-edges); overlay upserts of checkpointed items count once.
     pub fn counts(&self) -> (u64, u64, u64) {
         let cp = self.checkpoint.as_ref();
-        let cp_concepts = cp.map(|c| (0..c.vertices() as u32).filter(|i| c.has_concept(*i)).count() as u64);
         (
-            cp_concepts.unwrap_or(0) + self.overlay_new_concepts,
+            cp.map(|c| c.concept_count() as u64).unwrap_or(0) + self.overlay_new_concepts,
             cp.map(|c| c.out_edge_count() as u64).unwrap_or(0) + self.overlay_out_edges,
             cp.map(|c| c.in_edge_count() as u64).unwrap_or(0) + self.overlay_in_edges,
         )
@@ -145,6 +151,7 @@ impl ShardStore {
                     }
                 });
                 self.concepts.insert(id, base);
+                self.overlay_items += 1;
             }
             if let Some(p) = self.concepts.get_mut(&id) {
                 if !c.content.is_empty() {
@@ -198,6 +205,7 @@ impl ShardStore {
             return false;
         }
         list.push(e);
+        self.overlay_items += 1;
         in_checkpoint.is_none()
     }
 

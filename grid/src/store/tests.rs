@@ -156,6 +156,24 @@ fn csr_fast_path_agrees_with_the_general_bfs() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
+    /// Any flipped bit or truncation anywhere in a checkpoint is rejected on open.
+    #[test]
+    fn checkpoint_damage_is_always_detected(
+        edges in proptest::collection::vec((0u32..12, 0u32..12, 0.0f32..=1.0), 0..30),
+        n in 1u32..12, at: usize, bit in 0u8..8, cut: bool,
+    ) {
+        let s = store_with(&edges, n);
+        let meta = CheckpointMeta { lsn: 1, epoch: 1, key_start: 0, key_end: u64::MAX };
+        let mut image = build_image(&meta, s.relations(), &s.snapshot_vertices());
+        let at = at % image.len();
+        if cut {
+            image.truncate(at);
+        } else {
+            image[at] ^= 1 << bit;
+        }
+        prop_assert!(Checkpoint::open(Mapped::from_vec(image)).is_err());
+    }
+
     /// Whatever goes in comes back out of a checkpoint, concept by concept and edge by edge.
     #[test]
     fn checkpoint_round_trips(edges in proptest::collection::vec((0u32..20, 0u32..20, 0.0f32..=1.0), 0..60), n in 1u32..20) {

@@ -1,6 +1,7 @@
 //! One storage node under concurrent write load is killed at a random moment; its disk loses
-//! or tears whatever was not fsynced (`SimDisk::crash`); it restarts and recovers. Some seeds
-//! also inject an fsync failure (fatal for the shard until restart) or a second crash.
+//! or tears whatever was not fsynced (`SimDisk::crash`); it restarts and recovers. Automatic
+//! checkpoints (with a low, per-seed trigger) race with the crash. Some seeds also inject an
+//! fsync failure (fatal for the shard until restart), a full disk, or a second crash.
 //!
 //! Checkers, over the recorded history and the recovered node:
 //! - every batch acknowledged before (or after) the crash is present and intact;
@@ -22,6 +23,7 @@ use sutra_grid::ids::ConceptId;
 use sutra_grid::io::{seeded_rng, SimDisk, SimDiskFaults};
 use sutra_grid::model::{AssocKind, Association, ConceptWrite, Direction, EdgeFilter, WriteBatch};
 use sutra_grid::node::convert::{id_from_pb, kind_from_pb};
+use sutra_grid::node::NodeConfig;
 
 use super::Report;
 use crate::{boot, plan};
@@ -193,17 +195,24 @@ pub async fn run() -> Result<Report, String> {
     let after = Duration::from_millis(rng.random_range(50..600));
     let sync_latency = Duration::from_micros(rng.random_range(50..3000));
     let fsync_fault_at = rng.random_bool(0.2).then(|| crash_at.mul_f64(rng.random_range(0.1..0.9)));
+    let disk_full_at = rng.random_bool(0.15).then(|| crash_at.mul_f64(rng.random_range(0.1..0.9)));
     let double_crash = rng.random_bool(0.2);
+    let config = NodeConfig {
+        vector_dim: boot::SIM_VECTOR_DIM,
+        checkpoint_overlay_items: rng.random_range(20..3000),
+        checkpoint_check_interval_ms: rng.random_range(20..400),
+        wal_segment_bytes_max: rng.random_range(512..256 * 1024),
+    };
 
     let disk = SimDisk::new(rng.random());
     disk.set_faults(SimDiskFaults { sync_latency, ..Default::default() });
     let addr = plan::storage_addr(0);
-    let node_disk = disk.clone();
+    let (node_disk, node_config) = (disk.clone(), config.clone());
     let node = h
         .create_node()
         .name(plan::storage_name(0))
         .ip(addr.ip())
-        .init(move || boot::storage_standalone(node_disk.clone(), addr))
+        .init(move || boot::storage_standalone(node_disk.clone(), addr, node_config.clone()))
         .build();
     let client = h.create_node().name("client-1").ip(plan::client_ip(0)).build();
 
@@ -220,15 +229,28 @@ pub async fn run() -> Result<Report, String> {
         // An armed fsync fault that never fired belonged to the dead incarnation; left armed it
         // would fail the restarted node, which no agent restarts here (regression seed 1352).
         disk.fail_next_syncs(0);
+        // Likewise the operator frees space before restarting a node that filled its disk.
+        disk.set_faults(SimDiskFaults { capacity_bytes: u64::MAX, ..disk.faults() });
         tracing::info!(at = ?madsim::time::Instant::now(), what = label, "crash");
     };
-    if let Some(at) = fsync_fault_at {
-        tokio::time::sleep(at).await;
-        disk.fail_next_syncs(1);
-        tokio::time::sleep(crash_at - at).await;
-    } else {
-        tokio::time::sleep(crash_at).await;
+    // Faults before the crash, in time order.
+    let mut faults: Vec<(Duration, &str)> = Vec::new();
+    faults.extend(fsync_fault_at.map(|t| (t, "fsync")));
+    faults.extend(disk_full_at.map(|t| (t, "full")));
+    faults.sort();
+    let mut now = Duration::ZERO;
+    for (at, what) in faults {
+        tokio::time::sleep(at - now).await;
+        now = at;
+        match what {
+            "fsync" => disk.fail_next_syncs(1),
+            _ => {
+                let capacity_bytes = disk.used_bytes() + rng.random_range(0..64 * 1024);
+                disk.set_faults(SimDiskFaults { capacity_bytes, ..disk.faults() });
+            }
+        }
     }
+    tokio::time::sleep(crash_at - now).await;
     crash("first");
     tokio::time::sleep(downtime).await;
     h.restart(node.id());
@@ -305,6 +327,10 @@ pub async fn run() -> Result<Report, String> {
         "sync_latency_us": sync_latency.as_micros() as u64,
         "fsync_fault_at_ms": fsync_fault_at.map(|d| d.as_millis() as u64),
         "double_crash": double_crash,
+        "disk_full_at_ms": disk_full_at.map(|d| d.as_millis() as u64),
+        "checkpoint_trigger_items": config.checkpoint_overlay_items,
+        "checkpoint_lsn": info.checkpoint_lsn,
+        "wal_segment_bytes": config.wal_segment_bytes_max,
         "batches_attempted": batches.len(),
         "batches_acked": acked,
         "unacked_present": unacked_present,
