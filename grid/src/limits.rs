@@ -28,6 +28,9 @@ pub const BATCH_ERRORS_LISTED_MAX: usize = 100;
 pub const WAL_RECORD_PAYLOAD_BYTES_MAX: usize = BATCH_BYTES_MAX + 64 * 1024;
 /// Roll to a new segment past this size; small enough to trim and re-ship quickly.
 pub const WAL_SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Extra reads of a WAL segment whose reads disagree, before recovery gives up and refuses
+/// to serve (a decode failure is acted on only when two reads agree).
+pub const WAL_REREADS_MAX: u32 = 4;
 /// Bytes gathered under one fsync: large enough to amortise it, small enough to keep p99 low.
 pub const WAL_GROUP_COMMIT_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Records gathered under one fsync.

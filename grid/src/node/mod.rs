@@ -133,7 +133,9 @@ impl StorageNode {
                 continue;
             };
             let dir = shard_dir(id);
-            let Some(range) = disk.read(&format!("{dir}/shard.meta")).ok().as_deref().and_then(decode_meta) else {
+            let read_meta = || disk.read(&format!("{dir}/shard.meta")).ok().as_deref().and_then(decode_meta);
+            // Read twice before giving up: a read error in transit is not a damaged file.
+            let Some(range) = read_meta().or_else(read_meta) else {
                 if disk.list(&dir)?.iter().any(|n| n == "wal" || n == "storage.dat") {
                     // Data without a readable key range: never guess the range, refuse to serve.
                     tracing::error!(shard = id, "shard.meta is missing or corrupt; shard refuses to serve");

@@ -33,6 +33,8 @@ struct Waiter {
 struct Sink {
     shard: u32,
     syncs: Arc<AtomicU64>,
+    /// Held while applying; a checkpoint holds it to freeze the state without blocking readers.
+    apply_gate: Arc<Mutex<()>>,
     state: Arc<RwLock<ShardStore>>,
     fault: Arc<Mutex<Option<String>>>,
 }
@@ -41,6 +43,7 @@ impl CommitSink<Waiter> for Sink {
     fn durable(&mut self, mut batch: Vec<(u64, Waiter)>) {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         {
+            let _gate = self.apply_gate.lock().unwrap_or_else(|p| p.into_inner());
             let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
             for (lsn, w) in &mut batch {
                 st.apply(*lsn, w.ts_ms, std::mem::take(&mut w.batch));
@@ -79,6 +82,7 @@ pub struct Shard {
     trim_through: Arc<AtomicU64>,
     /// WAL groups committed, one fsync each.
     syncs: Arc<AtomicU64>,
+    apply_gate: Arc<Mutex<()>>,
     /// Serialises checkpoints of this shard.
     checkpointing: tokio::sync::Mutex<()>,
 }
@@ -101,8 +105,12 @@ impl Shard {
         let sid = id.0;
         let cp_path = format!("{dir}/storage.dat");
         let checkpoint = if disk.exists(&cp_path) {
-            let map = disk.map(&cp_path).map_err(|e| storage_err(sid, format!("reading {cp_path}: {e}")))?;
-            let cp = Checkpoint::open(map).map_err(|e| storage_err(sid, format!("{cp_path}: {e}")))?;
+            let load = || -> Result<Checkpoint, String> {
+                let map = disk.map(&cp_path).map_err(|e| format!("reading {cp_path}: {e}"))?;
+                Checkpoint::open(map).map_err(|e| format!("{cp_path}: {e}"))
+            };
+            // Once more before refusing to serve: a read error in transit is not a damaged file.
+            let cp = load().or_else(|_| load()).map_err(|e| storage_err(sid, e))?;
             if cp.key_start != range.start || cp.key_end != range.end {
                 return Err(storage_err(sid, "checkpoint key range does not match the shard's"));
             }
@@ -132,7 +140,14 @@ impl Shard {
         let trim_through = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel(limits::WAL_QUEUE_DEPTH_MAX);
         let syncs = Arc::new(AtomicU64::new(0));
-        let sink = Sink { shard: sid, syncs: syncs.clone(), state: state.clone(), fault: fault.clone() };
+        let apply_gate = Arc::new(Mutex::new(()));
+        let sink = Sink {
+            shard: sid,
+            syncs: syncs.clone(),
+            apply_gate: apply_gate.clone(),
+            state: state.clone(),
+            fault: fault.clone(),
+        };
         tokio::spawn(wal::run_group_commit(wal, rx, sink, trim_through.clone()));
         Ok(Shard {
             id,
@@ -146,6 +161,7 @@ impl Shard {
             fault,
             trim_through,
             syncs,
+            apply_gate,
             checkpointing: tokio::sync::Mutex::new(()),
         })
     }
@@ -228,23 +244,30 @@ impl Shard {
     }
 
     /// Writes a new `storage.dat` covering everything applied, then lets the committer trim the
-    /// WAL below it. Writes pause while the image is built (see the issue note).
+    /// WAL below it. Writes pause while the image is built and written; reads do not.
     pub async fn checkpoint(&self) -> Result<u64, ShardError> {
         self.check_serving()?;
         let _one = self.checkpointing.lock().await;
-        let (state, disk, dir, sid) = (self.state.clone(), self.disk.clone(), self.dir.clone(), self.id.0);
+        let (state, gate, disk, dir, sid) =
+            (self.state.clone(), self.apply_gate.clone(), self.disk.clone(), self.dir.clone(), self.id.0);
         let lsn = crate::io::blocking(move || -> Result<u64, CheckpointError> {
-            let mut st = state.write().unwrap_or_else(|p| p.into_inner());
-            let meta = checkpoint::CheckpointMeta {
-                lsn: st.applied_lsn(),
-                epoch: 1,
-                key_start: st.range.start,
-                key_end: st.range.end,
+            // Writes pause (the committer waits at the gate); reads go on until the install.
+            let _gate = gate.lock().unwrap_or_else(|p| p.into_inner());
+            let (meta, image) = {
+                let st = state.read().unwrap_or_else(|p| p.into_inner());
+                let meta = checkpoint::CheckpointMeta {
+                    lsn: st.applied_lsn(),
+                    epoch: 1,
+                    key_start: st.range.start,
+                    key_end: st.range.end,
+                };
+                let image = checkpoint::build_image(&meta, st.relations(), &st.snapshot_vertices());
+                (meta, image)
             };
-            let image = checkpoint::build_image(&meta, st.relations(), &st.snapshot_vertices());
             checkpoint::write(&*disk, &dir, &image)?;
+            drop(image);
             let cp = Checkpoint::open(disk.map(&format!("{dir}/storage.dat"))?)?;
-            st.install_checkpoint(cp);
+            state.write().unwrap_or_else(|p| p.into_inner()).install_checkpoint(cp);
             Ok(meta.lsn)
         })
         .await

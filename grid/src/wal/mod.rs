@@ -80,7 +80,8 @@ impl Wal {
         for (i, &first) in segments.iter().enumerate() {
             let path = format!("{dir}/{}", segment_name(first));
             let is_last = i + 1 == segments.len();
-            let buf = disk.read(&path).map_err(io_err(&path))?;
+            let mut buf = disk.read(&path).map_err(io_err(&path))?;
+            let mut rereads = 0u32;
             let corrupt = |offset: usize, reason: String| WalError::Corruption {
                 segment: path.clone(),
                 offset: offset as u64,
@@ -96,6 +97,18 @@ impl Wal {
                 let (rec, n) = match record::decode(&buf[off..]) {
                     Ok(v) => v,
                     Err(failure) => {
+                        // A read error in transit must not pass for a torn tail (that would
+                        // truncate an acknowledged record): act only on damage that two reads
+                        // agree on, byte for byte, from here to the end.
+                        let again = disk.read(&path).map_err(io_err(&path))?;
+                        if again.get(off..) != buf.get(off..) {
+                            rereads += 1;
+                            if rereads > limits::WAL_REREADS_MAX {
+                                return Err(corrupt(off, "reads of this segment keep disagreeing".into()));
+                            }
+                            buf = again;
+                            continue;
+                        }
                         let reason = format!("{failure:?}");
                         if !is_last {
                             return Err(corrupt(off, reason));

@@ -1,7 +1,9 @@
 //! One storage node under concurrent write load is killed at a random moment; its disk loses
 //! or tears whatever was not fsynced (`SimDisk::crash`); it restarts and recovers. Automatic
 //! checkpoints (with a low, per-seed trigger) race with the crash. Some seeds also inject an
-//! fsync failure (fatal for the shard until restart), a full disk, or a second crash.
+//! fsync failure (fatal for the shard until restart), a full disk, a second crash, or reads
+//! that flip bits while the node recovers (it must then refuse to serve or serve the truth;
+//! once reads are clean again, a plain restart must bring back everything acknowledged).
 //!
 //! Checkers, over the recorded history and the recovered node:
 //! - every batch acknowledged before (or after) the crash is present and intact;
@@ -197,6 +199,7 @@ pub async fn run() -> Result<Report, String> {
     let fsync_fault_at = rng.random_bool(0.2).then(|| crash_at.mul_f64(rng.random_range(0.1..0.9)));
     let disk_full_at = rng.random_bool(0.15).then(|| crash_at.mul_f64(rng.random_range(0.1..0.9)));
     let double_crash = rng.random_bool(0.2);
+    let read_flips = rng.random_bool(0.15).then(|| rng.random_range(0.05..0.5));
     let config = NodeConfig {
         vector_dim: boot::SIM_VECTOR_DIM,
         checkpoint_overlay_items: rng.random_range(20..3000),
@@ -253,6 +256,9 @@ pub async fn run() -> Result<Report, String> {
     tokio::time::sleep(crash_at - now).await;
     crash("first");
     tokio::time::sleep(downtime).await;
+    if let Some(p) = read_flips {
+        disk.set_faults(SimDiskFaults { read_bitflip_probability: p, ..disk.faults() });
+    }
     h.restart(node.id());
     if double_crash {
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..100))).await;
@@ -263,6 +269,33 @@ pub async fn run() -> Result<Report, String> {
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.map_err(|e| format!("writer task failed: {e}"))?;
+    }
+
+    let mut refused_after_read_flips = None;
+    if read_flips.is_some() {
+        // Flips only matter while the node opens. Reads are clean from here on; see what the
+        // node made of them, and if it refused to serve, restart it (the disk itself is fine).
+        disk.set_faults(SimDiskFaults { read_bitflip_probability: 0.0, ..disk.faults() });
+        let info = client
+            .spawn(async move {
+                let c = StorageClient::connect(&addr.to_string()).await.map_err(|e| e.to_string())?;
+                c.shard_info(0).await.map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| format!("checker task failed: {e}"))?
+            .map_err(|e| format!("node unreachable after recovering with flipped reads: {e}"))?;
+        if !info.serving {
+            let known = ["corrupt", "checksum", "crc", "shard.meta", "disagreeing"];
+            if !known.iter().any(|k| info.fault.contains(k)) {
+                return Err(format!(
+                    "after flipped reads the shard refused to serve for an unexpected reason: {}",
+                    info.fault
+                ));
+            }
+            refused_after_read_flips = Some(info.fault);
+            h.kill(node.id());
+            h.restart(node.id());
+        }
     }
 
     let batches = history.lock().unwrap().batches.clone();
@@ -331,6 +364,9 @@ pub async fn run() -> Result<Report, String> {
         "checkpoint_trigger_items": config.checkpoint_overlay_items,
         "checkpoint_lsn": info.checkpoint_lsn,
         "wal_segment_bytes": config.wal_segment_bytes_max,
+        "read_bitflip_probability": read_flips,
+        "refused_after_read_flips": refused_after_read_flips,
+        "bitflips": stats.bitflips,
         "batches_attempted": batches.len(),
         "batches_acked": acked,
         "unacked_present": unacked_present,
