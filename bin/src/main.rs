@@ -1,5 +1,10 @@
 //! The `sutra` binary: thin wrappers that parse flags and call the `sutra-grid` library.
 
+/// mimalloc: the write path allocates per item from many tasks at once, where glibc malloc's
+/// arena locks showed up in profiles (bench wal).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod dev;
 mod sample;

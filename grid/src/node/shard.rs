@@ -27,6 +27,8 @@ pub enum ShardError {
 struct Waiter {
     ts_ms: u64,
     batch: WriteBatch,
+    /// The concepts' ids, derived once during validation.
+    ids: Vec<ConceptId>,
     done: oneshot::Sender<Result<u64, ShardError>>,
 }
 
@@ -46,7 +48,7 @@ impl CommitSink<Waiter> for Sink {
             let _gate = self.apply_gate.lock().unwrap_or_else(|p| p.into_inner());
             let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
             for (lsn, w) in &mut batch {
-                st.apply(*lsn, w.ts_ms, std::mem::take(&mut w.batch));
+                st.apply_with_ids(*lsn, w.ts_ms, std::mem::take(&mut w.batch), &w.ids);
             }
         }
         for (lsn, w) in batch {
@@ -196,10 +198,10 @@ impl Shard {
             extra.append(&mut rej.errors);
             return Err(ShardError::Rejected(BatchRejected { errors: sorted(extra), unlisted: rej.unlisted }));
         }
-        for (i, c) in batch.concepts.iter().enumerate() {
-            let id = ConceptId::from_label(&c.label);
-            if !self.range.contains(id) {
-                extra.push(self.not_owned("concepts", i, id));
+        let ids: Vec<ConceptId> = batch.concepts.iter().map(|c| ConceptId::from_label(&c.label)).collect();
+        for (i, id) in ids.iter().enumerate() {
+            if !self.range.contains(*id) {
+                extra.push(self.not_owned("concepts", i, *id));
             }
         }
         for (i, a) in batch.associations.iter().enumerate() {
@@ -216,7 +218,7 @@ impl Shard {
         let ts_ms = now_ms();
         let payload = batch_codec::encode(ts_ms, &batch);
         let (done, rx) = oneshot::channel();
-        let pending = Pending { epoch: 1, rtype: RecordType::Batch, payload, item: Waiter { ts_ms, batch, done } };
+        let pending = Pending { epoch: 1, rtype: RecordType::Batch, payload, item: Waiter { ts_ms, batch, ids, done } };
         let stopped = || ShardError::NotServing { shard: self.id.0, reason: "wal committer stopped".into() };
         self.tx.send(pending).await.map_err(|_| self.fault_or(stopped()))?;
         rx.await.map_err(|_| self.fault_or(stopped()))?

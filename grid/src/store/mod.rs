@@ -130,16 +130,27 @@ impl ShardStore {
 
     /// Applies one logged batch. Must be called in LSN order, exactly once per LSN.
     pub fn apply(&mut self, lsn: u64, ts_ms: u64, batch: WriteBatch) {
+        let ids: Vec<ConceptId> = batch.concepts.iter().map(|c| ConceptId::from_label(&c.label)).collect();
+        self.apply_with_ids(lsn, ts_ms, batch, &ids);
+    }
+
+    /// [`ShardStore::apply`] with the concepts' ids already derived (the write path has them
+    /// from validation): `ids[i]` is the id of `batch.concepts[i]`.
+    pub fn apply_with_ids(&mut self, lsn: u64, ts_ms: u64, batch: WriteBatch, ids: &[ConceptId]) {
         assert!(lsn > self.applied_lsn, "apply out of order: lsn {lsn} after {}", self.applied_lsn);
-        for c in batch.concepts {
-            let id = ConceptId::from_label(&c.label);
+        assert_eq!(ids.len(), batch.concepts.len(), "one id per concept");
+        debug_assert!(batch.concepts.iter().zip(ids).all(|(c, id)| ConceptId::from_label(&c.label) == *id));
+        for (c, &id) in batch.concepts.into_iter().zip(ids) {
             if !self.range.contains(id) {
                 continue;
             }
-            if !self.concepts.contains_key(&id) {
-                let base = self.checkpoint.as_ref().and_then(|cp| cp.concept(cp.find(id)?));
-                let base = base.unwrap_or_else(|| {
-                    self.overlay_new_concepts += 1;
+            let (checkpoint, new_concepts, items) =
+                (&self.checkpoint, &mut self.overlay_new_concepts, &mut self.overlay_items);
+            let p = self.concepts.entry(id).or_insert_with(|| {
+                *items += 1;
+                let base = checkpoint.as_ref().and_then(|cp| cp.concept(cp.find(id)?));
+                base.unwrap_or_else(|| {
+                    *new_concepts += 1;
                     Concept {
                         id,
                         label: c.label.trim().to_string(),
@@ -149,20 +160,16 @@ impl ShardStore {
                         created_ms: ts_ms,
                         updated_ms: ts_ms,
                     }
-                });
-                self.concepts.insert(id, base);
-                self.overlay_items += 1;
+                })
+            });
+            if !c.content.is_empty() {
+                p.content = c.content;
             }
-            if let Some(p) = self.concepts.get_mut(&id) {
-                if !c.content.is_empty() {
-                    p.content = c.content;
-                }
-                if !c.vector.is_empty() {
-                    p.vector = c.vector;
-                }
-                p.confidence = c.confidence;
-                p.updated_ms = ts_ms;
+            if !c.vector.is_empty() {
+                p.vector = c.vector;
             }
+            p.confidence = c.confidence;
+            p.updated_ms = ts_ms;
         }
         for a in batch.associations {
             let rel = self.intern(&a.relation);
