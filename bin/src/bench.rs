@@ -25,11 +25,27 @@ pub enum BenchCmd {
     Reopen(ReopenArgs),
 }
 
+/// Flags every bench takes.
 #[derive(clap::Args)]
-pub struct WalArgs {
-    /// Directory on the disk to measure; a fresh subdirectory is created and removed.
+pub struct Common {
+    /// Directory on the disk to measure; a fresh subdirectory is created and removed after.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
+    /// Print only the JSON object (no progress lines).
+    #[arg(long)]
+    json: bool,
+}
+
+impl Common {
+    fn progress(&self, msg: &str) {
+        if !self.json {
+            eprintln!("  {msg}");
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct WalArgs {
     /// Concurrent writer tasks, each with one write in flight.
     #[arg(long, default_value_t = 512)]
     writers: usize,
@@ -38,9 +54,8 @@ pub struct WalArgs {
     items_per_write: usize,
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
-    /// Print only the JSON object.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(clap::Args)]
@@ -53,10 +68,8 @@ pub struct GraphArgs {
     runs: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    #[arg(long, default_value = ".")]
-    dir: PathBuf,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(clap::Args)]
@@ -72,17 +85,15 @@ pub struct ReopenArgs {
     runs: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    #[arg(long, default_value = ".")]
-    dir: PathBuf,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    common: Common,
 }
 
 pub async fn run(cmd: BenchCmd) -> Result<()> {
     let (out, quiet) = match cmd {
-        BenchCmd::Wal(a) => (bench_wal(&a).await?, a.json),
-        BenchCmd::Bfs(a) => (bench_bfs(&a)?, a.json),
-        BenchCmd::Reopen(a) => (bench_reopen(&a).await?, a.json),
+        BenchCmd::Wal(a) => (bench_wal(&a).await?, a.common.json),
+        BenchCmd::Bfs(a) => (bench_bfs(&a)?, a.common.json),
+        BenchCmd::Reopen(a) => (bench_reopen(&a).await?, a.common.json),
     };
     if !quiet {
         eprintln!(
@@ -128,7 +139,8 @@ fn padded(prefix: String, len: usize) -> String {
 }
 
 async fn bench_wal(a: &WalArgs) -> Result<serde_json::Value> {
-    let scratch = Scratch::new(&a.dir, "wal")?;
+    let scratch = Scratch::new(&a.common.dir, "wal")?;
+    a.common.progress(&format!("{} writers for {} s on {}", a.writers, a.seconds, scratch.0.display()));
     let disk: Arc<dyn Disk> = Arc::new(RealDisk::new(&scratch.0)?);
     let node = StorageNode::open(disk, bench_config()).await?;
     let shard = node.create_shard(0, KeyRange::ALL).await?;
@@ -227,11 +239,20 @@ fn write_generated(disk: &dyn Disk, dir: &str, n: u32, m: u64, seed: u64, lsn: u
 }
 
 fn bench_bfs(a: &GraphArgs) -> Result<serde_json::Value> {
-    let scratch = Scratch::new(&a.dir, "bfs")?;
+    let scratch = Scratch::new(&a.common.dir, "bfs")?;
     let disk = RealDisk::new(&scratch.0)?;
     let t = Instant::now();
+    a.common.progress(&format!(
+        "generating {} concepts / {} associations and writing the checkpoint",
+        a.concepts, a.associations
+    ));
     let bytes = write_generated(&disk, "shard", a.concepts, a.associations, a.seed, 1)?;
     let build_s = t.elapsed().as_secs_f64();
+    a.common.progress(&format!(
+        "checkpoint written ({} MB) in {build_s:.1} s; running {} BFS",
+        bytes >> 20,
+        a.runs.max(1)
+    ));
     let cp = Checkpoint::open(disk.map("shard/storage.dat")?)?;
     let store = ShardStore::new(KeyRange::ALL, Some(cp));
     let filter = EdgeFilter { direction: Direction::Out, ..Default::default() };
@@ -264,7 +285,8 @@ fn bench_bfs(a: &GraphArgs) -> Result<serde_json::Value> {
 }
 
 async fn bench_reopen(a: &ReopenArgs) -> Result<serde_json::Value> {
-    let scratch = Scratch::new(&a.dir, "reopen")?;
+    let scratch = Scratch::new(&a.common.dir, "reopen")?;
+    a.common.progress(&format!("generating {} concepts / {} associations", a.concepts, a.associations));
     let disk: Arc<dyn Disk> = Arc::new(RealDisk::new(&scratch.0)?);
     {
         let node = StorageNode::open(disk.clone(), bench_config()).await?;
@@ -287,6 +309,11 @@ async fn bench_reopen(a: &ReopenArgs) -> Result<serde_json::Value> {
             shard.write(WriteBatch { concepts, associations: vec![] }, vec![]).await?;
         }
     }
+    a.common.progress(&format!(
+        "checkpoint + {} tail upserts written; reopening {} times",
+        a.tail_upserts,
+        a.runs.max(1)
+    ));
     let mut times = Vec::new();
     let mut replayed = 0;
     for _ in 0..a.runs.max(1) {
