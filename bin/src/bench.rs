@@ -96,10 +96,8 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Reopen(a) => (bench_reopen(&a).await?, a.common.json),
     };
     if !quiet {
-        eprintln!(
-            "(machine: {} cores; figures are one run — compare medians across runs)",
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
-        );
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+        eprintln!("({cores} cores; disks and neighbours are noisy: run a bench several times and compare medians)");
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

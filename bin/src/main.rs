@@ -116,6 +116,11 @@ async fn run_storage(args: StorageArgs) -> Result<()> {
             }
         }
     }
+    if node.list().is_empty() {
+        tracing::warn!(
+            "this node hosts no shards yet; create one with the CreateShard RPC, or start with --standalone"
+        );
+    }
     println!("storage node listening on {}", args.listen);
     sutra_grid::node::serve_listener(node, listener, shutdown_signal())
         .await
