@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (the README's second command; .ci/run calls it).
 # In order: format check, clippy with -D warnings (both builds), unit/integration/real-mode tests,
-# the simulation regression list, a seeded simulation sweep, a determinism check, and a smoke run
-# of the README's main command.
+# the simulation regression list, seeded simulation sweeps with determinism checks, and a smoke
+# run of the README's main command.
 #
 #   SIM_SEEDS=N      seeds per scenario in the sweep (default 500)
 #   SIM_BASE_SEED=N  first seed of the sweep (default 1, so CI runs are reproducible;
@@ -51,6 +51,11 @@ bash ci/sim.sh regressions
 
 step "simulation: crash-recovery sweep, $SIM_SEEDS seeds from $SIM_BASE_SEED, determinism check on 5"
 bash ci/sim.sh sweep crash-recovery --seed "$SIM_BASE_SEED" --seeds "$SIM_SEEDS" --jobs 2 --check-determinism 5
+
+step "simulation: SWIM gossip at 10 / 100 / 1000 nodes (kill one node silently, lossy network)"
+bash ci/sim.sh sweep gossip-scale-10 --seed "$SIM_BASE_SEED" --seeds "$SIM_SEEDS" --jobs 2
+bash ci/sim.sh sweep gossip-scale-100 --seed "$SIM_BASE_SEED" --seeds $(( SIM_SEEDS / 10 )) --jobs 2 --check-determinism 2
+bash ci/sim.sh sweep gossip-scale-1000 --seed "$SIM_BASE_SEED" --seeds 2 --jobs 2
 
 step "smoke: the README's main command (sutra dev --no-wait)"
 smoke_dir=$(mktemp -d)

@@ -7,13 +7,15 @@
 //! - [`io`]: the seams to the world: `Disk` (real and simulated), seeded RNG, blocking work.
 //! - [`wal`]: CRC-framed segmented log, recovery, group commit.
 //! - [`store`]: one shard replica: mmap'd checkpoint + overlay, neighbours, BFS, path search.
+//! - [`gossip`]: SWIM failure detection (pure state machine + UDP driver).
 //! - [`node`]: the storage node: hosts shard replicas, serves the Storage gRPC service.
 //! - [`client`]: the Rust client every tool uses, with deadlines and bounded retries.
 //!
-//! Later issues add `replication`, `gossip`, `shardmap`, `agent`, `master` and `query`.
+//! Later issues add `replication`, `shardmap`, `agent`, `master` and `query`.
 
 pub mod client;
 pub mod codec;
+pub mod gossip;
 pub mod ids;
 pub mod io;
 pub mod limits;

@@ -78,6 +78,26 @@ pub const CHECKPOINT_OVERLAY_ITEMS_TRIGGER: u64 = 2_000_000;
 /// How often a shard checks whether it needs a checkpoint.
 pub const CHECKPOINT_CHECK_INTERVAL_MS: u64 = 2_000;
 
+/// SWIM protocol period: one probe per node per period, so ~2 messages per node per period
+/// whatever the cluster size. 250 ms detects a silent node in well under the 10 s budget.
+pub const GOSSIP_PERIOD_MS: u64 = 250;
+/// Wait for a direct ack before asking others to probe indirectly.
+pub const GOSSIP_PING_TIMEOUT_MS: u64 = 80;
+/// Members asked to probe indirectly (SWIM's k).
+pub const GOSSIP_INDIRECT_PROBES: usize = 3;
+/// Periods a suspect has to refute before it is declared dead.
+pub const GOSSIP_SUSPICION_PERIODS: u64 = 8;
+/// Membership updates piggybacked on one message.
+pub const GOSSIP_PIGGYBACK_MAX: usize = 8;
+/// Each update is sent this many times × ⌈log2(n+1)⌉ (infection-style dissemination).
+pub const GOSSIP_RETRANSMIT_MULT: u32 = 3;
+/// Updates waiting to be disseminated; the most-sent are dropped first past this.
+pub const GOSSIP_QUEUE_MAX: usize = 1024;
+/// Members one node tracks.
+pub const GOSSIP_MEMBERS_MAX: usize = 10_000;
+/// Largest gossip datagram (fits a 1500-byte MTU with room to spare).
+pub const GOSSIP_DATAGRAM_BYTES_MAX: usize = 1400;
+
 /// Checkpoint writes are streamed through a buffer of this size.
 pub const CHECKPOINT_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 
@@ -90,3 +110,6 @@ const _: () = assert!(NEIGHBORS_PER_VERTEX_DEFAULT <= NEIGHBORS_PER_VERTEX_MAX);
 const _: () = assert!(EXPAND_EDGES_DEFAULT <= EXPAND_EDGES_MAX);
 const _: () = assert!(VECTOR_DIM_DEFAULT <= VECTOR_DIM_MAX);
 const _: () = assert!(BATCH_BYTES_MAX < RPC_MESSAGE_BYTES_MAX);
+const _: () = assert!(GOSSIP_PING_TIMEOUT_MS * 2 < GOSSIP_PERIOD_MS);
+// A header (≤ 56 B) + piggyback_max updates (≤ 36 B each, IPv6) must fit one datagram.
+const _: () = assert!(56 + GOSSIP_PIGGYBACK_MAX * 36 <= GOSSIP_DATAGRAM_BYTES_MAX);

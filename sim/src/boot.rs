@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use sutra_grid::gossip::{Swim, SwimConfig, View};
+use sutra_grid::ids::NodeId;
 use sutra_grid::io::{Disk, SimDisk};
 use sutra_grid::node::{serve, NodeConfig, StorageNode};
 use sutra_grid::store::KeyRange;
@@ -29,5 +31,26 @@ pub async fn storage_standalone(disk: SimDisk, addr: SocketAddr, config: NodeCon
     }
     if let Err(e) = serve(node, addr, std::future::pending()).await {
         tracing::error!(error = %e, "storage node stopped serving");
+    }
+}
+
+/// A node that only gossips (scale scenarios): binds UDP at `addr` and runs SWIM with `peers`
+/// as the initial member list, publishing its view into `view`.
+pub async fn gossip_only(
+    me: usize,
+    addr: SocketAddr,
+    peers: Arc<Vec<(NodeId, SocketAddr)>>,
+    view: Arc<std::sync::Mutex<View>>,
+) {
+    let socket = match tokio::net::UdpSocket::bind(addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "gossip bind failed");
+            return;
+        }
+    };
+    let swim = Swim::new(NodeId(me as u64), addr, 0, madsim::rand::random(), SwimConfig::default());
+    if let Err(e) = sutra_grid::gossip::run(swim, socket, peers.to_vec(), view).await {
+        tracing::error!(error = %e, "gossip stopped");
     }
 }

@@ -18,3 +18,11 @@ pub fn storage_name(i: u8) -> String {
 pub fn client_ip(i: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, i + 1))
 }
+
+/// Port every node gossips on (UDP).
+pub const GOSSIP_PORT: u16 = 7200;
+
+/// Gossip-only node `i` (scale scenarios, up to 62,500 nodes) lives at 10.2.(i/250).(i%250+1).
+pub fn gossip_addr(i: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 2, (i / 250) as u8, (i % 250) as u8 + 1)), GOSSIP_PORT)
+}

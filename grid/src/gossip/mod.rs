@@ -1,0 +1,94 @@
+//! Gossip: SWIM failure detection among storage nodes. [`swim`] is the pure protocol;
+//! [`run`] drives it over UDP (`tokio::net::UdpSocket`, which madsim simulates) and publishes
+//! the membership view for the node's heartbeats to report.
+
+pub mod swim;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use swim::{Member, State, Swim, SwimConfig, SwimStats};
+
+use crate::ids::NodeId;
+use crate::limits;
+
+/// What the driver publishes (at most once a protocol period, when something changed): each
+/// member's state and the protocol counters.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    pub members: BTreeMap<NodeId, (State, u64)>,
+    pub stats: SwimStats,
+    /// Datagrams that failed to decode.
+    pub malformed: u64,
+}
+
+/// madsim's `UdpSocket::send_to` takes `(target, buf)`, tokio's `(buf, target)`.
+async fn send_datagram(socket: &tokio::net::UdpSocket, buf: &[u8], to: SocketAddr) -> std::io::Result<()> {
+    #[cfg(not(madsim))]
+    return socket.send_to(buf, to).await.map(|_| ());
+    #[cfg(madsim)]
+    return socket.send_to(to, buf).await;
+}
+
+fn now_ms(start: tokio::time::Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+/// Runs SWIM on `socket` until the task is dropped. `peers` seeds the member list (the master
+/// hands it out); members also learn of each other through gossip.
+pub async fn run(
+    mut swim: Swim,
+    socket: tokio::net::UdpSocket,
+    peers: Vec<(NodeId, SocketAddr)>,
+    view: Arc<Mutex<View>>,
+) -> std::io::Result<()> {
+    let start = tokio::time::Instant::now();
+    for (id, addr) in peers {
+        swim.add_member(id, addr, 0);
+    }
+    let mut buf = vec![0u8; limits::GOSSIP_DATAGRAM_BYTES_MAX];
+    let mut malformed = 0u64;
+    let mut published = u64::MAX;
+    let mut next_publish_ms = 0;
+    let period_ms = swim.period_ms();
+    loop {
+        let wake = start + Duration::from_millis(swim.next_wakeup_ms());
+        let out = tokio::select! {
+            biased;
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, _)) => match wire::decode(&buf[..n]) {
+                    Ok(msg) => swim.on_message(now_ms(start), msg),
+                    Err(_) => {
+                        malformed += 1;
+                        Vec::new()
+                    }
+                },
+                // A failed receive (ICMP unreachable and the like) is not fatal for gossip.
+                Err(_) => Vec::new(),
+            },
+            _ = tokio::time::sleep_until(wake) => swim.tick(now_ms(start)),
+        };
+        for o in out {
+            // Lost datagrams are what SWIM is built to tolerate.
+            let _ = send_datagram(&socket, &wire::encode(&o.msg), o.to).await;
+        }
+        // Republish at most once a period: copying the member table is O(n).
+        let now = now_ms(start);
+        if now >= next_publish_ms {
+            next_publish_ms = now + period_ms;
+            let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
+            if swim.changes() != published {
+                published = swim.changes();
+                v.members = swim.members().map(|(id, m)| (*id, (m.state, m.incarnation))).collect();
+            }
+            v.stats = swim.stats.clone();
+            v.malformed = malformed;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
