@@ -95,6 +95,8 @@ pub const GOSSIP_RETRANSMIT_MULT: u32 = 3;
 pub const GOSSIP_QUEUE_MAX: usize = 1024;
 /// Members one node tracks.
 pub const GOSSIP_MEMBERS_MAX: usize = 10_000;
+/// Pause after a failed receive, so a broken socket cannot spin the gossip loop.
+pub const GOSSIP_RECV_ERROR_BACKOFF_MS: u64 = 10;
 /// Largest gossip datagram (fits a 1500-byte MTU with room to spare).
 pub const GOSSIP_DATAGRAM_BYTES_MAX: usize = 1400;
 

@@ -23,6 +23,8 @@ pub struct View {
     pub stats: SwimStats,
     /// Datagrams that failed to decode.
     pub malformed: u64,
+    /// Failed receives on the socket.
+    pub recv_errors: u64,
 }
 
 /// madsim's `UdpSocket::send_to` takes `(target, buf)`, tokio's `(buf, target)`.
@@ -51,6 +53,7 @@ pub async fn run(
     }
     let mut buf = vec![0u8; limits::GOSSIP_DATAGRAM_BYTES_MAX];
     let mut malformed = 0u64;
+    let mut recv_errors = 0u64;
     let mut published = u64::MAX;
     let mut next_publish_ms = 0;
     let period_ms = swim.period_ms();
@@ -66,8 +69,13 @@ pub async fn run(
                         Vec::new()
                     }
                 },
-                // A failed receive (ICMP unreachable and the like) is not fatal for gossip.
-                Err(_) => Vec::new(),
+                // A failed receive (ICMP unreachable and the like) is not fatal for gossip,
+                // but back off so a socket that keeps failing cannot spin the loop.
+                Err(_) => {
+                    recv_errors += 1;
+                    tokio::time::sleep(Duration::from_millis(limits::GOSSIP_RECV_ERROR_BACKOFF_MS)).await;
+                    Vec::new()
+                }
             },
             _ = tokio::time::sleep_until(wake) => swim.tick(now_ms(start)),
         };
@@ -86,6 +94,7 @@ pub async fn run(
             }
             v.stats = swim.stats.clone();
             v.malformed = malformed;
+            v.recv_errors = recv_errors;
         }
     }
 }
