@@ -9,9 +9,10 @@
 //! - [`store`]: one shard replica: mmap'd checkpoint + overlay, neighbours, BFS, path search.
 //! - [`gossip`]: SWIM failure detection (pure state machine + UDP driver).
 //! - [`node`]: the storage node: hosts shard replicas, serves the Storage gRPC service.
+//! - [`shardmap`]: key ranges, replica placement, validation and compare-and-set, as pure functions.
 //! - [`client`]: the Rust client every tool uses, with deadlines and bounded retries.
 //!
-//! Later issues add `replication`, `shardmap`, `agent`, `master` and `query`.
+//! Later issues add `replication`, `agent`, `master` and `query`.
 
 pub mod client;
 pub mod codec;
@@ -21,6 +22,7 @@ pub mod io;
 pub mod limits;
 pub mod model;
 pub mod node;
+pub mod shardmap;
 pub mod store;
 pub mod wal;
 
