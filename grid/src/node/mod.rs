@@ -9,7 +9,7 @@ mod shard;
 #[cfg(not(madsim))]
 pub use service::serve_listener;
 pub use service::{serve, StorageService};
-pub use shard::{Shard, ShardError};
+pub use shard::{Shard, ShardError, Written};
 
 use std::collections::BTreeMap;
 use std::io;
@@ -123,6 +123,18 @@ fn decode_meta(b: &[u8]) -> Option<KeyRange> {
     Some(KeyRange { start: r.u64("start").ok()?, end: r.u64("end").ok()? })
 }
 
+/// Opens (recovers) one shard replica and starts its automatic checkpoints.
+async fn start_shard(
+    disk: &Arc<dyn Disk>,
+    id: u32,
+    range: KeyRange,
+    config: &NodeConfig,
+) -> Result<Arc<Shard>, ShardError> {
+    let shard = Arc::new(Shard::open(disk.clone(), ShardId(id), range, &shard_dir(id), config).await?);
+    tokio::spawn(auto_checkpoint(Arc::downgrade(&shard), config.clone()));
+    Ok(shard)
+}
+
 impl StorageNode {
     /// Opens every shard found on the disk. Never fails because one shard is damaged.
     pub async fn open(disk: Arc<dyn Disk>, config: NodeConfig) -> Result<Arc<StorageNode>, NodeError> {
@@ -147,12 +159,8 @@ impl StorageNode {
                 }
                 continue;
             };
-            let slot = match Shard::open(disk.clone(), ShardId(id), range, &dir, &config).await {
-                Ok(s) => {
-                    let s = Arc::new(s);
-                    tokio::spawn(auto_checkpoint(Arc::downgrade(&s), config.clone()));
-                    ShardSlot::Serving(s)
-                }
+            let slot = match start_shard(&disk, id, range, &config).await {
+                Ok(s) => ShardSlot::Serving(s),
                 Err(e) => {
                     tracing::error!(shard = id, error = %e, "shard refuses to serve");
                     ShardSlot::Failed { range, reason: e.to_string() }
@@ -206,8 +214,7 @@ impl StorageNode {
         self.disk.create_dir_all(&dir)?;
         write_atomic(&*self.disk, &dir, "shard.meta", &encode_meta(range))?;
         self.disk.sync_dir("shards")?;
-        let shard = Arc::new(Shard::open(self.disk.clone(), ShardId(id), range, &dir, &self.config).await?);
-        tokio::spawn(auto_checkpoint(Arc::downgrade(&shard), self.config.clone()));
+        let shard = start_shard(&self.disk, id, range, &self.config).await?;
         self.shards.write().unwrap_or_else(|p| p.into_inner()).insert(id, ShardSlot::Serving(shard.clone()));
         Ok(shard)
     }

@@ -129,10 +129,9 @@ impl pb::storage_server::Storage for StorageService {
         too_many("items", req.concepts.len() + req.associations.len(), limits::BATCH_ITEMS_MAX)?;
         let shard = self.node.shard(req.shard)?;
         let (batch, errors) = batch_from_pb(req.concepts, req.associations);
-        let concept_ids =
-            batch.concepts.iter().map(|c| id_to_pb(crate::ids::ConceptId::from_label(&c.label))).collect();
-        let lsn = shard.write(batch, errors).await?;
-        Ok(Response::new(pb::WriteBatchResponse { lsn, concept_ids }))
+        let w = shard.write(batch, errors).await?;
+        let concept_ids = w.concept_ids.into_iter().map(id_to_pb).collect();
+        Ok(Response::new(pb::WriteBatchResponse { lsn: w.lsn, concept_ids }))
     }
 
     async fn get_concepts(

@@ -29,7 +29,7 @@ struct Waiter {
     batch: WriteBatch,
     /// The concepts' ids, derived once during validation.
     ids: Vec<ConceptId>,
-    done: oneshot::Sender<Result<u64, ShardError>>,
+    done: oneshot::Sender<Result<Written, ShardError>>,
 }
 
 struct Sink {
@@ -53,7 +53,7 @@ impl CommitSink<Waiter> for Sink {
         }
         for (lsn, w) in batch {
             // The writer may have given up (deadline); the write is durable all the same.
-            let _ = w.done.send(Ok(lsn));
+            let _ = w.done.send(Ok(Written { lsn, concept_ids: w.ids }));
         }
     }
 
@@ -68,6 +68,15 @@ impl CommitSink<Waiter> for Sink {
             let _ = w.done.send(Err(ShardError::NotServing { shard: self.shard, reason: reason.clone() }));
         }
     }
+}
+
+/// An acknowledged write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// LSN of the WAL record holding the whole batch.
+    pub lsn: u64,
+    /// `concept_ids[i]` is the id of the batch's concept `i`.
+    pub concept_ids: Vec<ConceptId>,
 }
 
 pub struct Shard {
@@ -191,8 +200,8 @@ impl Shard {
     }
 
     /// Validates the whole batch (limits and ownership), logs it as one WAL record, and returns
-    /// its LSN once it is durable and applied.
-    pub async fn write(&self, batch: WriteBatch, mut extra: Vec<ItemError>) -> Result<u64, ShardError> {
+    /// its LSN (and the concepts' ids) once it is durable and applied.
+    pub async fn write(&self, batch: WriteBatch, mut extra: Vec<ItemError>) -> Result<Written, ShardError> {
         self.check_serving()?;
         if let Err(mut rej) = validate_batch(&batch, self.vector_dim) {
             extra.append(&mut rej.errors);
@@ -213,7 +222,7 @@ impl Shard {
             return Err(ShardError::Rejected(BatchRejected { errors: sorted(extra), unlisted: 0 }));
         }
         if batch.is_empty() {
-            return Ok(self.read()?.applied_lsn());
+            return Ok(Written { lsn: self.read()?.applied_lsn(), concept_ids: ids });
         }
         let ts_ms = now_ms();
         let payload = batch_codec::encode(ts_ms, &batch);
