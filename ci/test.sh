@@ -43,7 +43,7 @@ if grep -rnE --include='*.rs' 'thread_rng\(|OsRng|std::thread::spawn|tokio::fs::
   echo "determinism-breaking call in code that runs under the simulator"; exit 1
 fi
 
-step "cargo test (real mode: unit, proptest, gRPC over 127.0.0.1, kill -9)"
+step "cargo test (real mode: unit, proptest, gRPC over 127.0.0.1, kill -9, master + agent + storage processes)"
 cargo test --workspace
 
 step "simulation: regression seeds"
@@ -56,6 +56,11 @@ step "simulation: SWIM gossip at 10 / 100 / 1000 nodes (kill one node silently, 
 bash ci/sim.sh sweep gossip-scale-10 --seed "$SIM_BASE_SEED" --seeds "$SIM_SEEDS" --jobs 2
 bash ci/sim.sh sweep gossip-scale-100 --seed "$SIM_BASE_SEED" --seeds $(( SIM_SEEDS / 10 )) --jobs 2 --check-determinism 2
 bash ci/sim.sh sweep gossip-scale-1000 --seed "$SIM_BASE_SEED" --seeds 2 --jobs 2
+
+step "simulation: control plane (master, agents, storage processes, gossip), $SIM_SEEDS seeds per scenario, determinism check on 5"
+for scenario in node-crash-restart master-restart gossip-partition control-plane-swarm; do
+  bash ci/sim.sh sweep "$scenario" --seed "$SIM_BASE_SEED" --seeds "$SIM_SEEDS" --jobs 2 --check-determinism 5
+done
 
 step "smoke: the README's main command (sutra dev --no-wait)"
 smoke_dir=$(mktemp -d)

@@ -6,6 +6,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod cluster;
 mod dev;
 mod sample;
 
@@ -31,8 +32,18 @@ struct Cli {
 enum Cmd {
     /// Run a local grid with sample data (today: one storage node hosting one shard).
     Dev(dev::DevArgs),
-    /// Run a storage node.
+    /// Run a storage node (in a grid with --master, else standalone).
     Storage(StorageArgs),
+    /// Run the master: membership, node states, the shard map.
+    Master(cluster::MasterArgs),
+    /// Run a machine's agent: spawns and supervises its storage processes.
+    Agent(cluster::AgentArgs),
+    /// Create the shard map (idempotent: the same request again changes nothing).
+    Init(cluster::InitArgs),
+    /// Show nodes, agents, shards and fault tolerance; exits non-zero unless healthy.
+    Status(cluster::StatusArgs),
+    /// Mark a node Draining (or undo it).
+    Drain(cluster::DrainArgs),
     /// Look a concept up on a storage node, by label or 32-hex-char id.
     Concept(dev::QueryArgs),
     /// List a concept's neighbours on a storage node.
@@ -56,6 +67,21 @@ struct StorageArgs {
     /// Width of concept vectors.
     #[arg(long, default_value_t = limits::VECTOR_DIM_DEFAULT)]
     vector_dim: usize,
+    /// Join the grid this master coordinates (agents pass it; implies not --standalone).
+    #[arg(long, conflicts_with = "standalone", requires_all = ["agent", "gossip"])]
+    master: Option<String>,
+    /// The supervising agent's name (grid mode).
+    #[arg(long)]
+    agent: Option<String>,
+    /// This process's slot under its agent (grid mode).
+    #[arg(long, default_value_t = 0)]
+    slot: u32,
+    /// UDP address for SWIM gossip (grid mode).
+    #[arg(long)]
+    gossip: Option<SocketAddr>,
+    /// Spawn generation, set by the agent (grid mode).
+    #[arg(long, default_value_t = 0)]
+    generation: u64,
 }
 
 fn init_tracing(default: &str) {
@@ -100,6 +126,20 @@ async fn shutdown_signal() {
 }
 
 async fn run_storage(args: StorageArgs) -> Result<()> {
+    if let (Some(master), Some(agent), Some(gossip)) = (args.master.clone(), args.agent.clone(), args.gossip) {
+        if args.vector_dim == 0 || args.vector_dim > limits::VECTOR_DIM_MAX {
+            anyhow::bail!("--vector-dim must be between 1 and {}", limits::VECTOR_DIM_MAX);
+        }
+        let membership = sutra_grid::node::cluster::Membership {
+            master,
+            agent,
+            slot: args.slot,
+            storage_addr: args.listen,
+            gossip_addr: gossip,
+            generation: args.generation,
+        };
+        return cluster::storage_in_grid(&args.data_dir, args.vector_dim, membership).await;
+    }
     tracing::info!(data_dir = %args.data_dir.display(), listen = %args.listen, standalone = args.standalone,
         vector_dim = args.vector_dim, "starting storage node");
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -149,6 +189,26 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Storage(a) => {
             init_tracing("info");
             rt.block_on(run_storage(a))
+        }
+        Cmd::Master(a) => {
+            init_tracing("info");
+            rt.block_on(cluster::master(a))
+        }
+        Cmd::Agent(a) => {
+            init_tracing("info");
+            rt.block_on(cluster::agent(a))
+        }
+        Cmd::Init(a) => {
+            init_tracing("warn");
+            rt.block_on(cluster::init(a))
+        }
+        Cmd::Status(a) => {
+            init_tracing("warn");
+            rt.block_on(cluster::status(a))
+        }
+        Cmd::Drain(a) => {
+            init_tracing("warn");
+            rt.block_on(cluster::drain(a))
         }
         Cmd::Concept(a) => {
             init_tracing("warn");

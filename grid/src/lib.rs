@@ -9,19 +9,25 @@
 //! - [`store`]: one shard replica: mmap'd checkpoint + overlay, neighbours, BFS, path search.
 //! - [`gossip`]: SWIM failure detection (pure state machine + UDP driver).
 //! - [`node`]: the storage node: hosts shard replicas, serves the Storage gRPC service.
+//! - [`master`]: membership, node states, the persisted shard map, the Master gRPC service.
 //! - [`shardmap`]: key ranges, replica placement, validation and compare-and-set, as pure functions.
+//! - [`agent`]: per-machine supervisor: spawns storage processes, restarts them, reports exits.
+//! - [`query`]: the router (each key to its shard's primary, batched per shard).
 //! - [`client`]: the Rust client every tool uses, with deadlines and bounded retries.
 //!
-//! Later issues add `replication`, `agent`, `master` and `query`.
+//! The replication issue adds `replication`.
 
+pub mod agent;
 pub mod client;
 pub mod codec;
 pub mod gossip;
 pub mod ids;
 pub mod io;
 pub mod limits;
+pub mod master;
 pub mod model;
 pub mod node;
+pub mod query;
 pub mod shardmap;
 pub mod store;
 pub mod wal;

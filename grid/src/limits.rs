@@ -87,6 +87,9 @@ pub const GOSSIP_PING_TIMEOUT_MS: u64 = 80;
 pub const GOSSIP_INDIRECT_PROBES: usize = 3;
 /// Periods a suspect has to refute before it is declared dead.
 pub const GOSSIP_SUSPICION_PERIODS: u64 = 8;
+/// Every this many periods a node pings one member it holds Dead, so healed partitions and
+/// restarted nodes rejoin (1 s: well inside any healing budget, one extra datagram a second).
+pub const GOSSIP_DEAD_PROBE_PERIODS: u64 = 4;
 /// Membership updates piggybacked on one message.
 pub const GOSSIP_PIGGYBACK_MAX: usize = 8;
 /// Each update is sent this many times × ⌈log2(n+1)⌉ (infection-style dissemination).
@@ -99,6 +102,30 @@ pub const GOSSIP_MEMBERS_MAX: usize = 10_000;
 pub const GOSSIP_RECV_ERROR_BACKOFF_MS: u64 = 10;
 /// Largest gossip datagram (fits a 1500-byte MTU with room to spare).
 pub const GOSSIP_DATAGRAM_BYTES_MAX: usize = 1400;
+
+/// Storage nodes and agents heartbeat the master this often.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 500;
+/// Silence after which the master marks a node or agent Down: 2.5 intervals, so one late
+/// heartbeat is forgiven but a vanished machine is Down within 3 intervals.
+pub const HEARTBEAT_DOWN_AFTER_MS: u64 = HEARTBEAT_INTERVAL_MS * 5 / 2;
+/// How often the master re-evaluates node states (bounds detection lag past the timeout).
+pub const MASTER_TICK_MS: u64 = 50;
+/// Master metadata changes logged before the metadata is snapshotted and the log trimmed.
+pub const MASTER_LOG_RECORDS_PER_SNAPSHOT: u64 = 1024;
+/// Registered storage nodes and agents the master tracks (bounds every per-node loop).
+pub const MASTER_NODES_MAX: usize = 10_000;
+/// State transitions the master keeps for `status` and traces.
+pub const MASTER_TRANSITIONS_KEPT: usize = 256;
+/// Storage processes one agent supervises.
+pub const AGENT_PROCESSES_MAX: u32 = 64;
+/// First restart backoff for a crashed storage process; doubles per crash.
+pub const AGENT_RESTART_BACKOFF_MS_INITIAL: u64 = 100;
+/// Restart backoff ceiling.
+pub const AGENT_RESTART_BACKOFF_MS_MAX: u64 = 10_000;
+/// A process that has run this long resets its backoff.
+pub const AGENT_STABLE_AFTER_MS: u64 = 30_000;
+/// On shutdown, children get this long to exit after SIGTERM before SIGKILL.
+pub const AGENT_STOP_GRACE_MS: u64 = 5_000;
 
 /// Checkpoint writes are streamed through a buffer of this size.
 pub const CHECKPOINT_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
@@ -113,5 +140,9 @@ const _: () = assert!(EXPAND_EDGES_DEFAULT <= EXPAND_EDGES_MAX);
 const _: () = assert!(VECTOR_DIM_DEFAULT <= VECTOR_DIM_MAX);
 const _: () = assert!(BATCH_BYTES_MAX < RPC_MESSAGE_BYTES_MAX);
 const _: () = assert!(GOSSIP_PING_TIMEOUT_MS * 2 < GOSSIP_PERIOD_MS);
+// Down within 3 heartbeat intervals of a machine vanishing, counting the master's tick.
+const _: () = assert!(HEARTBEAT_DOWN_AFTER_MS + MASTER_TICK_MS < 3 * HEARTBEAT_INTERVAL_MS);
+const _: () = assert!(HEARTBEAT_DOWN_AFTER_MS > HEARTBEAT_INTERVAL_MS * 2);
+const _: () = assert!(AGENT_RESTART_BACKOFF_MS_INITIAL <= AGENT_RESTART_BACKOFF_MS_MAX);
 // A header (≤ 56 B) + piggyback_max updates (≤ 36 B each, IPv6) must fit one datagram.
 const _: () = assert!(56 + GOSSIP_PIGGYBACK_MAX * 36 <= GOSSIP_DATAGRAM_BYTES_MAX);

@@ -49,7 +49,7 @@ mod cli {
     }
 
     fn replay_cmd(scenario: &str, seed: u64) -> String {
-        format!("ci/sim.sh {scenario} --seed {seed} --trace")
+        format!("ci/sim.sh run {scenario} --seed {seed} --trace")
     }
 
     fn regressions(path: &str) -> Result<Vec<(String, u64)>, String> {
@@ -64,8 +64,8 @@ mod cli {
             let (Some(name), Some(seed), None) = (f.next(), f.next(), f.next()) else {
                 return Err(format!("{path}:{}: expected `SCENARIO SEED`", n + 1));
             };
-            if scenarios::by_name(name).is_none() {
-                return Err(format!("{path}:{}: unknown scenario {name:?}", n + 1));
+            if let Err(e) = scenarios::resolve(name) {
+                return Err(format!("{path}:{}: {e}", n + 1));
             }
             let seed = seed.parse().map_err(|_| format!("{path}:{}: seed {seed:?} is not a number", n + 1))?;
             out.push((name.to_string(), seed));
@@ -92,12 +92,8 @@ mod cli {
                 }
             }
         } else {
-            if scenarios::by_name(&a.scenario).is_none() {
-                eprintln!(
-                    "error: unknown scenario {:?}; known: {}, regressions",
-                    a.scenario,
-                    scenarios::NAMES.join(", ")
-                );
+            if let Err(e) = scenarios::resolve(&a.scenario) {
+                eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
             let base = a.seed.unwrap_or_else(|| {
@@ -124,7 +120,13 @@ mod cli {
             }
         }
         for (name, seeds) in by_scenario {
-            let scenario = scenarios::by_name(&name).expect("checked above");
+            let scenario = match scenarios::resolve(&name) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let done = std::sync::atomic::AtomicUsize::new(0);
             let total = seeds.len();
             let outcomes = runner::sweep(scenario, seeds, a.jobs, |o| {

@@ -26,3 +26,32 @@ pub const GOSSIP_PORT: u16 = 7200;
 pub fn gossip_addr(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 2, (i / 250) as u8, (i % 250) as u8 + 1)), GOSSIP_PORT)
 }
+
+/// Port the master serves its gRPC service on.
+pub const MASTER_PORT: u16 = 7001;
+
+/// The master lives at 10.0.3.1.
+pub fn master_addr() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 3, 1)), MASTER_PORT)
+}
+
+pub const MASTER_NAME: &str = "master";
+
+/// Agent (machine) `a` runs at 10.0.4.(a+1).
+pub fn agent_ip(a: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 4, a + 1))
+}
+
+pub fn agent_name(a: u8) -> String {
+    format!("agent-{a}")
+}
+
+/// Storage process `s` of agent `a` is its own simulated node at 10.1.a.(s+1), serving
+/// Storage on `STORAGE_PORT` and gossiping on `GOSSIP_PORT`.
+pub fn process_ip(a: u8, s: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 1, a, s + 1))
+}
+
+pub fn process_name(a: u8, s: u8) -> String {
+    format!("storage-{a}.{s}")
+}

@@ -15,6 +15,9 @@ use crate::limits;
 use crate::model::{EdgeFilter, WriteBatch};
 use crate::node::convert::{association_to_pb, concept_write_to_pb, filter_to_pb, id_to_pb};
 
+mod master;
+pub use master::MasterClient;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {addr} after {attempts} attempts: {reason}")]
@@ -47,28 +50,13 @@ fn backoff(attempt: u32) -> Duration {
 impl StorageClient {
     /// Connects to `addr` ("host:port"), retrying with backoff.
     pub async fn connect(addr: &str) -> Result<StorageClient, ClientError> {
-        let deadline = Duration::from_millis(limits::RPC_DEADLINE_MS);
-        let url = format!("http://{addr}");
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| ClientError::Connect { addr: addr.into(), attempts: 0, reason: e.to_string() })?
-            .connect_timeout(deadline);
-        let mut last = String::new();
-        for attempt in 0..limits::RPC_RETRIES_MAX {
-            match tokio::time::timeout(deadline, endpoint.connect()).await {
-                Ok(Ok(ch)) => {
-                    let inner = pb::storage_client::StorageClient::new(ch);
-                    #[cfg(not(madsim))]
-                    let inner = inner
-                        .max_decoding_message_size(limits::RPC_MESSAGE_BYTES_MAX)
-                        .max_encoding_message_size(limits::RPC_MESSAGE_BYTES_MAX);
-                    return Ok(StorageClient { inner, deadline });
-                }
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = "connect timed out".into(),
-            }
-            tokio::time::sleep(backoff(attempt)).await;
-        }
-        Err(ClientError::Connect { addr: addr.into(), attempts: limits::RPC_RETRIES_MAX, reason: last })
+        let ch = connect_channel(addr).await?;
+        let inner = pb::storage_client::StorageClient::new(ch);
+        #[cfg(not(madsim))]
+        let inner = inner
+            .max_decoding_message_size(limits::RPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(limits::RPC_MESSAGE_BYTES_MAX);
+        Ok(StorageClient { inner, deadline: Duration::from_millis(limits::RPC_DEADLINE_MS) })
     }
 
     pub fn with_deadline(mut self, d: Duration) -> StorageClient {
@@ -81,29 +69,15 @@ impl StorageClient {
         op: &'static str,
         fut: impl Future<Output = Result<tonic::Response<T>, Status>>,
     ) -> Result<T, ClientError> {
-        match tokio::time::timeout(self.deadline, fut).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(status)) => Err(ClientError::Rpc { op, status }),
-            Err(_) => Err(ClientError::Deadline { op, ms: self.deadline.as_millis() as u64 }),
-        }
+        once(self.deadline, op, fut).await
     }
 
-    /// Retries reads on Unavailable / deadline, which are safe to repeat.
-    async fn idempotent<T, F, Fut>(&self, op: &'static str, mut call: F) -> Result<T, ClientError>
+    async fn idempotent<T, F, Fut>(&self, op: &'static str, call: F) -> Result<T, ClientError>
     where
         F: FnMut(pb::storage_client::StorageClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let mut attempt = 0;
-        loop {
-            match self.once(op, call(self.inner.clone())).await {
-                Err(e) if attempt + 1 < limits::RPC_RETRIES_MAX && retryable(&e) => {
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                }
-                r => return r,
-            }
-        }
+        idempotent(&self.inner, self.deadline, op, call).await
     }
 
     pub async fn write_batch(&self, shard: u32, batch: &WriteBatch) -> Result<pb::WriteBatchResponse, ClientError> {
@@ -184,6 +158,61 @@ impl StorageClient {
 
     pub async fn checkpoint(&self, shard: u32) -> Result<pb::ShardInfo, ClientError> {
         self.once("checkpoint", self.inner.clone().checkpoint(pb::CheckpointRequest { shard })).await
+    }
+}
+
+/// A channel to `addr` ("host:port"), connecting with bounded retries and backoff.
+pub(crate) async fn connect_channel(addr: &str) -> Result<Channel, ClientError> {
+    let deadline = Duration::from_millis(limits::RPC_DEADLINE_MS);
+    let url = format!("http://{addr}");
+    let endpoint = Endpoint::from_shared(url)
+        .map_err(|e| ClientError::Connect { addr: addr.into(), attempts: 0, reason: e.to_string() })?
+        .connect_timeout(deadline);
+    let mut last = String::new();
+    for attempt in 0..limits::RPC_RETRIES_MAX {
+        match tokio::time::timeout(deadline, endpoint.connect()).await {
+            Ok(Ok(ch)) => return Ok(ch),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "connect timed out".into(),
+        }
+        tokio::time::sleep(backoff(attempt)).await;
+    }
+    Err(ClientError::Connect { addr: addr.into(), attempts: limits::RPC_RETRIES_MAX, reason: last })
+}
+
+/// One call under `deadline`.
+pub(crate) async fn once<T>(
+    deadline: Duration,
+    op: &'static str,
+    fut: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, ClientError> {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(status)) => Err(ClientError::Rpc { op, status }),
+        Err(_) => Err(ClientError::Deadline { op, ms: deadline.as_millis() as u64 }),
+    }
+}
+
+/// A call that is safe to repeat, retried on Unavailable / deadline with backoff.
+pub(crate) async fn idempotent<C: Clone, T, F, Fut>(
+    client: &C,
+    deadline: Duration,
+    op: &'static str,
+    mut call: F,
+) -> Result<T, ClientError>
+where
+    F: FnMut(C) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    let mut attempt = 0;
+    loop {
+        match once(deadline, op, call(client.clone())).await {
+            Err(e) if attempt + 1 < limits::RPC_RETRIES_MAX && retryable(&e) => {
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+            r => return r,
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 pub use swim::{Member, State, Swim, SwimConfig, SwimStats};
 
 use crate::ids::NodeId;
+use crate::io::AbortOnDrop;
 use crate::limits;
 
 /// What the driver publishes (at most once a protocol period, when something changed): each
@@ -25,6 +26,9 @@ pub struct View {
     pub malformed: u64,
     /// Failed receives on the socket.
     pub recv_errors: u64,
+    /// Input, not output: members learnt out of band (the master's list) for the driver to
+    /// add; drained on its next wakeup.
+    pub to_add: Vec<(NodeId, SocketAddr)>,
 }
 
 /// madsim's `UdpSocket::send_to` takes `(target, buf)`, tokio's `(buf, target)`.
@@ -51,7 +55,12 @@ pub async fn run(
     for (id, addr) in peers {
         swim.add_member(id, addr, 0);
     }
-    let mut buf = vec![0u8; limits::GOSSIP_DATAGRAM_BYTES_MAX];
+    let socket = Arc::new(socket);
+    // Receiving runs on its own task and is never cancelled: madsim's `recv_from` is not
+    // cancel-safe (a datagram already taken from the mailbox is lost if the future is dropped),
+    // and dropping it whenever the probe timer won a `select!` lost real pings.
+    let (tx, mut datagrams) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(limits::GOSSIP_QUEUE_MAX);
+    let _receiver = AbortOnDrop(tokio::spawn(receive(socket.clone(), tx)));
     let mut malformed = 0u64;
     let mut recv_errors = 0u64;
     let mut published = u64::MAX;
@@ -61,21 +70,19 @@ pub async fn run(
         let wake = start + Duration::from_millis(swim.next_wakeup_ms());
         let out = tokio::select! {
             biased;
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, _)) => match wire::decode(&buf[..n]) {
+            d = datagrams.recv() => match d {
+                Some(Some(bytes)) => match wire::decode(&bytes) {
                     Ok(msg) => swim.on_message(now_ms(start), msg),
                     Err(_) => {
                         malformed += 1;
                         Vec::new()
                     }
                 },
-                // A failed receive (ICMP unreachable and the like) is not fatal for gossip,
-                // but back off so a socket that keeps failing cannot spin the loop.
-                Err(_) => {
+                Some(None) => {
                     recv_errors += 1;
-                    tokio::time::sleep(Duration::from_millis(limits::GOSSIP_RECV_ERROR_BACKOFF_MS)).await;
                     Vec::new()
                 }
+                None => return Err(std::io::Error::other("gossip receiver stopped")),
             },
             _ = tokio::time::sleep_until(wake) => swim.tick(now_ms(start)),
         };
@@ -83,8 +90,12 @@ pub async fn run(
             // Lost datagrams are what SWIM is built to tolerate.
             let _ = send_datagram(&socket, &wire::encode(&o.msg), o.to).await;
         }
-        // Republish at most once a period: copying the member table is O(n).
         let now = now_ms(start);
+        let to_add = std::mem::take(&mut view.lock().unwrap_or_else(|p| p.into_inner()).to_add);
+        for (id, addr) in to_add {
+            swim.add_member(id, addr, now);
+        }
+        // Republish at most once a period: copying the member table is O(n).
         if now >= next_publish_ms {
             next_publish_ms = now + period_ms;
             let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
@@ -95,6 +106,26 @@ pub async fn run(
             v.stats = swim.stats.clone();
             v.malformed = malformed;
             v.recv_errors = recv_errors;
+        }
+    }
+}
+
+/// Forwards every datagram (or `None` for a failed receive) to the protocol loop.
+async fn receive(socket: Arc<tokio::net::UdpSocket>, tx: tokio::sync::mpsc::Sender<Option<Vec<u8>>>) {
+    let mut buf = vec![0u8; limits::GOSSIP_DATAGRAM_BYTES_MAX];
+    loop {
+        let item = match socket.recv_from(&mut buf).await {
+            Ok((n, _)) => Some(buf[..n].to_vec()),
+            // A failed receive (ICMP unreachable and the like) is not fatal for gossip, but
+            // back off so a socket that keeps failing cannot spin.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(limits::GOSSIP_RECV_ERROR_BACKOFF_MS)).await;
+                None
+            }
+        };
+        // A full queue means the protocol loop is behind: drop, as a busy network would.
+        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = tx.try_send(item) {
+            return;
         }
     }
 }

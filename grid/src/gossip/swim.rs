@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
 use rand::seq::SliceRandom;
+use rand::Rng as _;
 
 use crate::ids::NodeId;
 use crate::io::{seeded_rng, Rng};
@@ -78,6 +79,9 @@ pub struct SwimConfig {
     pub suspicion_periods: u64,
     pub piggyback_max: usize,
     pub retransmit_mult: u32,
+    /// Every this many periods, ping one Dead member: a healed partition or a restarted node
+    /// is otherwise never probed again (nobody pings the dead), so it would stay Dead forever.
+    pub dead_probe_periods: u64,
 }
 
 impl Default for SwimConfig {
@@ -89,6 +93,7 @@ impl Default for SwimConfig {
             suspicion_periods: limits::GOSSIP_SUSPICION_PERIODS,
             piggyback_max: limits::GOSSIP_PIGGYBACK_MAX,
             retransmit_mult: limits::GOSSIP_RETRANSMIT_MULT,
+            dead_probe_periods: limits::GOSSIP_DEAD_PROBE_PERIODS,
         }
     }
 }
@@ -136,6 +141,8 @@ pub struct Swim {
     live: usize,
     /// Suspects and when they became suspect (drives suspicion timeouts).
     suspects: BTreeMap<NodeId, u64>,
+    /// Probe periods started; every `dead_probe_periods`th also pings one Dead member.
+    periods: u64,
     pub stats: SwimStats,
 }
 
@@ -160,6 +167,7 @@ impl Swim {
             changes: 0,
             live: 1,
             suspects: BTreeMap::new(),
+            periods: 0,
             stats: SwimStats::default(),
         }
     }
@@ -274,6 +282,7 @@ impl Swim {
             }
         };
         if old_state != Some(u.state) {
+            tracing::debug!(me = self.me.0, node = u.node.0, state = ?u.state, inc = u.incarnation, "swim member state");
             let was_live = old_state.is_some_and(|s| s != State::Dead);
             match (was_live, u.state != State::Dead) {
                 (false, true) => self.live += 1,
@@ -377,6 +386,10 @@ impl Swim {
         }
         if self.probe.is_none() && now_ms >= self.next_probe_ms {
             self.next_probe_ms = now_ms + self.cfg.period_ms;
+            self.periods += 1;
+            if let Some(o) = self.probe_the_dead() {
+                out.push(o);
+            }
             if let Some(target) = self.next_target() {
                 self.seq += 1;
                 let seq = self.seq;
@@ -386,6 +399,21 @@ impl Swim {
             }
         }
         out
+    }
+
+    /// A ping to one random Dead member, every `dead_probe_periods` periods. Its ack (or its
+    /// ping back) carries its incarnation; if that does not beat our Dead record, we tell it,
+    /// and it refutes with a higher one, which revives it everywhere.
+    fn probe_the_dead(&mut self) -> Option<Out> {
+        let dead = (self.members.len() + 1).saturating_sub(self.live);
+        if dead == 0 || self.cfg.dead_probe_periods == 0 || !self.periods.is_multiple_of(self.cfg.dead_probe_periods) {
+            return None;
+        }
+        let k = self.rng.random_range(0..dead);
+        let addr = self.members.values().filter(|m| m.state == State::Dead).nth(k)?.addr;
+        self.seq += 1;
+        let seq = self.seq;
+        Some(self.send(addr, seq, Kind::Ping))
     }
 
     /// When `tick` next has something to do.

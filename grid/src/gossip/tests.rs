@@ -17,6 +17,8 @@ fn addr(i: usize) -> SocketAddr {
 struct Net {
     nodes: Vec<Swim>,
     down: HashSet<usize>,
+    /// Running, but every datagram to or from these is lost (a partition).
+    isolated: HashSet<usize>,
     inflight: VecDeque<(u64, usize, Msg)>,
     loss: f64,
     rng: Rng,
@@ -33,7 +35,15 @@ impl Net {
             }
             nodes.push(s);
         }
-        Net { nodes, down: HashSet::new(), inflight: VecDeque::new(), loss, rng: seeded_rng(seed), now: 0 }
+        Net {
+            nodes,
+            down: HashSet::new(),
+            isolated: HashSet::new(),
+            inflight: VecDeque::new(),
+            loss,
+            rng: seeded_rng(seed),
+            now: 0,
+        }
     }
 
     fn index(&self, a: SocketAddr) -> usize {
@@ -52,6 +62,9 @@ impl Net {
             // Every datagram crosses the real encoding.
             let msg = wire::decode(&wire::encode(&o.msg)).unwrap();
             let to = self.index(o.to);
+            if self.isolated.contains(&from) || self.isolated.contains(&to) {
+                continue;
+            }
             self.inflight.push_back((self.now + 1, to, msg));
         }
     }
@@ -81,7 +94,9 @@ impl Net {
     }
 
     fn all_live_see(&self, of: usize, state: State) -> bool {
-        (0..self.nodes.len()).filter(|i| *i != of && !self.down.contains(i)).all(|i| self.state(i, of) == Some(state))
+        (0..self.nodes.len())
+            .filter(|i| *i != of && !self.down.contains(i) && !self.isolated.contains(i))
+            .all(|i| self.state(i, of) == Some(state))
     }
 }
 
@@ -163,6 +178,26 @@ fn packet_loss_does_not_kill_live_nodes() {
         let refuted: u64 = net.nodes.iter().map(|s| s.stats.refutations).sum();
         let suspected: u64 = net.nodes.iter().map(|s| s.stats.suspicions).sum();
         assert!(refuted <= suspected);
+    }
+}
+
+#[test]
+fn an_isolated_node_rejoins_after_the_partition_heals() {
+    for seed in 0..5 {
+        let mut net = Net::new(6, 0.0, 10 + seed);
+        net.run_for(1_000);
+        net.isolated.insert(4);
+        net.run_for(8_000);
+        assert!(net.all_live_see(4, State::Dead), "seed {seed}: the isolated node is declared dead");
+        assert!(
+            (0..6).filter(|j| *j != 4).all(|j| net.state(4, j) == Some(State::Dead)),
+            "seed {seed}: and it holds all the others dead"
+        );
+        net.isolated.clear();
+        net.run_for(6_000);
+        for v in 0..6 {
+            assert!(net.all_live_see(v, State::Alive), "seed {seed}: node {v} is alive everywhere after the heal");
+        }
     }
 }
 

@@ -3,9 +3,13 @@
 
 mod real_disk;
 mod sim_disk;
+mod spawner;
 
 pub use real_disk::RealDisk;
 pub use sim_disk::{SimDisk, SimDiskFaults};
+#[cfg(not(madsim))]
+pub use spawner::ProcessSpawner;
+pub use spawner::{Child, ExitFuture, ProcessSpec, Spawner};
 
 use std::io;
 use std::ops::Deref;
@@ -87,6 +91,15 @@ pub type Rng = rand_chacha::ChaCha8Rng;
 pub fn seeded_rng(seed: u64) -> Rng {
     use rand::SeedableRng;
     rand_chacha::ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// Aborts a task when dropped, so helper tasks die with their owner.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs blocking disk work (write + fsync) off the async workers in real mode. Inside madsim

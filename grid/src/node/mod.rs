@@ -2,6 +2,7 @@
 //! gRPC service. A shard that cannot be opened (corruption, failed fsync) is kept in the map as
 //! not serving, with its reason, so the node stays up and says what is wrong.
 
+pub mod cluster;
 pub mod convert;
 mod service;
 mod shard;

@@ -55,7 +55,7 @@ fn clamp_limit(asked: u32, default: usize, max: usize) -> usize {
     }
 }
 
-fn shard_info(id: u32, slot: &ShardSlot) -> pb::ShardInfo {
+pub(crate) fn shard_info(id: u32, slot: &ShardSlot) -> pb::ShardInfo {
     match slot {
         ShardSlot::Serving(s) => {
             let fault = s.fault();

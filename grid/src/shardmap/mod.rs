@@ -16,7 +16,7 @@ pub struct NodeInfo {
     pub agent: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ShardEntry {
     pub id: ShardId,
     pub range: KeyRange,
@@ -27,7 +27,7 @@ pub struct ShardEntry {
     pub epoch: Epoch,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ShardMap {
     /// Bumped on every change to the map; changes are compare-and-set on it.
     pub version: u64,

@@ -16,7 +16,7 @@ use crate::limits;
 use crate::model::{AssocKind, Concept, Direction, EdgeFilter, WriteBatch};
 
 /// The key range a shard owns, inclusive at both ends so one shard can own the whole space.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyRange {
     pub start: u64,
     pub end: u64,

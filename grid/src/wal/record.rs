@@ -11,12 +11,15 @@ pub const HEADER_BYTES: usize = 4 + 4 + 8 + 8 + 1;
 pub enum RecordType {
     /// A validated write batch (concepts + associations), applied atomically.
     Batch = 1,
+    /// A change to the master's metadata (JSON `master::meta::MetaOp`).
+    MasterMeta = 2,
 }
 
 impl RecordType {
     pub fn from_u8(v: u8) -> Option<RecordType> {
         match v {
             1 => Some(RecordType::Batch),
+            2 => Some(RecordType::MasterMeta),
             _ => None,
         }
     }

@@ -1,0 +1,261 @@
+//! Control-plane verbs: `master`, `agent`, `init`, `status`, `drain`, and the grid mode of
+//! `storage`. Each parses flags and calls the library function the simulator also boots.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use sutra_grid::agent::{run_agent, AgentConfig};
+use sutra_grid::client::MasterClient;
+use sutra_grid::io::{Disk, ProcessSpawner, ProcessSpec, RealDisk};
+use sutra_grid::limits;
+use sutra_grid::master::{Master, NodeState};
+use sutra_grid::node::cluster::{run_storage_process, Membership};
+use sutra_grid::node::NodeConfig;
+use sutra_proto as pb;
+
+use crate::shutdown_signal;
+
+/// Where the master serves gRPC unless told otherwise (the HTTP API will take 7000).
+pub const MASTER_DEFAULT: &str = "127.0.0.1:7001";
+
+#[derive(clap::Args)]
+pub struct MasterArgs {
+    #[arg(long, default_value = MASTER_DEFAULT)]
+    listen: SocketAddr,
+    /// Directory for the master's metadata (log + snapshot).
+    #[arg(long)]
+    data_dir: PathBuf,
+}
+
+pub async fn master(a: MasterArgs) -> Result<()> {
+    let listener =
+        tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+    let disk: Arc<dyn Disk> =
+        Arc::new(RealDisk::new(&a.data_dir).with_context(|| format!("cannot use data dir {}", a.data_dir.display()))?);
+    let m = Master::open(disk, "master").await.context("cannot open the master's metadata")?;
+    println!("master listening on {}", a.listen);
+    sutra_grid::master::service::serve_listener(m, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    #[arg(long, default_value = MASTER_DEFAULT)]
+    master: String,
+    /// Each storage process gets `DATA_ROOT/node-SLOT`.
+    #[arg(long)]
+    data_root: PathBuf,
+    /// This machine's name in the grid; must be stable across restarts.
+    #[arg(long)]
+    name: Option<String>,
+    /// Storage processes to run on this machine.
+    #[arg(long, default_value_t = 1)]
+    processes: u32,
+    /// Address the storage processes serve and gossip on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Process `i` serves Storage on TCP `base-port + i` and gossips on UDP `base-port + 1000 + i`.
+    #[arg(long, default_value_t = 7100)]
+    base_port: u16,
+    #[arg(long, default_value_t = limits::VECTOR_DIM_DEFAULT)]
+    vector_dim: usize,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+pub async fn agent(a: AgentArgs) -> Result<()> {
+    if a.processes == 0 || a.processes > limits::AGENT_PROCESSES_MAX {
+        anyhow::bail!("--processes must be between 1 and {}", limits::AGENT_PROCESSES_MAX);
+    }
+    if a.base_port as u32 + 1000 + a.processes > u16::MAX as u32 {
+        anyhow::bail!("--base-port {} leaves no room for {} processes' gossip ports", a.base_port, a.processes);
+    }
+    let name = a.name.clone().unwrap_or_else(hostname);
+    std::fs::create_dir_all(&a.data_root).with_context(|| format!("cannot create {}", a.data_root.display()))?;
+    let processes = (0..a.processes)
+        .map(|i| ProcessSpec {
+            slot: i,
+            master: a.master.clone(),
+            agent: name.clone(),
+            storage_addr: SocketAddr::new(a.host, a.base_port + i as u16),
+            gossip_addr: SocketAddr::new(a.host, a.base_port + 1000 + i as u16),
+            data_dir: a.data_root.join(format!("node-{i}")).display().to_string(),
+            vector_dim: a.vector_dim,
+            generation: 0,
+        })
+        .collect();
+    let exe = std::env::current_exe().context("cannot find the sutra executable to spawn")?;
+    println!("agent {name}: supervising {} storage process(es), master {}", a.processes, a.master);
+    run_agent(Arc::new(ProcessSpawner { exe }), AgentConfig { name, master: a.master, processes }, shutdown_signal())
+        .await
+        .map_err(anyhow::Error::msg)
+}
+
+/// `sutra storage --master …`: a storage process that is part of a grid.
+pub async fn storage_in_grid(data_dir: &std::path::Path, vector_dim: usize, membership: Membership) -> Result<()> {
+    let disk: Arc<dyn Disk> =
+        Arc::new(RealDisk::new(data_dir).with_context(|| format!("cannot use data dir {}", data_dir.display()))?);
+    println!("storage node listening on {} (gossip {})", membership.storage_addr, membership.gossip_addr);
+    run_storage_process(disk, NodeConfig::with_vector_dim(vector_dim), membership, shutdown_signal())
+        .await
+        .map_err(anyhow::Error::msg)
+}
+
+#[derive(clap::Args)]
+pub struct InitArgs {
+    #[arg(long, default_value = MASTER_DEFAULT)]
+    master: String,
+    #[arg(long)]
+    shards: u32,
+    #[arg(long, default_value_t = 3)]
+    replication: u32,
+}
+
+pub async fn init(a: InitArgs) -> Result<()> {
+    let c = MasterClient::connect(&a.master).await?;
+    let map = c.init(a.shards, a.replication).await?;
+    println!(
+        "grid initialised: {} shards × {} replicas (map version {})",
+        map.shards.len(),
+        a.replication,
+        map.version
+    );
+    print_map(&map);
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[arg(long, default_value = MASTER_DEFAULT)]
+    master: String,
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    format: String,
+}
+
+fn state_name(s: i32) -> &'static str {
+    NodeState::from_pb(s).map_or("?", |s| s.name())
+}
+
+fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
+    let map = s.map.clone().unwrap_or_default();
+    json!({
+        "healthy": s.healthy,
+        "fault_tolerance": s.fault_tolerance,
+        "problems": s.problems,
+        "map_version": map.version,
+        "nodes": s.nodes.iter().map(|n| json!({
+            "id": n.node_id, "agent": n.agent, "slot": n.slot, "storage_addr": n.storage_addr,
+            "gossip_addr": n.gossip_addr, "state": state_name(n.state), "reason": n.reason,
+            "unreachable_from": n.unreachable_from, "heartbeat_age_ms": n.heartbeat_age_ms,
+            "replicas": n.replicas, "primaries": n.primaries,
+        })).collect::<Vec<_>>(),
+        "agents": s.agents.iter().map(|a| json!({
+            "id": a.agent_id, "name": a.name, "up": a.up, "heartbeat_age_ms": a.heartbeat_age_ms,
+            "processes": a.processes.iter().map(|p| json!({
+                "slot": p.slot, "running": p.running, "restarts": p.restarts, "last_exit": p.last_exit,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "shards": map.shards.iter().map(|e| json!({
+            "id": e.shard, "key_start": format!("{:016x}", e.key_start), "key_end": format!("{:016x}", e.key_end),
+            "replicas": e.replicas, "primary": e.primary, "epoch": e.epoch,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_map(map: &pb::ShardMap) {
+    for e in &map.shards {
+        let replicas: Vec<String> = e.replicas.iter().map(|r| r.to_string()).collect();
+        println!(
+            "  shard {:>3}  [{:016x} .. {:016x}]  epoch {}  primary {}  replicas {}",
+            e.shard,
+            e.key_start,
+            e.key_end,
+            e.epoch,
+            e.primary,
+            replicas.join(",")
+        );
+    }
+}
+
+pub async fn status(a: StatusArgs) -> Result<()> {
+    let c = MasterClient::connect(&a.master).await?;
+    let s = c.status().await?;
+    if a.format == "json" {
+        println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+    } else {
+        let map = s.map.clone().unwrap_or_default();
+        println!(
+            "grid: {}  (map version {}, {} shards, fault tolerance {})",
+            if s.healthy { "healthy" } else { "NOT HEALTHY" },
+            map.version,
+            map.shards.len(),
+            if s.fault_tolerance < 0 {
+                "none: a shard lost its majority".into()
+            } else {
+                s.fault_tolerance.to_string()
+            }
+        );
+        println!("agents:");
+        for ag in &s.agents {
+            let restarts: u32 = ag.processes.iter().map(|p| p.restarts).sum();
+            println!(
+                "  {:<16} {}  {} process(es), {} restart(s)",
+                ag.name,
+                if ag.up { "up  " } else { "DOWN" },
+                ag.processes.len(),
+                restarts
+            );
+        }
+        println!("nodes:");
+        for n in &s.nodes {
+            println!(
+                "  {:>4}  {:<9} {:<22} {}/{}  replicas {} (primary {})  {}",
+                n.node_id,
+                state_name(n.state),
+                n.storage_addr,
+                n.agent,
+                n.slot,
+                n.replicas,
+                n.primaries,
+                n.reason
+            );
+        }
+        println!("shards:");
+        print_map(&map);
+        for p in &s.problems {
+            println!("problem: {p}");
+        }
+    }
+    if !s.healthy {
+        anyhow::bail!("the grid is not healthy ({} problem(s))", s.problems.len());
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct DrainArgs {
+    #[arg(long, default_value = MASTER_DEFAULT)]
+    master: String,
+    /// Node id, as `sutra status` lists it.
+    #[arg(long)]
+    node: u64,
+    /// Undo a drain.
+    #[arg(long)]
+    undo: bool,
+}
+
+pub async fn drain(a: DrainArgs) -> Result<()> {
+    let c = MasterClient::connect(&a.master).await?;
+    let n = c.drain(a.node, !a.undo).await?;
+    println!("node {} is {}", n.node_id, state_name(n.state));
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! The control plane as real processes on 127.0.0.1: `sutra master`, `sutra agent` spawning 3
+//! `sutra storage` children, `sutra init` (twice: idempotent), `sutra status`, writes routed
+//! through the shard map, a kill -9 of one child (reported by its agent, restarted), and the
+//! agent stopping its children on SIGTERM. The same code the simulator runs, without madsim.
+
+mod common;
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sutra_grid::client::MasterClient;
+use sutra_grid::ids::ConceptId;
+use sutra_grid::master::NodeState;
+use sutra_grid::query::Router;
+
+fn sutra(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sutra"));
+    c.args(args).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null());
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sutra")).args(args).env("RUST_LOG", "warn").output().expect("running sutra")
+}
+
+/// A base port with `n` free TCP ports and their UDP gossip ports (+1000) free too.
+fn free_base(n: u16) -> u16 {
+    for _ in 0..100 {
+        let base = common::free_port();
+        if base > 60_000 {
+            continue;
+        }
+        let ok = (0..n).all(|i| {
+            std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", base + 1000 + i)).is_ok()
+        });
+        if ok {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+/// Pids of live processes whose command line mentions `needle`.
+fn pids_with(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let zombie = std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| s.contains(") Z "));
+        if cmd.contains(needle) && !zombie {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+async fn status(master: &str) -> Option<sutra_proto::StatusResponse> {
+    MasterClient::connect(master).await.ok()?.with_deadline(Duration::from_millis(500)).status().await.ok()
+}
+
+async fn until<T>(what: &str, budget: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> (T, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return (v, start.elapsed());
+        }
+        assert!(start.elapsed() < budget, "{what}: not within {budget:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn state_of(st: &sutra_proto::StatusResponse, slot: u32) -> Option<NodeState> {
+    st.nodes.iter().find(|n| n.slot == slot).and_then(|n| NodeState::from_pb(n.state))
+}
+
+struct Reap(Vec<Child>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_agent_and_storage_processes_form_a_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let master = format!("127.0.0.1:{}", common::free_port());
+    let base = free_base(3);
+    let data_root = root.join("agent");
+    let m = sutra(&["master", "--listen", &master, "--data-dir"]).arg(root.join("master")).spawn().unwrap();
+    let a = sutra(&["agent", "--master", &master, "--name", "m1", "--processes", "3", "--vector-dim", "4"])
+        .args(["--base-port", &base.to_string(), "--data-root"])
+        .arg(&data_root)
+        .spawn()
+        .unwrap();
+    let mut procs = Reap(vec![m, a]);
+
+    until("3 storage processes registered and Up", Duration::from_secs(30), async || {
+        let st = status(&master).await?;
+        (st.nodes.len() == 3 && st.nodes.iter().all(|n| n.state == NodeState::Up.to_pb() as i32)).then_some(())
+    })
+    .await;
+
+    for _ in 0..2 {
+        let out = run(&["init", "--master", &master, "--shards", "3", "--replication", "3"]);
+        assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = run(&["init", "--master", &master, "--shards", "4"]);
+    assert!(!out.status.success(), "a different shape must be refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already initialised"));
+
+    // Healthy once every node hosts its assigned replicas.
+    until("status healthy", Duration::from_secs(10), async || {
+        let out = run(&["status", "--master", &master, "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (out.status.success() && v["healthy"] == true && v["fault_tolerance"] == 1).then_some(())
+    })
+    .await;
+
+    // Writes routed through the map land on their shards' primaries.
+    let router = Router::new(MasterClient::connect(&master).await.unwrap(), Duration::from_secs(5)).await.unwrap();
+    for i in 0..20 {
+        router.write(&common::batch(0, i)).await.unwrap();
+    }
+    let ids: Vec<ConceptId> = (0..20).flat_map(|i| common::ids(0, i)).collect();
+    assert_eq!(router.get_concepts(&ids).await.unwrap().len(), 60);
+
+    // kill -9 one child: its agent reports the exit at once, then restarts it.
+    let victim = data_root.join("node-1").display().to_string();
+    let pids = pids_with(&victim);
+    assert_eq!(pids.len(), 1, "one storage process for slot 1: {pids:?}");
+    // SAFETY: kill(2) on a process this test started (through its agent).
+    unsafe {
+        libc::kill(pids[0], libc::SIGKILL);
+    }
+    let (_, down_after) = until("killed node marked Down", Duration::from_secs(5), async || {
+        (state_of(&status(&master).await?, 1)? == NodeState::Down).then_some(())
+    })
+    .await;
+    let (_, up_after) = until("killed node Up again", Duration::from_secs(15), async || {
+        (state_of(&status(&master).await?, 1)? == NodeState::Up).then_some(())
+    })
+    .await;
+    println!("real mode: kill -9 → Down observed after {down_after:?}, Up again after a further {up_after:?}");
+    // The agent's next heartbeat carries the restart count.
+    until("the agent reports the restart", Duration::from_secs(3), async || {
+        let st = status(&master).await?;
+        let restarts: u32 = st.agents.iter().flat_map(|a| &a.processes).map(|p| p.restarts).sum();
+        (restarts >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(router.get_concepts(&ids).await.unwrap().len(), 60, "acknowledged writes survive the kill");
+
+    // SIGTERM the agent: it stops its children before it exits.
+    signal(&procs.0[1], libc::SIGTERM);
+    let agent = procs.0.remove(1);
+    let mut agent = Reap(vec![agent]);
+    let exited = agent.0[0].wait().unwrap();
+    assert!(exited.success(), "agent exit: {exited:?}");
+    let (_, gone) = until("storage children gone", Duration::from_secs(10), async || {
+        pids_with(&data_root.display().to_string()).is_empty().then_some(())
+    })
+    .await;
+    println!("agent stopped; children gone {gone:?} later");
+    until("nodes Down after the agent stopped them", Duration::from_secs(5), async || {
+        let st = status(&master).await?;
+        st.nodes.iter().all(|n| n.state == NodeState::Down.to_pb() as i32).then_some(())
+    })
+    .await;
+    let out = run(&["status", "--master", &master]);
+    assert!(!out.status.success(), "status exits non-zero when the grid is not healthy");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Down"));
+}

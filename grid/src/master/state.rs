@@ -1,0 +1,624 @@
+//! The master's state as a pure state machine: registrations, heartbeats, exit reports and
+//! the shard map go in with the time; node states, assignments and status come out. The
+//! persisted part ([`Meta`]) changes only through [`MetaOp`]s, which the caller logs before
+//! acknowledging; the live part (heartbeats, reports) is rebuilt after a master restart.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use sutra_proto as pb;
+
+use crate::ids::NodeId;
+use crate::limits;
+use crate::shardmap::{self, NodeInfo, ShardMap, ShardMapError};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum NodeState {
+    Up,
+    Degraded,
+    Down,
+    Draining,
+}
+
+impl NodeState {
+    pub fn to_pb(self) -> pb::NodeState {
+        match self {
+            NodeState::Up => pb::NodeState::Up,
+            NodeState::Degraded => pb::NodeState::Degraded,
+            NodeState::Down => pb::NodeState::Down,
+            NodeState::Draining => pb::NodeState::Draining,
+        }
+    }
+
+    pub fn from_pb(s: i32) -> Option<NodeState> {
+        match pb::NodeState::try_from(s).ok()? {
+            pb::NodeState::Up => Some(NodeState::Up),
+            pb::NodeState::Degraded => Some(NodeState::Degraded),
+            pb::NodeState::Down => Some(NodeState::Down),
+            pb::NodeState::Draining => Some(NodeState::Draining),
+            pb::NodeState::Unspecified => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Up => "Up",
+            NodeState::Degraded => "Degraded",
+            NodeState::Down => "Down",
+            NodeState::Draining => "Draining",
+        }
+    }
+}
+
+/// A registered storage node, as persisted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub agent: String,
+    pub slot: u32,
+    pub storage_addr: String,
+    pub gossip_addr: String,
+    pub draining: bool,
+}
+
+/// Everything the master must not lose across a restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Agent name → agent id.
+    pub agents: BTreeMap<String, u64>,
+    pub nodes: BTreeMap<u64, NodeRecord>,
+    /// Next agent or node id to hand out; ids are never reused.
+    pub next_id: u64,
+    /// Version 0: the grid has not been initialised.
+    pub map: ShardMap,
+    pub replication: u32,
+}
+
+/// One logged change to [`Meta`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MetaOp {
+    Agent { name: String, id: u64 },
+    Node { id: u64, record: NodeRecord },
+    Map { map: ShardMap, replication: u32 },
+    Drain { id: u64, draining: bool },
+}
+
+impl Meta {
+    pub fn apply(&mut self, op: &MetaOp) {
+        match op {
+            MetaOp::Agent { name, id } => {
+                self.agents.insert(name.clone(), *id);
+                self.next_id = self.next_id.max(id + 1);
+            }
+            MetaOp::Node { id, record } => {
+                self.nodes.insert(*id, record.clone());
+                self.next_id = self.next_id.max(id + 1);
+            }
+            MetaOp::Map { map, replication } => {
+                self.map = map.clone();
+                self.replication = *replication;
+            }
+            MetaOp::Drain { id, draining } => {
+                if let Some(n) = self.nodes.get_mut(id) {
+                    n.draining = *draining;
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MasterError {
+    #[error("unknown node {0}; it must register first")]
+    UnknownNode(u64),
+    #[error("unknown agent {0:?}; it must register first")]
+    UnknownAgent(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the grid is already initialised with {shards} shards × {replication} replicas; asked for {asked_shards} × {asked_replication}")]
+    AlreadyInitialised { shards: usize, replication: u32, asked_shards: u32, asked_replication: u32 },
+    #[error("cannot initialise: {0}")]
+    Placement(#[from] ShardMapError),
+    #[error("too many registered nodes and agents (at most {0})")]
+    Full(usize),
+}
+
+/// What the master knows of a node only while it runs.
+#[derive(Clone, Debug)]
+struct NodeLive {
+    last_heartbeat_ms: Option<u64>,
+    /// The newest process generation heard from (registration or heartbeat).
+    generation: u64,
+    /// Set by the agent's exit report (with the exited process's generation); cleared by news
+    /// from a newer generation.
+    exited: Option<(u64, String)>,
+    /// The node's latest report of peers it cannot reach.
+    unreachable: BTreeSet<u64>,
+    /// The node's latest report of the replicas it hosts: shard → serving.
+    shards: BTreeMap<u32, bool>,
+    state: NodeState,
+    reason: String,
+}
+
+impl Default for NodeLive {
+    fn default() -> Self {
+        NodeLive {
+            last_heartbeat_ms: None,
+            generation: 0,
+            exited: None,
+            unreachable: BTreeSet::new(),
+            shards: BTreeMap::new(),
+            state: NodeState::Down,
+            reason: "no heartbeat since the master started".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct AgentLive {
+    last_heartbeat_ms: Option<u64>,
+    processes: Vec<pb::ProcessStatus>,
+}
+
+/// A node state change, kept for `status`, traces and detection-time measurements.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Transition {
+    pub at_ms: u64,
+    pub node: u64,
+    pub from: NodeState,
+    pub to: NodeState,
+    pub reason: String,
+}
+
+pub struct MasterState {
+    meta: Meta,
+    nodes: BTreeMap<u64, NodeLive>,
+    agents: BTreeMap<String, AgentLive>,
+    transitions: VecDeque<Transition>,
+    down_after_ms: u64,
+}
+
+impl MasterState {
+    pub fn new(meta: Meta) -> MasterState {
+        let nodes = meta.nodes.keys().map(|id| (*id, NodeLive::default())).collect();
+        MasterState {
+            meta,
+            nodes,
+            agents: BTreeMap::new(),
+            transitions: VecDeque::new(),
+            down_after_ms: limits::HEARTBEAT_DOWN_AFTER_MS,
+        }
+    }
+
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    pub fn map(&self) -> &ShardMap {
+        &self.meta.map
+    }
+
+    /// Applies an op the caller has made durable.
+    pub fn commit(&mut self, op: &MetaOp) {
+        self.meta.apply(op);
+        if let MetaOp::Node { id, .. } = op {
+            self.nodes.entry(*id).or_default();
+        }
+    }
+
+    fn check_room(&self) -> Result<(), MasterError> {
+        if self.meta.agents.len() + self.meta.nodes.len() >= limits::MASTER_NODES_MAX {
+            return Err(MasterError::Full(limits::MASTER_NODES_MAX));
+        }
+        Ok(())
+    }
+
+    /// The agent's id, and the op to log first if it is new.
+    pub fn register_agent(&mut self, name: &str, now_ms: u64) -> Result<(u64, Option<MetaOp>), MasterError> {
+        if name.is_empty() || name.len() > limits::LABEL_BYTES_MAX {
+            return Err(MasterError::Invalid(format!(
+                "agent name must be 1 to {} bytes; got {}",
+                limits::LABEL_BYTES_MAX,
+                name.len()
+            )));
+        }
+        self.agents.entry(name.to_string()).or_default().last_heartbeat_ms = Some(now_ms);
+        if let Some(id) = self.meta.agents.get(name) {
+            return Ok((*id, None));
+        }
+        self.check_room()?;
+        let id = self.meta.next_id.max(1);
+        Ok((id, Some(MetaOp::Agent { name: name.to_string(), id })))
+    }
+
+    pub fn agent_heartbeat(
+        &mut self,
+        name: &str,
+        processes: Vec<pb::ProcessStatus>,
+        now_ms: u64,
+    ) -> Result<(), MasterError> {
+        if !self.meta.agents.contains_key(name) {
+            return Err(MasterError::UnknownAgent(name.into()));
+        }
+        let a = self.agents.entry(name.to_string()).or_default();
+        a.last_heartbeat_ms = Some(now_ms);
+        a.processes = processes.into_iter().take(limits::AGENT_PROCESSES_MAX as usize).collect();
+        Ok(())
+    }
+
+    fn node_by_slot(&self, agent: &str, slot: u32) -> Option<u64> {
+        self.meta.nodes.iter().find(|(_, r)| r.agent == agent && r.slot == slot).map(|(id, _)| *id)
+    }
+
+    /// The agent saw generation `generation` of the process in `slot` exit: the node is Down
+    /// now, not after a timeout. A report older than what the master has since heard from a
+    /// newer process (it can arrive late, after retries) is ignored.
+    pub fn report_exit(&mut self, agent: &str, slot: u32, generation: u64, reason: &str, now_ms: u64) -> Option<u64> {
+        let id = self.node_by_slot(agent, slot)?;
+        let live = self.nodes.entry(id).or_default();
+        if generation < live.generation {
+            return Some(id);
+        }
+        live.generation = generation;
+        live.exited = Some((generation, format!("exit reported by agent {agent}: {reason}")));
+        self.evaluate(now_ms);
+        Some(id)
+    }
+
+    fn hear_from(live: &mut NodeLive, generation: u64) {
+        live.generation = live.generation.max(generation);
+        if live.exited.as_ref().is_some_and(|(g, _)| *g < generation) {
+            live.exited = None;
+        }
+    }
+
+    /// A (re)started storage process announces itself. Its id is stable per (agent, slot).
+    pub fn register_node(
+        &mut self,
+        agent: &str,
+        slot: u32,
+        storage_addr: &str,
+        gossip_addr: &str,
+        generation: u64,
+        now_ms: u64,
+    ) -> Result<(u64, Option<MetaOp>), MasterError> {
+        if !self.meta.agents.contains_key(agent) {
+            return Err(MasterError::UnknownAgent(agent.into()));
+        }
+        for (what, addr) in [("storage", storage_addr), ("gossip", gossip_addr)] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(MasterError::Invalid(format!("{what} address {addr:?} is not host:port")));
+            }
+        }
+        let existing = self.node_by_slot(agent, slot);
+        let (id, old) = match existing {
+            Some(id) => (id, self.meta.nodes.get(&id).cloned()),
+            None => {
+                self.check_room()?;
+                (self.meta.next_id.max(1), None)
+            }
+        };
+        let record = NodeRecord {
+            agent: agent.into(),
+            slot,
+            storage_addr: storage_addr.into(),
+            gossip_addr: gossip_addr.into(),
+            draining: old.as_ref().is_some_and(|o| o.draining),
+        };
+        let live = self.nodes.entry(id).or_default();
+        Self::hear_from(live, generation);
+        live.last_heartbeat_ms = Some(now_ms);
+        live.unreachable.clear();
+        live.shards.clear();
+        let op = (old.as_ref() != Some(&record)).then_some(MetaOp::Node { id, record });
+        Ok((id, op))
+    }
+
+    pub fn heartbeat(
+        &mut self,
+        node: u64,
+        unreachable: &[u64],
+        shards: &[pb::ShardStat],
+        generation: u64,
+        now_ms: u64,
+    ) -> Result<(), MasterError> {
+        let Some(live) = self.nodes.get_mut(&node).filter(|_| self.meta.nodes.contains_key(&node)) else {
+            return Err(MasterError::UnknownNode(node));
+        };
+        Self::hear_from(live, generation);
+        live.last_heartbeat_ms = Some(now_ms);
+        live.unreachable = unreachable.iter().copied().filter(|p| *p != node).take(limits::MASTER_NODES_MAX).collect();
+        live.shards = shards.iter().take(limits::SHARDS_PER_NODE_MAX).map(|s| (s.shard, s.serving)).collect();
+        Ok(())
+    }
+
+    /// The op that drains (or undrains) a node.
+    pub fn drain(&self, node: u64, draining: bool) -> Result<MetaOp, MasterError> {
+        if !self.meta.nodes.contains_key(&node) {
+            return Err(MasterError::UnknownNode(node));
+        }
+        Ok(MetaOp::Drain { id: node, draining })
+    }
+
+    /// The op that initialises the shard map; `None` when it already is, identically
+    /// (so `init` can be repeated).
+    pub fn init(&self, shards: u32, replication: u32) -> Result<Option<MetaOp>, MasterError> {
+        if self.meta.map.version > 0 {
+            if self.meta.map.shards.len() == shards as usize && self.meta.replication == replication {
+                return Ok(None);
+            }
+            return Err(MasterError::AlreadyInitialised {
+                shards: self.meta.map.shards.len(),
+                replication: self.meta.replication,
+                asked_shards: shards,
+                asked_replication: replication,
+            });
+        }
+        if replication == 0 {
+            return Err(ShardMapError::BadReplication.into());
+        }
+        let nodes: Vec<NodeInfo> = self
+            .meta
+            .nodes
+            .iter()
+            .filter(|(id, r)| self.state_of(**id) == NodeState::Up && !r.draining)
+            .map(|(id, r)| NodeInfo { id: NodeId(*id), agent: self.meta.agents.get(&r.agent).copied().unwrap_or(0) })
+            .collect();
+        if nodes.len() < replication as usize {
+            return Err(MasterError::Invalid(format!(
+                "cannot initialise: replication {replication} needs {replication} Up nodes; {} of {} registered are Up (start more storage processes, or wait for their heartbeats)",
+                nodes.len(),
+                self.meta.nodes.len()
+            )));
+        }
+        let map = shardmap::place(shards, replication as usize, &nodes)?;
+        Ok(Some(MetaOp::Map { map, replication }))
+    }
+
+    pub fn state_of(&self, node: u64) -> NodeState {
+        self.nodes.get(&node).map_or(NodeState::Down, |l| l.state)
+    }
+
+    fn fresh(&self, live: &NodeLive, now_ms: u64) -> bool {
+        live.exited.is_none() && live.last_heartbeat_ms.is_some_and(|t| now_ms.saturating_sub(t) <= self.down_after_ms)
+    }
+
+    /// Recomputes every node's state. Down: the agent reported an exit, or no heartbeat for
+    /// `HEARTBEAT_DOWN_AFTER_MS`. Degraded: heartbeating, but a strict majority of the other
+    /// heartbeating nodes report it unreachable (a majority, so one isolated node that reports
+    /// everyone cannot degrade the rest). Then Draining if an operator said so, else Up.
+    pub fn evaluate(&mut self, now_ms: u64) {
+        let fresh: BTreeSet<u64> =
+            self.nodes.iter().filter(|(_, l)| self.fresh(l, now_ms)).map(|(id, _)| *id).collect();
+        let mut reported: BTreeMap<u64, usize> = BTreeMap::new();
+        for id in &fresh {
+            for p in &self.nodes[id].unreachable {
+                *reported.entry(*p).or_default() += 1;
+            }
+        }
+        let mut changes = Vec::new();
+        for (id, live) in &self.nodes {
+            let (state, reason) = if let Some((_, why)) = &live.exited {
+                (NodeState::Down, why.clone())
+            } else if !fresh.contains(id) {
+                match live.last_heartbeat_ms {
+                    Some(t) => (NodeState::Down, format!("no heartbeat for {} ms", now_ms.saturating_sub(t))),
+                    None => (NodeState::Down, "no heartbeat since the master started".into()),
+                }
+            } else {
+                let by = reported.get(id).copied().unwrap_or(0);
+                let others = fresh.len() - 1;
+                if by > 0 && by * 2 > others {
+                    (NodeState::Degraded, format!("{by} of {others} live peers cannot reach it"))
+                } else if self.meta.nodes.get(id).is_some_and(|r| r.draining) {
+                    (NodeState::Draining, "drained by an operator".into())
+                } else {
+                    (NodeState::Up, String::new())
+                }
+            };
+            if state != live.state {
+                changes.push(Transition {
+                    at_ms: now_ms,
+                    node: *id,
+                    from: live.state,
+                    to: state,
+                    reason: reason.clone(),
+                });
+            }
+        }
+        for t in changes {
+            let live = self.nodes.get_mut(&t.node).expect("node listed above");
+            live.state = t.to;
+            live.reason = t.reason.clone();
+            tracing::info!(node = t.node, from = t.from.name(), to = t.to.name(), reason = %t.reason, "node state");
+            if self.transitions.len() >= limits::MASTER_TRANSITIONS_KEPT {
+                self.transitions.pop_front();
+            }
+            self.transitions.push_back(t);
+        }
+        // Reasons can change without a state change (a longer silence); keep them current.
+        for (id, live) in self.nodes.iter_mut() {
+            if live.state == NodeState::Down && live.exited.is_none() {
+                if let Some(t) = live.last_heartbeat_ms {
+                    if !fresh.contains(id) {
+                        live.reason = format!("no heartbeat for {} ms", now_ms.saturating_sub(t));
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn transitions(&self) -> impl Iterator<Item = &Transition> {
+        self.transitions.iter()
+    }
+
+    /// The replicas `node` should host under the current map.
+    pub fn assignments(&self, node: u64) -> Vec<pb::Assignment> {
+        self.meta
+            .map
+            .shards
+            .iter()
+            .filter(|s| s.replicas.contains(&NodeId(node)))
+            .map(|s| pb::Assignment {
+                shard: s.id.0,
+                key_start: s.range.start,
+                key_end: s.range.end,
+                epoch: s.epoch.0,
+                primary: s.primary == NodeId(node),
+            })
+            .collect()
+    }
+
+    /// Every registered node's gossip address: the seed list for SWIM.
+    pub fn peers(&self) -> Vec<pb::Peer> {
+        self.meta.nodes.iter().map(|(id, r)| pb::Peer { node_id: *id, gossip_addr: r.gossip_addr.clone() }).collect()
+    }
+
+    pub fn map_pb(&self) -> pb::ShardMap {
+        let m = &self.meta.map;
+        pb::ShardMap {
+            version: m.version,
+            shards: m
+                .shards
+                .iter()
+                .map(|s| pb::ShardEntry {
+                    shard: s.id.0,
+                    key_start: s.range.start,
+                    key_end: s.range.end,
+                    replicas: s.replicas.iter().map(|r| r.0).collect(),
+                    primary: s.primary.0,
+                    epoch: s.epoch.0,
+                })
+                .collect(),
+            nodes: self
+                .meta
+                .nodes
+                .iter()
+                .map(|(id, r)| pb::NodeAddr {
+                    node_id: *id,
+                    storage_addr: r.storage_addr.clone(),
+                    state: self.state_of(*id).to_pb() as i32,
+                })
+                .collect(),
+        }
+    }
+
+    /// How many more nodes can be lost with every shard keeping a majority of its replicas
+    /// reachable; `None` if some shard has already lost its majority or there is no map.
+    pub fn fault_tolerance(&self) -> Option<u32> {
+        let m = &self.meta.map;
+        if m.version == 0 {
+            return None;
+        }
+        let mut tolerance = u32::MAX;
+        for s in &m.shards {
+            let live = s.replicas.iter().filter(|r| self.serves(r.0) && self.hosts(r.0, s.id.0)).count() as u32;
+            let majority = s.replicas.len() as u32 / 2 + 1;
+            tolerance = tolerance.min(live.checked_sub(majority)?);
+        }
+        // Worst case, every loss hits the same shard: the tightest shard decides.
+        Some(tolerance)
+    }
+
+    /// Whether `node`'s latest heartbeat says it hosts `shard` and serves it.
+    fn hosts(&self, node: u64, shard: u32) -> bool {
+        self.nodes.get(&node).and_then(|l| l.shards.get(&shard)).copied().unwrap_or(false)
+    }
+
+    fn serves(&self, node: u64) -> bool {
+        matches!(self.state_of(node), NodeState::Up | NodeState::Draining | NodeState::Degraded)
+    }
+
+    pub fn status(&self, now_ms: u64) -> pb::StatusResponse {
+        let mut replicas: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
+        for s in &self.meta.map.shards {
+            for r in &s.replicas {
+                replicas.entry(r.0).or_default().0 += 1;
+            }
+            replicas.entry(s.primary.0).or_default().1 += 1;
+        }
+        let fresh: BTreeSet<u64> =
+            self.nodes.iter().filter(|(_, l)| self.fresh(l, now_ms)).map(|(id, _)| *id).collect();
+        let nodes = self
+            .meta
+            .nodes
+            .iter()
+            .map(|(id, r)| {
+                let live = self.nodes.get(id);
+                let (nrep, nprim) = replicas.get(id).copied().unwrap_or_default();
+                pb::NodeStatus {
+                    node_id: *id,
+                    agent: r.agent.clone(),
+                    slot: r.slot,
+                    storage_addr: r.storage_addr.clone(),
+                    gossip_addr: r.gossip_addr.clone(),
+                    state: self.state_of(*id).to_pb() as i32,
+                    reason: live.map(|l| l.reason.clone()).unwrap_or_default(),
+                    unreachable_from: fresh
+                        .iter()
+                        .filter(|f| self.nodes[f].unreachable.contains(id))
+                        .copied()
+                        .collect(),
+                    heartbeat_age_ms: live
+                        .and_then(|l| l.last_heartbeat_ms)
+                        .map_or(-1, |t| now_ms.saturating_sub(t) as i64),
+                    replicas: nrep,
+                    primaries: nprim,
+                }
+            })
+            .collect::<Vec<_>>();
+        let agents = self
+            .meta
+            .agents
+            .iter()
+            .map(|(name, id)| {
+                let live = self.agents.get(name);
+                let age = live.and_then(|l| l.last_heartbeat_ms).map(|t| now_ms.saturating_sub(t));
+                pb::AgentStatus {
+                    agent_id: *id,
+                    name: name.clone(),
+                    up: age.is_some_and(|a| a <= self.down_after_ms),
+                    heartbeat_age_ms: age.map_or(-1, |a| a as i64),
+                    processes: live.map(|l| l.processes.clone()).unwrap_or_default(),
+                }
+            })
+            .collect::<Vec<_>>();
+        let mut problems = Vec::new();
+        if self.meta.map.version == 0 {
+            problems.push("the grid is not initialised; run `sutra init`".to_string());
+        }
+        for n in &nodes {
+            let state = NodeState::from_pb(n.state).unwrap_or(NodeState::Down);
+            if matches!(state, NodeState::Down | NodeState::Degraded) {
+                problems.push(format!("node {} ({}/{}) is {}: {}", n.node_id, n.agent, n.slot, state.name(), n.reason));
+            }
+        }
+        for s in &self.meta.map.shards {
+            for r in &s.replicas {
+                if self.serves(r.0) && !self.hosts(r.0, s.id.0) {
+                    let what = match self.nodes.get(&r.0).and_then(|l| l.shards.get(&s.id.0)) {
+                        Some(false) => "is not serving it",
+                        _ => "does not host it yet",
+                    };
+                    problems.push(format!("shard {}: replica node {} {what}", s.id, r.0));
+                }
+            }
+        }
+        for a in &agents {
+            if !a.up {
+                problems.push(format!("agent {} is not heartbeating", a.name));
+            }
+        }
+        let tolerance = self.fault_tolerance();
+        if self.meta.map.version > 0 && tolerance.is_none() {
+            problems.push("some shard has lost a majority of its replicas".into());
+        }
+        pb::StatusResponse {
+            healthy: problems.is_empty(),
+            nodes,
+            agents,
+            map: Some(self.map_pb()),
+            fault_tolerance: tolerance.map_or(-1, |t| t.min(i32::MAX as u32) as i32),
+            problems,
+        }
+    }
+}

@@ -1,0 +1,228 @@
+use std::sync::Arc;
+
+use sutra_proto as pb;
+
+use super::meta::MetaLog;
+use super::state::{MasterError, MasterState, Meta, MetaOp, NodeState};
+use crate::io::{Disk, SimDisk};
+use crate::limits::{HEARTBEAT_DOWN_AFTER_MS, HEARTBEAT_INTERVAL_MS, MASTER_LOG_RECORDS_PER_SNAPSHOT};
+
+fn commit(s: &mut MasterState, op: Option<MetaOp>) {
+    if let Some(op) = op {
+        s.commit(&op);
+    }
+}
+
+/// `agents` agents with `per_agent` nodes each, all registered at t=0.
+fn grid(agents: u32, per_agent: u32) -> (MasterState, Vec<u64>) {
+    let mut s = MasterState::new(Meta::default());
+    let mut nodes = Vec::new();
+    for a in 0..agents {
+        let name = format!("agent-{a}");
+        let (_, op) = s.register_agent(&name, 0).unwrap();
+        commit(&mut s, op);
+        for slot in 0..per_agent {
+            let port = 7100 + a * 10 + slot;
+            let (id, op) = s
+                .register_node(&name, slot, &format!("10.0.0.1:{port}"), &format!("10.0.0.1:{}", port + 100), 1, 0)
+                .unwrap();
+            commit(&mut s, op);
+            nodes.push(id);
+        }
+    }
+    s.evaluate(0);
+    (s, nodes)
+}
+
+fn beat_all(s: &mut MasterState, nodes: &[u64], now: u64, unreachable: &[(u64, Vec<u64>)]) {
+    for n in nodes {
+        let u = unreachable.iter().find(|(who, _)| who == n).map(|(_, u)| u.clone()).unwrap_or_default();
+        let shards: Vec<pb::ShardStat> = s
+            .assignments(*n)
+            .iter()
+            .map(|a| pb::ShardStat { shard: a.shard, serving: true, ..Default::default() })
+            .collect();
+        s.heartbeat(*n, &u, &shards, 0, now).unwrap();
+    }
+    s.evaluate(now);
+}
+
+#[test]
+fn registered_heartbeating_nodes_are_up_and_ids_are_stable() {
+    let (mut s, nodes) = grid(3, 2);
+    assert!(nodes.iter().all(|n| s.state_of(*n) == NodeState::Up));
+    // The same (agent, slot) gets the same id back and logs nothing new.
+    let (id, op) = s.register_node("agent-1", 1, "10.0.0.1:7111", "10.0.0.1:7211", 1, 10).unwrap();
+    assert_eq!(id, nodes[3]);
+    assert_eq!(op, None);
+    assert!(matches!(
+        s.register_node("nobody", 0, "10.0.0.1:1", "10.0.0.1:2", 1, 0),
+        Err(MasterError::UnknownAgent(_))
+    ));
+    assert!(matches!(
+        s.register_node("agent-1", 9, "not an address", "10.0.0.1:2", 1, 0),
+        Err(MasterError::Invalid(_))
+    ));
+    assert!(matches!(s.heartbeat(999, &[], &[], 0, 0), Err(MasterError::UnknownNode(999))));
+}
+
+#[test]
+fn a_silent_node_goes_down_after_the_timeout_and_not_before() {
+    let (mut s, nodes) = grid(3, 1);
+    let mut t = 0;
+    while t < 10 * HEARTBEAT_INTERVAL_MS {
+        t += HEARTBEAT_INTERVAL_MS;
+        beat_all(&mut s, &nodes[1..], t, &[]);
+        let silent_for = t;
+        let want = if silent_for > HEARTBEAT_DOWN_AFTER_MS { NodeState::Down } else { NodeState::Up };
+        assert_eq!(s.state_of(nodes[0]), want, "after {silent_for} ms of silence");
+    }
+    // It comes back by heartbeating.
+    beat_all(&mut s, &nodes, t + 1, &[]);
+    assert_eq!(s.state_of(nodes[0]), NodeState::Up);
+    assert!(s.transitions().any(|tr| tr.node == nodes[0] && tr.to == NodeState::Down));
+}
+
+#[test]
+fn an_exit_report_is_down_at_once_until_the_process_registers_again() {
+    let (mut s, nodes) = grid(3, 1);
+    assert_eq!(s.report_exit("agent-2", 0, 1, "killed by signal 9", 5), Some(nodes[2]));
+    assert_eq!(s.state_of(nodes[2]), NodeState::Down);
+    // A heartbeat still in flight from the dead process (generation 1) does not revive it.
+    s.heartbeat(nodes[2], &[], &[], 1, 6).unwrap();
+    s.evaluate(6);
+    assert_eq!(s.state_of(nodes[2]), NodeState::Down);
+    let (_, op) = s.register_node("agent-2", 0, "10.0.0.1:7120", "10.0.0.1:7220", 2, 7).unwrap();
+    assert_eq!(op, None);
+    s.evaluate(7);
+    assert_eq!(s.state_of(nodes[2]), NodeState::Up);
+    // A report about generation 1 arriving late (after retries) must not down generation 2.
+    s.report_exit("agent-2", 0, 1, "killed by signal 9", 8);
+    assert_eq!(s.state_of(nodes[2]), NodeState::Up);
+    assert_eq!(s.report_exit("agent-9", 0, 1, "?", 8), None, "an unknown slot is ignored");
+}
+
+#[test]
+fn degraded_needs_a_majority_of_live_peers_so_an_isolated_reporter_cannot_degrade_others() {
+    let (mut s, nodes) = grid(4, 1);
+    let x = nodes[0];
+    let others: Vec<u64> = nodes[1..].to_vec();
+    // x cannot reach anyone; everyone else cannot reach x.
+    let mut reports = vec![(x, others.clone())];
+    reports.extend(others.iter().map(|o| (*o, vec![x])));
+    beat_all(&mut s, &nodes, 100, &reports);
+    assert_eq!(s.state_of(x), NodeState::Degraded);
+    assert!(others.iter().all(|o| s.state_of(*o) == NodeState::Up));
+    // One peer alone is not a majority of three.
+    beat_all(&mut s, &nodes, 200, &[(others[0], vec![x])]);
+    assert_eq!(s.state_of(x), NodeState::Up);
+    // Down wins over Degraded: the master lost it too.
+    beat_all(&mut s, &others, 200 + HEARTBEAT_DOWN_AFTER_MS + 1, &reports[1..]);
+    assert_eq!(s.state_of(x), NodeState::Down);
+}
+
+#[test]
+fn drain_is_reported_and_persisted_as_an_op() {
+    let (mut s, nodes) = grid(3, 1);
+    let op = s.drain(nodes[1], true).unwrap();
+    s.commit(&op);
+    s.evaluate(1);
+    assert_eq!(s.state_of(nodes[1]), NodeState::Draining);
+    assert!(s.drain(77, true).is_err());
+}
+
+#[test]
+fn init_places_on_up_nodes_is_idempotent_and_refuses_a_different_shape() {
+    let (mut s, _) = grid(2, 1);
+    let e = s.init(4, 3).unwrap_err();
+    assert!(e.to_string().contains("needs 3 Up nodes; 2 of 2 registered are Up"), "{e}");
+    assert!(matches!(s.init(0, 1), Err(MasterError::Placement(_))), "zero shards");
+    let (mut s2, nodes) = grid(3, 2);
+    let op = s2.init(6, 3).unwrap().expect("first init changes the map");
+    s2.commit(&op);
+    s2.map().validate().unwrap();
+    assert_eq!(s2.map().shards.len(), 6);
+    assert_eq!(s2.init(6, 3).unwrap(), None, "same request again: nothing to do");
+    assert!(matches!(s2.init(8, 3), Err(MasterError::AlreadyInitialised { .. })));
+    // Every node hosts something; assignments agree with the map.
+    let total: usize = nodes.iter().map(|n| s2.assignments(*n).len()).sum();
+    assert_eq!(total, 18);
+    let _ = &mut s;
+}
+
+#[test]
+fn fault_tolerance_counts_losses_every_shard_survives() {
+    let (mut s, nodes) = grid(3, 1);
+    let op = s.init(3, 3).unwrap().unwrap();
+    s.commit(&op);
+    beat_all(&mut s, &nodes, 5, &[]);
+    s.heartbeat(nodes[2], &[], &[], 0, 5).unwrap();
+    let st = s.status(5);
+    assert!(st.problems.iter().any(|p| p.contains("does not host it yet")), "{:?}", st.problems);
+    assert_eq!(s.fault_tolerance(), Some(0), "a replica not hosted yet does not count");
+    beat_all(&mut s, &nodes, 10, &[]);
+    assert_eq!(s.fault_tolerance(), Some(1));
+    assert!(s.status(10).healthy);
+    s.report_exit("agent-0", 0, 1, "exit 1", 11);
+    assert_eq!(s.fault_tolerance(), Some(0));
+    let st = s.status(11);
+    assert!(!st.healthy);
+    assert!(st.problems.iter().any(|p| p.contains("is Down")), "{:?}", st.problems);
+    s.report_exit("agent-1", 0, 1, "exit 1", 12);
+    assert_eq!(s.fault_tolerance(), None);
+    assert_eq!(s.status(12).fault_tolerance, -1);
+}
+
+fn open(disk: &SimDisk) -> (MetaLog, Meta) {
+    MetaLog::open(Arc::new(disk.clone()) as Arc<dyn Disk>, "master").unwrap()
+}
+
+#[test]
+fn metadata_survives_a_crash_through_log_and_snapshot() {
+    for ops in [5u64, MASTER_LOG_RECORDS_PER_SNAPSHOT + 7] {
+        let disk = SimDisk::new(ops);
+        let (mut log, mut meta) = open(&disk);
+        assert_eq!(meta, Meta::default());
+        let mut s = MasterState::new(meta.clone());
+        let (_, op) = s.register_agent("m1", 0).unwrap();
+        for op in op.into_iter() {
+            meta.apply(&op);
+            log.append(&op, &meta).unwrap();
+            s.commit(&op);
+        }
+        // Re-registrations with moving addresses: each one is a logged change.
+        for i in 0..ops {
+            let (_, op) =
+                s.register_node("m1", (i % 3) as u32, &format!("10.0.0.1:{}", 1000 + i), "10.0.0.1:9", 1, 0).unwrap();
+            let op = op.expect("a moved address is a change");
+            meta.apply(&op);
+            log.append(&op, &meta).unwrap();
+            s.commit(&op);
+        }
+        s.evaluate(0);
+        let op = s.init(2, 3).unwrap().unwrap();
+        meta.apply(&op);
+        log.append(&op, &meta).unwrap();
+        drop(log);
+        disk.crash();
+        let (_, recovered) = open(&disk);
+        assert_eq!(recovered, meta, "after {ops} ops");
+        assert_eq!(recovered.map.shards.len(), 2);
+    }
+}
+
+#[test]
+fn a_corrupt_snapshot_refuses_to_start() {
+    let disk = SimDisk::new(3);
+    let (mut log, mut meta) = open(&disk);
+    let op = MetaOp::Agent { name: "m".into(), id: 1 };
+    meta.apply(&op);
+    log.append(&op, &meta).unwrap();
+    log.snapshot(&meta).unwrap();
+    let mut bytes = disk.read("master/meta.snap").unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x40;
+    crate::io::write_atomic(&disk, "master", "meta.snap", &bytes).unwrap();
+    let err = MetaLog::open(Arc::new(disk.clone()) as Arc<dyn Disk>, "master").err().expect("must refuse");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+}

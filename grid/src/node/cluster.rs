@@ -1,0 +1,202 @@
+//! A storage node as a member of a grid: it registers with the master (getting its stable node
+//! id and the peer list), runs SWIM gossip with its peers, and heartbeats the master every
+//! `HEARTBEAT_INTERVAL_MS` with the peers it cannot reach and its shard stats. Heartbeat
+//! replies carry the shard replicas it should host, which it creates. The master being down
+//! only pauses this loop; the node keeps serving.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sutra_proto as pb;
+
+use super::{serve, NodeConfig, StorageNode};
+use crate::client::MasterClient;
+use crate::gossip::{self, State, Swim, SwimConfig, View};
+use crate::ids::NodeId;
+use crate::io::{AbortOnDrop, Disk};
+use crate::limits;
+use crate::store::KeyRange;
+
+/// Who this storage process is in the grid.
+#[derive(Clone, Debug)]
+pub struct Membership {
+    /// The master's address ("host:port").
+    pub master: String,
+    /// The supervising agent's name and this process's slot under it: the stable identity
+    /// the master maps to a node id.
+    pub agent: String,
+    pub slot: u32,
+    /// Where clients reach the Storage service, and where peers gossip to.
+    pub storage_addr: SocketAddr,
+    pub gossip_addr: SocketAddr,
+    /// This spawn's generation (from the agent): orders exit reports against registrations.
+    pub generation: u64,
+}
+
+/// Boots a grid storage process: opens the node, serves Storage on `membership.storage_addr`,
+/// gossips on `membership.gossip_addr`, and keeps registered with the master, until
+/// `shutdown` resolves. The binary (`sutra storage --master`) and the simulator both call it.
+pub async fn run_storage_process(
+    disk: Arc<dyn Disk>,
+    config: NodeConfig,
+    membership: Membership,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let node = StorageNode::open(disk, config).await.map_err(|e| format!("storage node failed to open: {e}"))?;
+    let socket = tokio::net::UdpSocket::bind(membership.gossip_addr)
+        .await
+        .map_err(|e| format!("cannot bind gossip {}: {e}", membership.gossip_addr))?;
+    let member = tokio::spawn(stay_registered(node.clone(), membership.clone(), socket));
+    let r = serve(node, membership.storage_addr, shutdown)
+        .await
+        .map_err(|e| format!("cannot serve on {}: {e}", membership.storage_addr));
+    member.abort();
+    r
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((limits::RPC_BACKOFF_MS_INITIAL << attempt.min(4)).min(limits::HEARTBEAT_INTERVAL_MS * 2))
+}
+
+async fn connect(master: &str) -> MasterClient {
+    let mut attempt = 0;
+    loop {
+        match MasterClient::connect(master).await {
+            Ok(c) => return c.with_deadline(Duration::from_millis(limits::HEARTBEAT_INTERVAL_MS * 2)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the master; retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+async fn register(client: &MasterClient, m: &Membership) -> pb::RegisterNodeResponse {
+    let mut attempt = 0;
+    loop {
+        let (storage, gossip) = (m.storage_addr.to_string(), m.gossip_addr.to_string());
+        match client.register_node(&m.agent, m.slot, &storage, &gossip, m.generation).await {
+            Ok(r) => return r,
+            Err(e) => {
+                tracing::warn!(error = %e, "registration failed; retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Registers, then gossips and heartbeats forever.
+async fn stay_registered(node: Arc<StorageNode>, m: Membership, socket: tokio::net::UdpSocket) {
+    let mut client = connect(&m.master).await;
+    let reg = register(&client, &m).await;
+    let me = reg.node_id;
+    tracing::info!(node = me, agent = %m.agent, slot = m.slot, "registered with the master");
+    let view = Arc::new(Mutex::new(View::default()));
+    let swim = Swim::new(NodeId(me), m.gossip_addr, 0, rand::random(), SwimConfig::default());
+    let _gossip = AbortOnDrop(tokio::spawn({
+        let view = view.clone();
+        async move {
+            if let Err(e) = gossip::run(swim, socket, Vec::new(), view).await {
+                tracing::error!(error = %e, "gossip stopped");
+            }
+        }
+    }));
+    let mut known: BTreeSet<u64> = BTreeSet::new();
+    add_peers(&view, &mut known, me, &reg.peers);
+    let mut map_version = 0u64;
+    let mut failures = 0u32;
+    let interval = Duration::from_millis(limits::HEARTBEAT_INTERVAL_MS);
+    let mut next = tokio::time::Instant::now();
+    loop {
+        next += interval;
+        let mut req = heartbeat_request(&node, &view, me, known.len() as u64, map_version);
+        req.generation = m.generation;
+        match client.heartbeat(req).await {
+            Ok(r) if r.reregister => {
+                tracing::warn!(node = me, "the master does not know this node; registering again");
+                let reg = register(&client, &m).await;
+                add_peers(&view, &mut known, me, &reg.peers);
+                map_version = 0;
+            }
+            Ok(r) => {
+                failures = 0;
+                add_peers(&view, &mut known, me, &r.peers);
+                if r.map_version != map_version && host(&node, &r.assignments).await {
+                    map_version = r.map_version;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::debug!(error = %e, "heartbeat failed");
+                // A master that restarted (or moved) needs a new channel.
+                if failures >= 3 {
+                    client = connect(&m.master).await;
+                    failures = 0;
+                }
+            }
+        }
+        tokio::time::sleep_until(next.max(tokio::time::Instant::now())).await;
+    }
+}
+
+fn add_peers(view: &Mutex<View>, known: &mut BTreeSet<u64>, me: u64, peers: &[pb::Peer]) {
+    let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
+    for p in peers.iter().take(limits::GOSSIP_MEMBERS_MAX) {
+        if known.insert(p.node_id) && p.node_id != me {
+            if let Ok(addr) = p.gossip_addr.parse() {
+                v.to_add.push((NodeId(p.node_id), addr));
+            }
+        }
+    }
+}
+
+fn heartbeat_request(
+    node: &StorageNode,
+    view: &Mutex<View>,
+    me: u64,
+    peers_known: u64,
+    map_version: u64,
+) -> pb::HeartbeatRequest {
+    // Dead only, not Suspect: a suspicion is often refuted within milliseconds (a process that
+    // resumes from a pause suspects whoever it was probing), but a report stands until the
+    // next heartbeat, long enough to flag a healthy node Degraded.
+    let unreachable = {
+        let v = view.lock().unwrap_or_else(|p| p.into_inner());
+        v.members.iter().filter(|(_, (s, _))| *s == State::Dead).map(|(id, _)| id.0).collect()
+    };
+    let shards = node
+        .list()
+        .iter()
+        .map(|(id, slot)| {
+            let i = super::service::shard_info(*id, slot);
+            pb::ShardStat {
+                shard: i.shard,
+                last_lsn: i.last_lsn,
+                concepts: i.concepts,
+                out_edges: i.out_edges,
+                serving: i.serving,
+            }
+        })
+        .collect();
+    pb::HeartbeatRequest { node_id: me, unreachable, shards, peers_known, map_version, generation: 0 }
+}
+
+/// Creates every assigned replica this node lacks. True when all are in place.
+async fn host(node: &StorageNode, assignments: &[pb::Assignment]) -> bool {
+    let mut ok = true;
+    for a in assignments {
+        if node.slot(a.shard).is_ok() {
+            continue;
+        }
+        let range = KeyRange { start: a.key_start, end: a.key_end };
+        if let Err(e) = node.create_shard(a.shard, range).await {
+            tracing::error!(shard = a.shard, error = %e, "cannot create an assigned shard replica");
+            ok = false;
+        }
+    }
+    ok
+}

@@ -1,0 +1,1187 @@
+//! Runs a YAML scenario against a whole simulated grid: a master, agents that spawn their
+//! storage processes through the simulated `Spawner`, a workload, a nemesis working through
+//! the timeline and the swarm draw, an observer polling the master's status every 10 ms, the
+//! checkers, and a healing phase with a liveness budget.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::net::NetSim;
+use madsim::runtime::Handle;
+use madsim::task::NodeId as SimNodeId;
+use rand::seq::IndexedRandom;
+use rand::Rng;
+use serde_json::json;
+use sutra_grid::agent::{run_agent, AgentConfig};
+use sutra_grid::client::MasterClient;
+use sutra_grid::ids::{ConceptId, Epoch, NodeId, ShardId};
+use sutra_grid::io::{seeded_rng, ProcessSpec, SimDisk, SimDiskFaults};
+use sutra_grid::limits;
+use sutra_grid::master::{Master, NodeState};
+use sutra_grid::model::{ConceptWrite, WriteBatch};
+use sutra_grid::node::NodeConfig;
+use sutra_grid::query::Router;
+use sutra_grid::shardmap::{ShardEntry, ShardMap};
+use sutra_grid::store::KeyRange;
+use sutra_proto as pb;
+use tokio::time::Instant;
+
+use crate::scenario::{Action, Check, DiskFaultKind, ExpectState, Scenario, SwarmKind};
+use crate::scenarios::Report;
+use crate::spawner::{Machine, SimSpawner};
+use crate::{boot, plan};
+
+const POLL: Duration = Duration::from_millis(10);
+const BOOT_BUDGET: Duration = Duration::from_secs(30);
+/// A node healthy, running and fully connected this long must be Up (time for a restarted
+/// process to register, refute its old Dead record in gossip, and for reports to clear).
+const STABLE: Duration = Duration::from_secs(5);
+/// Exit reported by the agent → Down.
+const EXIT_DETECT_MS: f64 = 100.0;
+/// A vanished machine → Down: 3 heartbeat intervals.
+const SILENT_DETECT_MS: f64 = 3.0 * limits::HEARTBEAT_INTERVAL_MS as f64;
+/// The observer polls status over RPC: a verdict can lag the master's by about two polls.
+const POLL_SLACK_MS: f64 = 50.0;
+const RESTART_BUDGET: Duration = Duration::from_secs(5);
+/// Healthy this long on end counts as healed.
+const HEALTHY_FOR: Duration = Duration::from_secs(1);
+const WRITE_DEADLINE: Duration = Duration::from_millis(1000);
+
+type Proc = (u8, u8);
+
+/// The ground truth the nemesis knows, for checkers to compare the master's view against.
+struct Truth {
+    paused: BTreeSet<Proc>,
+    /// Processes touched by a link fault, and when the last one was lifted.
+    cut: BTreeSet<Proc>,
+    calm_since: BTreeMap<Proc, Instant>,
+    /// Faults that affect everyone (packet loss, slow links, halves, master down).
+    global: BTreeSet<&'static str>,
+    global_calm_since: Instant,
+    master_up: bool,
+    link_clogs: BTreeSet<(SimNodeId, SimNodeId)>,
+    node_clogs: BTreeSet<SimNodeId>,
+    /// Processes whose disk misbehaved: the heal clears the fault and restarts them.
+    disk_faulted: BTreeSet<Proc>,
+}
+
+struct Observed {
+    last: Option<pb::StatusResponse>,
+    last_at: Option<Instant>,
+    /// Each process's state as last polled, and since when.
+    states: BTreeMap<Proc, (NodeState, Instant)>,
+    log: Vec<String>,
+    /// Per process: (seconds, state, reason) as the master reported it.
+    timeline: BTreeMap<Proc, Vec<(f64, NodeState, String)>>,
+    violations: Vec<String>,
+    initial_map: Option<pb::ShardMap>,
+    polls_ok: u64,
+    polls_failed: u64,
+}
+
+struct Grid {
+    sc: Arc<Scenario>,
+    h: Handle,
+    master: SimNodeId,
+    master_disk: SimDisk,
+    agents: Vec<SimNodeId>,
+    machines: Vec<Arc<Machine>>,
+    truth: Arc<Mutex<Truth>>,
+    obs: Arc<Mutex<Observed>>,
+    /// The node checker tasks run on (they need an address to talk to the master).
+    checker: madsim::runtime::NodeHandle,
+    t0: Instant,
+}
+
+fn proc_of(st: &pb::NodeStatus) -> Option<Proc> {
+    let a = st.agent.strip_prefix("agent-")?.parse().ok()?;
+    Some((a, u8::try_from(st.slot).ok()?))
+}
+
+fn name(p: Proc) -> String {
+    format!("{}.{}", p.0, p.1)
+}
+
+fn state_name(s: i32) -> &'static str {
+    NodeState::from_pb(s).map_or("?", |s| s.name())
+}
+
+fn map_from_pb(m: &pb::ShardMap) -> ShardMap {
+    ShardMap {
+        version: m.version,
+        shards: m
+            .shards
+            .iter()
+            .map(|e| ShardEntry {
+                id: ShardId(e.shard),
+                range: KeyRange { start: e.key_start, end: e.key_end },
+                replicas: e.replicas.iter().map(|r| NodeId(*r)).collect(),
+                primary: NodeId(e.primary),
+                epoch: Epoch(e.epoch),
+            })
+            .collect(),
+    }
+}
+
+impl Grid {
+    fn secs(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64()
+    }
+
+    fn procs(&self) -> Vec<Proc> {
+        let c = &self.sc.cluster;
+        (0..c.agents).flat_map(|a| (0..c.processes_per_agent).map(move |s| (a, s))).collect()
+    }
+
+    fn sim_node(&self, p: Proc) -> Option<SimNodeId> {
+        self.machines.get(p.0 as usize)?.node(p.1)
+    }
+
+    fn note(&self, what: String) {
+        tracing::info!(t = format!("{:.3}", self.secs()), "{what}");
+        self.obs.lock().unwrap().log.push(format!("{:.3}s {what}", self.secs()));
+    }
+
+    fn calm(&self, p: Proc) {
+        self.truth.lock().unwrap().calm_since.insert(p, Instant::now());
+    }
+
+    fn clog_link(&self, a: SimNodeId, b: SimNodeId) {
+        NetSim::current().clog_link(a, b);
+        self.truth.lock().unwrap().link_clogs.insert((a, b));
+    }
+
+    fn kill_agent(&self, a: u8, lose_disk: bool) {
+        self.h.kill(self.agents[a as usize]);
+        for s in 0..self.sc.cluster.processes_per_agent {
+            if let Some(id) = self.sim_node((a, s)) {
+                self.h.kill(id);
+            }
+            if lose_disk {
+                let disk = &self.machines[a as usize].slots[s as usize].disk;
+                disk.crash();
+            }
+            self.calm((a, s));
+        }
+    }
+
+    fn restart_agent(&self, a: u8) {
+        let id = self.agents[a as usize];
+        self.h.kill(id);
+        self.h.restart(id);
+    }
+
+    fn kill_master(&self) {
+        self.h.kill(self.master);
+        self.master_disk.crash();
+        let mut t = self.truth.lock().unwrap();
+        t.master_up = false;
+        t.global.insert("master-down");
+    }
+
+    fn start_master(&self) {
+        self.h.kill(self.master);
+        self.h.restart(self.master);
+        let mut t = self.truth.lock().unwrap();
+        t.master_up = true;
+        if t.global.remove("master-down") {
+            t.global_calm_since = Instant::now();
+        }
+    }
+
+    fn disk_fault(&self, p: Proc, fault: DiskFaultKind) {
+        let disk = &self.machines[p.0 as usize].slots[p.1 as usize].disk;
+        match fault {
+            DiskFaultKind::FsyncError => disk.fail_next_syncs(1),
+            DiskFaultKind::Full => {
+                disk.set_faults(SimDiskFaults { capacity_bytes: disk.used_bytes() + 4096, ..disk.faults() })
+            }
+            DiskFaultKind::ReadBitflips => {
+                disk.set_faults(SimDiskFaults { read_bitflip_probability: 0.2, ..disk.faults() })
+            }
+            DiskFaultKind::Clear => {
+                disk.fail_next_syncs(0);
+                disk.set_faults(SimDiskFaults { sync_latency: disk.faults().sync_latency, ..SimDiskFaults::default() });
+            }
+        }
+        let mut t = self.truth.lock().unwrap();
+        if fault != DiskFaultKind::Clear {
+            t.disk_faulted.insert(p);
+        }
+    }
+
+    /// Undoes every network fault, resumes every paused process, boots dead agents and a
+    /// dead master; with `boot_dead`, also clears disk faults and restarts their processes.
+    fn heal_all(&self, boot_dead: bool) {
+        let net = NetSim::current();
+        let (links, nodes, paused, cut) = {
+            let mut t = self.truth.lock().unwrap();
+            let r = (
+                std::mem::take(&mut t.link_clogs),
+                std::mem::take(&mut t.node_clogs),
+                std::mem::take(&mut t.paused),
+                std::mem::take(&mut t.cut),
+            );
+            for g in ["packet-loss", "slow-links", "partition-halves"] {
+                t.global.remove(g);
+            }
+            t.global_calm_since = Instant::now();
+            r
+        };
+        for (a, b) in links {
+            net.unclog_link(a, b);
+        }
+        for n in nodes {
+            net.unclog_node(n);
+        }
+        let default = madsim::net::Config::default();
+        net.update_config(|c| {
+            c.packet_loss_rate = 0.0;
+            c.send_latency = default.send_latency.clone();
+        });
+        for p in paused.iter().chain(cut.iter()) {
+            if paused.contains(p) {
+                if let Some(id) = self.sim_node(*p) {
+                    self.h.resume(id);
+                }
+            }
+            self.calm(*p);
+        }
+        if boot_dead {
+            let faulted = std::mem::take(&mut self.truth.lock().unwrap().disk_faulted);
+            for p in faulted {
+                self.disk_fault(p, DiskFaultKind::Clear);
+                if let Some(id) = self.sim_node(p) {
+                    self.h.kill(id);
+                }
+                self.calm(p);
+            }
+            for (a, id) in self.agents.iter().enumerate() {
+                if self.h.is_exit(*id) {
+                    self.restart_agent(a as u8);
+                }
+            }
+            if !self.truth.lock().unwrap().master_up {
+                self.start_master();
+            }
+        }
+    }
+
+    /// Whether nothing but the fault under test touched `p` or the whole grid since `since`
+    /// (no later fault on `p`, no global fault, the master up throughout).
+    fn calm_throughout(&self, p: Proc, since: Instant) -> bool {
+        let t = self.truth.lock().unwrap();
+        t.master_up
+            && t.global.is_empty()
+            && t.global_calm_since <= since
+            && t.calm_since.get(&p).is_none_or(|s| *s <= since)
+            && !t.cut.contains(&p)
+            && !t.paused.contains(&p)
+    }
+
+    /// Whether the master must show `p` Up now: running, unpaused, uncut and the master up,
+    /// all for `STABLE`, with no global fault in that time.
+    fn must_be_up(&self, p: Proc, now: Instant, running_since: Option<Instant>) -> bool {
+        let t = self.truth.lock().unwrap();
+        let Some(running) = running_since else { return false };
+        let stable = |since: Instant| now.saturating_duration_since(since) >= STABLE;
+        t.master_up
+            && t.global.is_empty()
+            && stable(t.global_calm_since)
+            && !t.paused.contains(&p)
+            && !t.cut.contains(&p)
+            && t.calm_since.get(&p).is_none_or(|s| stable(*s))
+            && stable(running)
+    }
+}
+
+/// Polls the master's status every `POLL`, recording state changes and checking the map and
+/// false Down/Degraded verdicts as it goes.
+async fn observe(g: Arc<Grid>, stop: Arc<AtomicBool>) {
+    let mut client: Option<MasterClient> = None;
+    let mut running_since: BTreeMap<Proc, Instant> = BTreeMap::new();
+    let checks: BTreeSet<Check> = g.sc.checks.iter().copied().collect();
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(POLL).await;
+        let now = Instant::now();
+        for p in g.procs() {
+            let alive = g.sim_node(p).is_some_and(|id| !g.h.is_exit(id));
+            if alive {
+                running_since.entry(p).or_insert(now);
+            } else {
+                running_since.remove(&p);
+            }
+        }
+        let c = match &client {
+            Some(c) => c.clone(),
+            None => match MasterClient::connect(&plan::master_addr().to_string()).await {
+                Ok(c) => {
+                    let c = c.with_deadline(Duration::from_millis(200));
+                    client = Some(c.clone());
+                    c
+                }
+                Err(_) => {
+                    g.obs.lock().unwrap().polls_failed += 1;
+                    continue;
+                }
+            },
+        };
+        let st = match c.status().await {
+            Ok(st) => st,
+            Err(_) => {
+                client = None;
+                g.obs.lock().unwrap().polls_failed += 1;
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let mut o = g.obs.lock().unwrap();
+        o.polls_ok += 1;
+        let t = g.secs();
+        for n in &st.nodes {
+            let Some(p) = proc_of(n) else { continue };
+            let state = NodeState::from_pb(n.state).unwrap_or(NodeState::Down);
+            let changed = o.states.get(&p).is_none_or(|(s, _)| *s != state);
+            if changed {
+                o.states.insert(p, (state, now));
+                o.log.push(format!("{t:.3}s node {} (id {}) -> {} {}", name(p), n.node_id, state.name(), n.reason));
+                o.timeline.entry(p).or_default().push((t, state, n.reason.clone()));
+                tracing::info!(t = format!("{t:.3}"), node = name(p), id = n.node_id, state = state.name(), reason = %n.reason, "master view");
+            }
+            if checks.contains(&Check::NodeStates)
+                && matches!(state, NodeState::Down | NodeState::Degraded)
+                && g.must_be_up(p, now, running_since.get(&p).copied())
+            {
+                let v = format!(
+                    "{t:.3}s: node {} is {} ({}) though it has run healthy and connected for {:?}",
+                    name(p),
+                    state.name(),
+                    n.reason,
+                    STABLE
+                );
+                if o.violations.len() < 20 {
+                    o.violations.push(v);
+                }
+            }
+        }
+        if checks.contains(&Check::ShardMap) {
+            if let Some(m) = &st.map {
+                if m.version > 0 {
+                    let registered: BTreeSet<u64> = st.nodes.iter().map(|n| n.node_id).collect();
+                    let problem = match map_from_pb(m).validate() {
+                        Err(e) => Some(e.to_string()),
+                        Ok(()) if m.shards.iter().flat_map(|s| &s.replicas).any(|r| !registered.contains(r)) => {
+                            Some("a replica sits on an unregistered node".into())
+                        }
+                        Ok(()) => match &o.initial_map {
+                            Some(init) if init.shards != m.shards || init.version != m.version => {
+                                Some(format!("the map changed from version {} to {}", init.version, m.version))
+                            }
+                            _ => None,
+                        },
+                    };
+                    if let Some(p) = problem {
+                        if o.violations.len() < 20 {
+                            o.violations.push(format!("{t:.3}s: shard map: {p}"));
+                        }
+                    }
+                }
+            }
+        }
+        o.last = Some(st);
+        o.last_at = Some(now);
+    }
+}
+
+/// Waits until the observer shows `p` in `state`; returns the wait in ms.
+async fn wait_state(g: &Grid, p: Proc, state: NodeState, budget: Duration) -> Option<f64> {
+    let start = Instant::now();
+    loop {
+        if g.obs.lock().unwrap().states.get(&p).is_some_and(|(s, _)| *s == state) {
+            return Some(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        if start.elapsed() > budget {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn observed(g: &Grid, p: Proc) -> Option<NodeState> {
+    g.obs.lock().unwrap().states.get(&p).map(|(s, _)| *s)
+}
+
+#[derive(Default)]
+struct Measured {
+    exit_detect_ms: Vec<f64>,
+    silent_detect_ms: Vec<f64>,
+    restart_ms: Vec<f64>,
+    expects: Vec<serde_json::Value>,
+    failures: Vec<String>,
+}
+
+/// A step with its time and targets resolved for this seed.
+#[derive(Clone, Debug)]
+struct Planned {
+    at: Duration,
+    action: Action,
+    procs: Vec<Proc>,
+    agent: Option<u8>,
+}
+
+fn resolve(sc: &Scenario, rng: &mut sutra_grid::io::Rng) -> Vec<Planned> {
+    let c = &sc.cluster;
+    let mut last_proc = (0u8, 0u8);
+    let mut last_agent = 0u8;
+    let mut out = Vec::new();
+    let mut node = |r: &str, rng: &mut sutra_grid::io::Rng| -> Proc {
+        let p = match r {
+            "random" => (rng.random_range(0..c.agents), rng.random_range(0..c.processes_per_agent)),
+            "same" => last_proc,
+            _ => {
+                let (a, s) = r.split_once('.').unwrap_or(("0", "0"));
+                (a.parse().unwrap_or(0), s.parse().unwrap_or(0))
+            }
+        };
+        last_proc = p;
+        p
+    };
+    for st in &sc.timeline {
+        let at = Duration::from_secs_f64(st.at_s + rng.random_range(0.0..=st.jitter_s.max(0.0)));
+        let (procs, agent) = match &st.action {
+            Action::KillProcess { node: n }
+            | Action::Pause { node: n }
+            | Action::Resume { node: n }
+            | Action::IsolateFromPeers { node: n }
+            | Action::Isolate { node: n }
+            | Action::DiskFault { node: n, .. }
+            | Action::Expect { node: n, .. } => (vec![node(n, rng)], None),
+            Action::CutOneWay { from, to } => {
+                let f = node(from, rng);
+                let mut t = node(to, rng);
+                if t == f {
+                    t = ((f.0 + 1) % c.agents, f.1);
+                }
+                (vec![f, t], None)
+            }
+            Action::KillAgent { agent } | Action::KillMachine { agent } | Action::RestartAgent { agent } => {
+                let a = match agent.as_str() {
+                    "random" => rng.random_range(0..c.agents),
+                    "same" => last_agent,
+                    s => s.parse().unwrap_or(0),
+                };
+                last_agent = a;
+                (vec![], Some(a))
+            }
+            _ => (vec![], None),
+        };
+        out.push(Planned { at, action: st.action.clone(), procs, agent });
+    }
+    if let Some(sw) = &sc.swarm {
+        let n = rng.random_range(sw.faults[0]..=sw.faults[1]);
+        let horizon = (sc.duration_s - 1.0).max(0.5);
+        for _ in 0..n {
+            let kind = *sw.kinds.choose(rng).expect("validated non-empty");
+            let at = rng.random_range(0.5..horizon);
+            let repair = at + rng.random_range(sw.repair_after_s[0]..=sw.repair_after_s[1]);
+            let repair = Duration::from_secs_f64(repair.min(sc.duration_s));
+            let at = Duration::from_secs_f64(at);
+            let p = (rng.random_range(0..c.agents), rng.random_range(0..c.processes_per_agent));
+            let a = rng.random_range(0..c.agents);
+            let mut push = |at, action, procs: Vec<Proc>, agent| out.push(Planned { at, action, procs, agent });
+            let n = name(p);
+            match kind {
+                SwarmKind::KillProcess => push(at, Action::KillProcess { node: n }, vec![p], None),
+                SwarmKind::KillAgent | SwarmKind::KillMachine => {
+                    let kill = if kind == SwarmKind::KillAgent {
+                        Action::KillAgent { agent: a.to_string() }
+                    } else {
+                        Action::KillMachine { agent: a.to_string() }
+                    };
+                    push(at, kill, vec![], Some(a));
+                    push(repair, Action::RestartAgent { agent: a.to_string() }, vec![], Some(a));
+                }
+                SwarmKind::RestartMaster => {
+                    let down_s = rng.random_range(0.0..3.0);
+                    push(at, Action::RestartMaster { down_s }, vec![], None);
+                }
+                SwarmKind::Pause => {
+                    push(at, Action::Pause { node: n.clone() }, vec![p], None);
+                    push(repair, Action::Resume { node: n }, vec![p], None);
+                }
+                SwarmKind::IsolateFromPeers | SwarmKind::Isolate => {
+                    let act = if kind == SwarmKind::Isolate {
+                        Action::Isolate { node: n }
+                    } else {
+                        Action::IsolateFromPeers { node: n }
+                    };
+                    push(at, act, vec![p], None);
+                    push(repair, Action::Heal, vec![], None);
+                }
+                SwarmKind::PartitionHalves => {
+                    push(at, Action::PartitionHalves, vec![], None);
+                    push(repair, Action::Heal, vec![], None);
+                }
+                SwarmKind::CutOneWay => {
+                    let q = ((p.0 + 1) % c.agents, p.1);
+                    push(at, Action::CutOneWay { from: n, to: name(q) }, vec![p, q], None);
+                    push(repair, Action::Heal, vec![], None);
+                }
+                SwarmKind::PacketLoss => {
+                    push(at, Action::PacketLoss { rate: rng.random_range(0.01..0.2) }, vec![], None);
+                    push(repair, Action::Heal, vec![], None);
+                }
+                SwarmKind::DiskFault => {
+                    let fault = *[DiskFaultKind::FsyncError, DiskFaultKind::Full, DiskFaultKind::ReadBitflips]
+                        .choose(rng)
+                        .expect("non-empty");
+                    push(at, Action::DiskFault { node: n.clone(), fault }, vec![p], None);
+                    // A failed shard stays failed until its process restarts (fsync errors are
+                    // fatal); the agent restarts it.
+                    push(repair, Action::DiskFault { node: n.clone(), fault: DiskFaultKind::Clear }, vec![p], None);
+                    push(repair, Action::KillProcess { node: n }, vec![p], None);
+                }
+                SwarmKind::SlowLinks => {
+                    let max_ms = rng.random_range(20..300);
+                    push(at, Action::SlowLinks { min_ms: 1, max_ms }, vec![], None);
+                    push(repair, Action::Heal, vec![], None);
+                }
+            }
+        }
+    }
+    // Stable: simultaneous steps keep their file order.
+    out.sort_by_key(|p| p.at);
+    out
+}
+
+/// Carries out one step; detection measurements and expectations run as their own tasks.
+fn perform(
+    g: &Arc<Grid>,
+    step: &Planned,
+    measured: &Arc<Mutex<Measured>>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) {
+    let checks: BTreeSet<Check> = g.sc.checks.iter().copied().collect();
+    let checker = g.checker.clone();
+    let calm_net = {
+        let t = g.truth.lock().unwrap();
+        t.global.is_empty() && t.master_up && Instant::now().saturating_duration_since(t.global_calm_since) >= STABLE
+    };
+    match &step.action {
+        Action::KillProcess { .. } => {
+            let p = step.procs[0];
+            // Only a running process under a live agent has anyone to report its exit.
+            let running = g.sim_node(p).is_some_and(|id| !g.h.is_exit(id)) && !g.h.is_exit(g.agents[p.0 as usize]);
+            let was_up = running && observed(g, p) == Some(NodeState::Up);
+            let cut = g.truth.lock().unwrap().cut.contains(&p);
+            if let Some(id) = g.sim_node(p) {
+                g.h.kill(id);
+            }
+            g.calm(p);
+            g.note(format!("nemesis: kill process {}", name(p)));
+            if checks.contains(&Check::AgentRestarts) && was_up && calm_net && !cut {
+                let (g, m, killed) = (g.clone(), measured.clone(), Instant::now());
+                tasks.push(checker.spawn(async move {
+                    let down = wait_state(&g, p, NodeState::Down, Duration::from_secs(2)).await;
+                    // Bounds hold only while nothing else disturbs the control plane.
+                    let calm = g.calm_throughout(p, killed);
+                    match down {
+                        Some(ms) => {
+                            m.lock().unwrap().exit_detect_ms.push(ms);
+                            if ms > EXIT_DETECT_MS + POLL_SLACK_MS && calm {
+                                m.lock().unwrap().failures.push(format!(
+                                    "process {} killed: Down after {ms:.0} ms; the agent's report must make it ≤ {EXIT_DETECT_MS} ms",
+                                    name(p)
+                                ));
+                            }
+                        }
+                        None if calm => {
+                            m.lock().unwrap().failures.push(format!("process {} killed: never marked Down", name(p)))
+                        }
+                        None => {}
+                    }
+                    if wait_state(&g, p, NodeState::Up, RESTART_BUDGET).await.is_some() {
+                        let ms = killed.elapsed().as_secs_f64() * 1000.0;
+                        m.lock().unwrap().restart_ms.push(ms);
+                    } else if g.calm_throughout(p, killed) {
+                        m.lock().unwrap().failures.push(format!(
+                            "process {} killed: its agent did not get it back Up within {RESTART_BUDGET:?}",
+                            name(p)
+                        ));
+                    }
+                }));
+            }
+        }
+        Action::KillAgent { .. } | Action::KillMachine { .. } => {
+            let a = step.agent.unwrap_or(0);
+            let lose = matches!(step.action, Action::KillMachine { .. });
+            let up: Vec<Proc> = (0..g.sc.cluster.processes_per_agent)
+                .map(|s| (a, s))
+                .filter(|p| observed(g, *p) == Some(NodeState::Up) && !g.truth.lock().unwrap().cut.contains(p))
+                .collect();
+            g.kill_agent(a, lose);
+            g.note(format!("nemesis: kill {} {a} (silently)", if lose { "machine" } else { "agent" }));
+            if checks.contains(&Check::SilentDetection) && calm_net {
+                for p in up {
+                    let (g, m, killed) = (g.clone(), measured.clone(), Instant::now());
+                    tasks.push(checker.spawn(async move {
+                        let down = wait_state(&g, p, NodeState::Down, Duration::from_secs(3)).await;
+                        // Only while the machine stays dead and nothing else disturbs the
+                        // control plane (a quick reboot may rightly go unnoticed).
+                        let still_dead = g.h.is_exit(g.agents[p.0 as usize]);
+                        let calm = g.calm_throughout(p, killed) && still_dead;
+                        match down {
+                            Some(ms) => {
+                                m.lock().unwrap().silent_detect_ms.push(ms);
+                                if ms > SILENT_DETECT_MS + POLL_SLACK_MS && calm {
+                                    m.lock().unwrap().failures.push(format!(
+                                        "machine {} vanished: process {} Down after {ms:.0} ms; must be ≤ {SILENT_DETECT_MS} ms (3 heartbeats)",
+                                        p.0,
+                                        name(p)
+                                    ));
+                                }
+                            }
+                            None if calm => m.lock().unwrap().failures.push(format!(
+                                "machine {} vanished: process {} never marked Down",
+                                p.0,
+                                name(p)
+                            )),
+                            None => {}
+                        }
+                    }));
+                }
+            }
+        }
+        Action::RestartAgent { .. } => {
+            let a = step.agent.unwrap_or(0);
+            g.restart_agent(a);
+            for s in 0..g.sc.cluster.processes_per_agent {
+                g.calm((a, s));
+            }
+            g.note(format!("nemesis: boot agent {a}"));
+        }
+        Action::RestartMaster { down_s } => {
+            let before = g.obs.lock().unwrap().last.clone();
+            g.kill_master();
+            g.note(format!("nemesis: crash master (down {down_s:.2} s)"));
+            let (g2, m, down) = (g.clone(), measured.clone(), Duration::from_secs_f64(*down_s));
+            let check = checks.contains(&Check::MasterMetadata);
+            tasks.push(checker.spawn(async move {
+                tokio::time::sleep(down).await;
+                if g2.truth.lock().unwrap().master_up {
+                    return;
+                }
+                g2.start_master();
+                g2.note("nemesis: master booted".into());
+                if !check {
+                    return;
+                }
+                let Some(before) = before else { return };
+                // The first status the restarted master gives must carry the same metadata.
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(10) {
+                    if let Ok(c) = MasterClient::connect(&plan::master_addr().to_string()).await {
+                        if let Ok(after) = c.with_deadline(Duration::from_millis(500)).status().await {
+                            let reg = |s: &pb::StatusResponse| -> Vec<(u64, String, u32, String)> {
+                                s.nodes.iter().map(|n| (n.node_id, n.agent.clone(), n.slot, n.storage_addr.clone())).collect()
+                            };
+                            // Node states are live, not metadata: compare the map's shards.
+                            let shards = |s: &pb::StatusResponse| s.map.as_ref().map(|m| (m.version, m.shards.clone()));
+                            if shards(&after) != shards(&before) || reg(&after) != reg(&before) {
+                                m.lock().unwrap().failures.push(format!(
+                                    "master restart lost metadata: map {:?} / {} nodes before, map {:?} / {} nodes after",
+                                    before.map.as_ref().map(|m| m.version),
+                                    before.nodes.len(),
+                                    after.map.as_ref().map(|m| m.version),
+                                    after.nodes.len()
+                                ));
+                            }
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                m.lock().unwrap().failures.push("the restarted master never answered status within 10 s".into());
+            }));
+        }
+        Action::Pause { .. } => {
+            let p = step.procs[0];
+            if let Some(id) = g.sim_node(p) {
+                g.h.pause(id);
+                g.truth.lock().unwrap().paused.insert(p);
+            }
+            g.note(format!("nemesis: pause {}", name(p)));
+        }
+        Action::Resume { .. } => {
+            let p = step.procs[0];
+            if g.truth.lock().unwrap().paused.remove(&p) {
+                if let Some(id) = g.sim_node(p) {
+                    g.h.resume(id);
+                }
+            }
+            g.calm(p);
+            g.note(format!("nemesis: resume {}", name(p)));
+        }
+        Action::IsolateFromPeers { .. } => {
+            let p = step.procs[0];
+            if let Some(x) = g.sim_node(p) {
+                for q in g.procs().into_iter().filter(|q| *q != p) {
+                    if let Some(y) = g.sim_node(q) {
+                        g.clog_link(x, y);
+                        g.clog_link(y, x);
+                    }
+                }
+            }
+            // Only `p` loses a majority of its peers: every other node must stay Up (the
+            // master's majority rule ignores `p` reporting everyone unreachable).
+            g.truth.lock().unwrap().cut.insert(p);
+            g.note(format!("nemesis: isolate {} from its peers (the master still reaches it)", name(p)));
+        }
+        Action::Isolate { .. } => {
+            let p = step.procs[0];
+            if let Some(x) = g.sim_node(p) {
+                NetSim::current().clog_node(x);
+                g.truth.lock().unwrap().node_clogs.insert(x);
+            }
+            g.truth.lock().unwrap().cut.insert(p);
+            g.note(format!("nemesis: isolate {} from everything", name(p)));
+        }
+        Action::PartitionHalves => {
+            let procs = g.procs();
+            let (left, right) = procs.split_at(procs.len() / 2);
+            for l in left {
+                for r in right {
+                    if let (Some(x), Some(y)) = (g.sim_node(*l), g.sim_node(*r)) {
+                        g.clog_link(x, y);
+                        g.clog_link(y, x);
+                    }
+                }
+            }
+            let mut t = g.truth.lock().unwrap();
+            t.cut.extend(procs.iter().copied());
+            t.global.insert("partition-halves");
+            drop(t);
+            g.note("nemesis: partition the storage processes into halves".into());
+        }
+        Action::CutOneWay { .. } => {
+            let (p, q) = (step.procs[0], step.procs[1]);
+            if let (Some(x), Some(y)) = (g.sim_node(p), g.sim_node(q)) {
+                g.clog_link(x, y);
+            }
+            // Indirect probes route around a one-way cut, and one reporter is never a
+            // majority: neither end may be shown Degraded or Down.
+            g.note(format!("nemesis: cut {} -> {} one way", name(p), name(q)));
+        }
+        Action::PacketLoss { rate } => {
+            NetSim::current().update_config(|c| c.packet_loss_rate = *rate);
+            g.truth.lock().unwrap().global.insert("packet-loss");
+            g.note(format!("nemesis: packet loss {rate:.3}"));
+        }
+        Action::SlowLinks { min_ms, max_ms } => {
+            let (lo, hi) = (Duration::from_millis(*min_ms), Duration::from_millis(*max_ms));
+            NetSim::current().update_config(|c| c.send_latency = lo..hi.max(lo + Duration::from_millis(1)));
+            g.truth.lock().unwrap().global.insert("slow-links");
+            g.note(format!("nemesis: slow links {min_ms}..{max_ms} ms"));
+        }
+        Action::DiskFault { fault, .. } => {
+            let p = step.procs[0];
+            g.disk_fault(p, *fault);
+            g.note(format!("nemesis: disk fault {fault:?} on {}", name(p)));
+        }
+        Action::Heal => {
+            g.heal_all(false);
+            g.note("nemesis: heal the network, resume paused processes".into());
+        }
+        Action::Expect { state, within_s, .. } => {
+            let p = step.procs[0];
+            let want = match state {
+                ExpectState::Up => NodeState::Up,
+                ExpectState::Degraded => NodeState::Degraded,
+                ExpectState::Down => NodeState::Down,
+            };
+            let (g, m, within) = (g.clone(), measured.clone(), Duration::from_secs_f64(*within_s));
+            let at = step.at.as_secs_f64();
+            tasks.push(checker.spawn(async move {
+                let r = wait_state(&g, p, want, within).await;
+                let mut m = m.lock().unwrap();
+                m.expects.push(json!({"at_s": at, "node": name(p), "state": want.name(), "reached_ms": r}));
+                if r.is_none() {
+                    let now = observed(&g, p).map_or("unknown", |s| s.name());
+                    m.failures.push(format!(
+                        "expected node {} {} within {within:?} of {at:.2}s; the master says {now}",
+                        name(p),
+                        want.name()
+                    ));
+                }
+            }));
+        }
+    }
+}
+
+/// A writer routing batches through the master's map, recording what was acknowledged.
+async fn writer(w: u32, concepts: u32, pause: Duration, acked: Arc<Mutex<Vec<String>>>, stop: Arc<AtomicBool>) -> u64 {
+    let mut router = None;
+    let mut failed = 0u64;
+    let mut i = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        let r = match &router {
+            Some(r) => Arc::clone(r),
+            None => match MasterClient::connect(&plan::master_addr().to_string()).await {
+                Ok(c) => match Router::new(c.with_deadline(Duration::from_millis(500)), WRITE_DEADLINE).await {
+                    Ok(r) => {
+                        router = Some(r.clone());
+                        r
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let labels: Vec<String> = (0..concepts).map(|j| format!("w{w}-b{i}-c{j}")).collect();
+        let batch = WriteBatch {
+            concepts: labels
+                .iter()
+                .map(|l| ConceptWrite {
+                    label: l.clone(),
+                    content: format!("{l} content"),
+                    vector: vec![],
+                    confidence: 0.9,
+                })
+                .collect(),
+            associations: vec![],
+        };
+        match r.write(&batch).await {
+            Ok(parts) => {
+                // Each per-shard part is atomic on its own; a part acked is a part durable.
+                let _ = parts;
+                acked.lock().unwrap().extend(labels);
+            }
+            Err(_) => failed += 1,
+        }
+        i += 1;
+        tokio::time::sleep(pause).await;
+    }
+    failed
+}
+
+/// Waits until the master has reported the grid healthy (every process Up, every replica
+/// hosted) for `HEALTHY_FOR` on end, counting only polls made after this call: a status polled
+/// just before a repair (say, a restart) must not pass for its outcome.
+async fn wait_healthy(g: &Grid, budget: Duration) -> Result<f64, String> {
+    let start = Instant::now();
+    let total = g.procs().len();
+    let mut healthy_since: Option<Instant> = None;
+    loop {
+        let (healthy, problems, at) = {
+            let o = g.obs.lock().unwrap();
+            match &o.last {
+                Some(st) => {
+                    let up = st.nodes.iter().filter(|n| NodeState::from_pb(n.state) == Some(NodeState::Up)).count();
+                    (st.healthy && up == total && st.nodes.len() == total, st.problems.clone(), o.last_at)
+                }
+                None => (false, vec!["no status from the master yet".into()], None),
+            }
+        };
+        if at.is_some_and(|t| t > start) {
+            if !healthy {
+                healthy_since = None;
+            } else if healthy_since.is_none() {
+                healthy_since = at;
+            }
+        }
+        if let Some(since) = healthy_since {
+            if Instant::now().saturating_duration_since(since) >= HEALTHY_FOR {
+                return Ok(since.saturating_duration_since(start).as_secs_f64());
+            }
+        }
+        if start.elapsed() > budget {
+            return Err(format!("not healthy within {budget:?}: {}", problems.join("; ")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn check_writes(acked: &[String]) -> Result<(), String> {
+    let c = MasterClient::connect(&plan::master_addr().to_string()).await.map_err(|e| e.to_string())?;
+    let router = Router::new(c, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
+    let mut missing = Vec::new();
+    for chunk in acked.chunks(2000) {
+        let ids: Vec<ConceptId> = chunk.iter().map(|l| ConceptId::from_label(l)).collect();
+        let found = router.get_concepts(&ids).await.map_err(|e| format!("reading acknowledged writes back: {e}"))?;
+        let have: BTreeSet<String> = found.into_iter().map(|c| c.label).collect();
+        missing.extend(chunk.iter().filter(|l| !have.contains(*l)).cloned());
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} acknowledged concepts lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]))
+    }
+}
+
+/// With `--trace`: each process's roles (shards it is primary or replica for, with epochs)
+/// and its states over time, as the master reported them.
+fn trace_timeline(o: &Observed) {
+    let Some(st) = &o.last else { return };
+    let map = st.map.clone().unwrap_or_default();
+    for n in &st.nodes {
+        let Some(p) = proc_of(n) else { continue };
+        let roles: Vec<String> = map
+            .shards
+            .iter()
+            .filter(|e| e.replicas.contains(&n.node_id))
+            .map(|e| {
+                format!("shard {}{} @ epoch {}", e.shard, if e.primary == n.node_id { " primary" } else { "" }, e.epoch)
+            })
+            .collect();
+        let states: Vec<String> = o
+            .timeline
+            .get(&p)
+            .map(|v| {
+                v.iter()
+                    .map(|(t, s, r)| {
+                        if r.is_empty() {
+                            format!("{t:.3}s {}", s.name())
+                        } else {
+                            format!("{t:.3}s {} ({r})", s.name())
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        tracing::info!(
+            "timeline {} (node {}): roles [{}]; states: {}",
+            name(p),
+            n.node_id,
+            roles.join(", "),
+            states.join(" → ")
+        );
+    }
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied()
+}
+
+fn max(v: &[f64]) -> Option<f64> {
+    v.iter().copied().reduce(f64::max)
+}
+
+pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
+    let h = Handle::current();
+    let mut rng = seeded_rng(madsim::rand::random::<u64>());
+    let c = sc.cluster.clone();
+    let master_addr = plan::master_addr();
+
+    let master_disk = SimDisk::new(rng.random());
+    let md = master_disk.clone();
+    let master = h
+        .create_node()
+        .name(plan::MASTER_NAME)
+        .ip(master_addr.ip())
+        .init(move || {
+            let disk = md.clone();
+            async move {
+                match Master::open(Arc::new(disk), "master").await {
+                    Ok(m) => {
+                        if let Err(e) = sutra_grid::master::serve(m, master_addr, std::future::pending()).await {
+                            tracing::error!(error = %e, "master stopped");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "master failed to open its metadata"),
+                }
+            }
+        })
+        .build()
+        .id();
+
+    let config = NodeConfig { vector_dim: boot::SIM_VECTOR_DIM, ..NodeConfig::default() };
+    let mut machines = Vec::new();
+    let mut agents = Vec::new();
+    for a in 0..c.agents {
+        let seeds: Vec<u64> = (0..c.processes_per_agent).map(|_| rng.random()).collect();
+        let machine = Machine::new(a, c.processes_per_agent, config.clone(), |s| seeds[s as usize]);
+        let processes: Vec<ProcessSpec> = (0..c.processes_per_agent)
+            .map(|s| ProcessSpec {
+                slot: s as u32,
+                master: master_addr.to_string(),
+                agent: plan::agent_name(a),
+                storage_addr: SocketAddr::new(plan::process_ip(a, s), plan::STORAGE_PORT),
+                gossip_addr: SocketAddr::new(plan::process_ip(a, s), plan::GOSSIP_PORT),
+                data_dir: format!("node-{s}"),
+                vector_dim: boot::SIM_VECTOR_DIM,
+                generation: 0,
+            })
+            .collect();
+        let cfg = AgentConfig { name: plan::agent_name(a), master: master_addr.to_string(), processes };
+        let m = machine.clone();
+        let id = h
+            .create_node()
+            .name(plan::agent_name(a))
+            .ip(plan::agent_ip(a))
+            .init(move || {
+                let spawner = Arc::new(SimSpawner { machine: m.clone() });
+                let cfg = cfg.clone();
+                async move {
+                    if let Err(e) = run_agent(spawner, cfg, std::future::pending()).await {
+                        tracing::error!(error = %e, "agent stopped");
+                    }
+                }
+            })
+            .build()
+            .id();
+        machines.push(machine);
+        agents.push(id);
+    }
+    let checker = h.create_node().name("checker").ip(plan::client_ip(0)).build();
+    let clients = h.create_node().name("client-1").ip(plan::client_ip(1)).build();
+
+    let now = Instant::now();
+    let g = Arc::new(Grid {
+        sc: sc.clone(),
+        h: h.clone(),
+        master,
+        master_disk,
+        agents,
+        machines,
+        truth: Arc::new(Mutex::new(Truth {
+            paused: BTreeSet::new(),
+            cut: BTreeSet::new(),
+            calm_since: BTreeMap::new(),
+            global: BTreeSet::new(),
+            global_calm_since: now,
+            master_up: true,
+            link_clogs: BTreeSet::new(),
+            node_clogs: BTreeSet::new(),
+            disk_faulted: BTreeSet::new(),
+        })),
+        obs: Arc::new(Mutex::new(Observed {
+            last: None,
+            last_at: None,
+            states: BTreeMap::new(),
+            log: Vec::new(),
+            timeline: BTreeMap::new(),
+            violations: Vec::new(),
+            initial_map: None,
+            polls_ok: 0,
+            polls_failed: 0,
+        })),
+        checker: checker.clone(),
+        t0: now,
+    });
+    let stop_obs = Arc::new(AtomicBool::new(false));
+    let observer = checker.spawn(observe(g.clone(), stop_obs.clone()));
+
+    // Boot: every process registered and Up, then `init`, then healthy.
+    let total = g.procs().len();
+    let boot_start = Instant::now();
+    loop {
+        let up = g.obs.lock().unwrap().states.values().filter(|(s, _)| *s == NodeState::Up).count();
+        if up == total {
+            break;
+        }
+        if boot_start.elapsed() > BOOT_BUDGET {
+            return Err(format!("boot: only {up} of {total} storage processes Up within {BOOT_BUDGET:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (shards, replication) = (c.shards, c.replication);
+    let map = checker
+        .spawn(async move {
+            let mc = MasterClient::connect(&master_addr.to_string()).await.map_err(|e| e.to_string())?;
+            let first = mc.init(shards, replication).await.map_err(|e| format!("init: {e}"))?;
+            let again = mc.init(shards, replication).await.map_err(|e| format!("init again: {e}"))?;
+            if again != first {
+                return Err("init is not idempotent: a second identical init changed the map".to_string());
+            }
+            Ok(first)
+        })
+        .await
+        .map_err(|e| format!("init task: {e}"))??;
+    g.obs.lock().unwrap().initial_map = Some(map.clone());
+    wait_healthy(&g, BOOT_BUDGET).await.map_err(|e| format!("boot: {e}"))?;
+    let boot_s = boot_start.elapsed().as_secs_f64();
+
+    // Fault phase.
+    let t0 = Instant::now();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop_writers = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..sc.workload.writers)
+        .map(|w| {
+            clients.spawn(writer(
+                w,
+                sc.workload.batch_concepts,
+                Duration::from_millis(sc.workload.pause_ms),
+                acked.clone(),
+                stop_writers.clone(),
+            ))
+        })
+        .collect();
+    let steps = resolve(&sc, &mut rng);
+    let measured = Arc::new(Mutex::new(Measured::default()));
+    let mut tasks = Vec::new();
+    for step in &steps {
+        tokio::time::sleep_until(t0 + step.at).await;
+        perform(&g, step, &measured, &mut tasks);
+    }
+    tokio::time::sleep_until(t0 + Duration::from_secs_f64(sc.duration_s)).await;
+    stop_writers.store(true, Ordering::Relaxed);
+    let mut write_failures = 0;
+    for w in writers {
+        write_failures += w.await.unwrap_or(0);
+    }
+
+    // Healing phase.
+    g.heal_all(true);
+    g.note("heal: every fault undone, dead agents and master booted".into());
+    let heal = wait_healthy(&g, Duration::from_secs_f64(sc.heal.budget_s)).await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    let heal_s = heal.map_err(|e| format!("liveness: {e}"))?;
+    if sc.checks.contains(&Check::AckedWrites) {
+        let acked = acked.lock().unwrap().clone();
+        clients.spawn(async move { check_writes(&acked).await }).await.map_err(|e| format!("{e}"))??;
+    }
+    stop_obs.store(true, Ordering::Relaxed);
+    let _ = observer.await;
+
+    let m = std::mem::take(&mut *measured.lock().unwrap());
+    let o = g.obs.lock().unwrap();
+    trace_timeline(&o);
+    let mut failures = m.failures.clone();
+    failures.extend(o.violations.iter().cloned());
+    if !failures.is_empty() {
+        return Err(format!("{} check(s) failed: {}", failures.len(), failures.join(" | ")));
+    }
+    let last = o.last.clone().unwrap_or_default();
+    let end: Vec<(u64, &str)> = last.nodes.iter().map(|n| (n.node_id, state_name(n.state))).collect();
+    let acked_n = acked.lock().unwrap().len();
+    let hash = xxhash_rust::xxh3::xxh3_64(format!("{:?}|{:?}|{acked_n}|{:?}", end, last.map, o.log).as_bytes());
+    Ok(Report {
+        json: json!({
+            "scenario": sc.name,
+            "boot_s": (boot_s * 1000.0).round() / 1000.0,
+            "faults": steps.len(),
+            "exit_detect_ms": {"median": median(&m.exit_detect_ms), "max": max(&m.exit_detect_ms), "n": m.exit_detect_ms.len()},
+            "silent_detect_ms": {"median": median(&m.silent_detect_ms), "max": max(&m.silent_detect_ms), "n": m.silent_detect_ms.len()},
+            "restart_ms": {"median": median(&m.restart_ms), "max": max(&m.restart_ms)},
+            "expects": m.expects,
+            "writes_acked": acked_n,
+            "write_failures": write_failures,
+            "heal_s": (heal_s * 1000.0).round() / 1000.0,
+            "status_polls": o.polls_ok,
+        }),
+        end_state_hash: hash,
+    })
+}

@@ -1,0 +1,375 @@
+//! Scenario files (`chaos-scenarios/*.yaml`): the cluster shape, the fault phase's length, a
+//! workload, a fault timeline and/or swarm fault rates drawn per seed, the checks to run, and
+//! the healing phase's liveness budget. Parsed with serde-saphyr; a bad file gets an error
+//! naming the field and the line. See `chaos-scenarios/README.md` for the format.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub cluster: Shape,
+    /// Length of the fault phase in simulated seconds (after the grid is up and initialised).
+    pub duration_s: f64,
+    #[serde(default)]
+    pub workload: Workload,
+    #[serde(default)]
+    pub timeline: Vec<Step>,
+    #[serde(default)]
+    pub swarm: Option<Swarm>,
+    pub checks: Vec<Check>,
+    pub heal: Heal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shape {
+    pub agents: u8,
+    pub processes_per_agent: u8,
+    pub shards: u32,
+    #[serde(default = "three")]
+    pub replication: u32,
+}
+
+fn three() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Concurrent writers routing batches through the master's shard map.
+    #[serde(default)]
+    pub writers: u32,
+    /// Concepts per batch.
+    #[serde(default = "three")]
+    pub batch_concepts: u32,
+    /// Pause between one writer's batches.
+    #[serde(default = "default_pause")]
+    pub pause_ms: u64,
+}
+
+fn default_pause() -> u64 {
+    20
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload { writers: 0, batch_concepts: 3, pause_ms: default_pause() }
+    }
+}
+
+/// One timeline entry: at `at_s` (plus a per-seed draw from `[0, jitter_s]`), do `action`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Step {
+    pub at_s: f64,
+    #[serde(default)]
+    pub jitter_s: f64,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// A storage process: `"A.S"` (agent A, slot S), `"random"` (drawn per seed), or `"same"`
+/// (the process the previous step named).
+pub type NodeRef = String;
+/// A machine: `"A"`, `"random"`, or `"same"`.
+pub type AgentRef = String;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "do", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Action {
+    /// Crash one storage process; its agent reports the exit and restarts it.
+    KillProcess {
+        node: NodeRef,
+    },
+    /// The agent process dies and its children with it; nobody reports anything.
+    KillAgent {
+        agent: AgentRef,
+    },
+    /// The whole machine vanishes: agent and processes, and unsynced disk data is lost or torn.
+    KillMachine {
+        agent: AgentRef,
+    },
+    /// Boot the machine's agent again (it restarts its processes).
+    RestartAgent {
+        agent: AgentRef,
+    },
+    /// Crash the master (its unsynced metadata is lost) and boot it again after `down_s`.
+    RestartMaster {
+        #[serde(default)]
+        down_s: f64,
+    },
+    Pause {
+        node: NodeRef,
+    },
+    Resume {
+        node: NodeRef,
+    },
+    /// Cut a process off from every other storage process, both ways; the master still reaches it.
+    IsolateFromPeers {
+        node: NodeRef,
+    },
+    /// Cut a process off from everything, the master included.
+    Isolate {
+        node: NodeRef,
+    },
+    /// Split the storage processes into two halves that cannot reach each other.
+    PartitionHalves,
+    /// Drop everything `from` sends to `to`.
+    CutOneWay {
+        from: NodeRef,
+        to: NodeRef,
+    },
+    /// Drop this fraction of all packets.
+    PacketLoss {
+        rate: f64,
+    },
+    /// Every message takes between `min_ms` and `max_ms`.
+    SlowLinks {
+        min_ms: u64,
+        max_ms: u64,
+    },
+    /// Make a process's disk misbehave; `clear` ends it (a restart is still needed to recover).
+    DiskFault {
+        node: NodeRef,
+        fault: DiskFaultKind,
+    },
+    /// Undo every network fault and resume every paused process.
+    Heal,
+    /// The master's status must show `node` in `state` within `within_s` of this step.
+    Expect {
+        node: NodeRef,
+        state: ExpectState,
+        within_s: f64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskFaultKind {
+    /// The next fsync fails with EIO (fatal for the shard that sees it).
+    FsyncError,
+    /// The disk fills up a few KiB from now.
+    Full,
+    /// One read in five comes back with a bit flipped.
+    ReadBitflips,
+    /// Back to a healthy disk.
+    Clear,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum ExpectState {
+    Up,
+    Degraded,
+    Down,
+}
+
+/// Random faults drawn per seed (FoundationDB/TigerBeetle style), each repaired after a while.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Swarm {
+    /// How many faults, drawn from `[min, max]` per seed.
+    pub faults: [u32; 2],
+    pub kinds: Vec<SwarmKind>,
+    /// A fault is repaired (restart, resume, heal) this long after it starts, drawn per fault.
+    #[serde(default = "default_repair")]
+    pub repair_after_s: [f64; 2],
+}
+
+fn default_repair() -> [f64; 2] {
+    [1.0, 6.0]
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwarmKind {
+    KillProcess,
+    KillAgent,
+    KillMachine,
+    RestartMaster,
+    Pause,
+    IsolateFromPeers,
+    Isolate,
+    PartitionHalves,
+    CutOneWay,
+    PacketLoss,
+    SlowLinks,
+    DiskFault,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Check {
+    /// Every poll: the map is valid (each key range owned exactly once, replicas on distinct
+    /// registered nodes) and unchanged since `init`.
+    ShardMap,
+    /// No node is Down or Degraded while it has been healthy and fully connected for a while,
+    /// and `expect` steps hold.
+    NodeStates,
+    /// A killed process is Down within 100 ms (its agent's report) and Up again within 5 s.
+    AgentRestarts,
+    /// A silently vanished machine's processes are Down within 3 heartbeat intervals.
+    SilentDetection,
+    /// After a master restart its map and node registry are what they were before.
+    MasterMetadata,
+    /// Every acknowledged write is readable after the heal.
+    AckedWrites,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heal {
+    /// After the fault phase everything is repaired; the grid must be healthy within this.
+    pub budget_s: f64,
+}
+
+/// Parses and checks a scenario. Errors name the field and the line.
+pub fn parse(text: &str, origin: &str) -> Result<Scenario, String> {
+    let s: Scenario = serde_saphyr::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
+    validate(&s).map_err(|e| format!("{origin}: {e}"))?;
+    Ok(s)
+}
+
+fn validate(s: &Scenario) -> Result<(), String> {
+    let c = &s.cluster;
+    if !(1..=16).contains(&c.agents) {
+        return Err(format!("cluster.agents must be 1 to 16; got {}", c.agents));
+    }
+    if !(1..=8).contains(&c.processes_per_agent) {
+        return Err(format!("cluster.processes_per_agent must be 1 to 8; got {}", c.processes_per_agent));
+    }
+    let nodes = c.agents as u32 * c.processes_per_agent as u32;
+    if c.replication == 0 || c.replication > nodes {
+        return Err(format!("cluster.replication must be 1 to the node count ({nodes}); got {}", c.replication));
+    }
+    if c.shards == 0 || c.shards > 1024 {
+        return Err(format!("cluster.shards must be 1 to 1024; got {}", c.shards));
+    }
+    if !(s.duration_s > 0.0 && s.duration_s <= 600.0) {
+        return Err(format!("duration_s must be in (0, 600]; got {}", s.duration_s));
+    }
+    if !(s.heal.budget_s > 0.0 && s.heal.budget_s <= 300.0) {
+        return Err(format!("heal.budget_s must be in (0, 300]; got {}", s.heal.budget_s));
+    }
+    if s.workload.writers > 64 || !(1..=100).contains(&s.workload.batch_concepts) {
+        return Err("workload: writers must be at most 64 and batch_concepts 1 to 100".into());
+    }
+    for (i, st) in s.timeline.iter().enumerate() {
+        let at = |m: String| Err(format!("timeline[{i}]: {m}"));
+        if !(st.at_s >= 0.0 && st.at_s + st.jitter_s <= s.duration_s && st.jitter_s >= 0.0) {
+            return at(format!("at_s + jitter_s must lie within the fault phase (0 to {} s)", s.duration_s));
+        }
+        let nodes_named: Vec<&String> = match &st.action {
+            Action::KillProcess { node }
+            | Action::Pause { node }
+            | Action::Resume { node }
+            | Action::IsolateFromPeers { node }
+            | Action::Isolate { node }
+            | Action::DiskFault { node, .. }
+            | Action::Expect { node, .. } => vec![node],
+            Action::CutOneWay { from, to } => vec![from, to],
+            _ => vec![],
+        };
+        for n in nodes_named {
+            check_node_ref(n, c).or_else(&at)?;
+        }
+        match &st.action {
+            Action::KillAgent { agent } | Action::KillMachine { agent } | Action::RestartAgent { agent } => {
+                check_agent_ref(agent, c).or_else(&at)?
+            }
+            Action::PacketLoss { rate } if !(0.0..=0.5).contains(rate) => {
+                return at(format!("packet-loss rate must be 0 to 0.5; got {rate}"))
+            }
+            Action::SlowLinks { min_ms, max_ms } if min_ms > max_ms || *max_ms > 5_000 => {
+                return at("slow-links needs min_ms <= max_ms <= 5000".into())
+            }
+            Action::Expect { within_s, .. } if !(*within_s > 0.0 && *within_s <= 120.0) => {
+                return at(format!("expect within_s must be in (0, 120]; got {within_s}"))
+            }
+            Action::RestartMaster { down_s } if !(0.0..=60.0).contains(down_s) => {
+                return at(format!("restart-master down_s must be 0 to 60; got {down_s}"))
+            }
+            _ => {}
+        }
+    }
+    if let Some(w) = &s.swarm {
+        if w.faults[0] > w.faults[1] || w.faults[1] > 100 {
+            return Err("swarm.faults must be [min, max] with min <= max <= 100".into());
+        }
+        if w.kinds.is_empty() {
+            return Err("swarm.kinds must name at least one fault".into());
+        }
+        if !(w.repair_after_s[0] >= 0.0 && w.repair_after_s[0] <= w.repair_after_s[1]) {
+            return Err("swarm.repair_after_s must be [min, max] with 0 <= min <= max".into());
+        }
+    }
+    Ok(())
+}
+
+fn check_node_ref(r: &str, c: &Shape) -> Result<(), String> {
+    if r == "random" || r == "same" {
+        return Ok(());
+    }
+    let (a, s) = r.split_once('.').ok_or_else(|| format!("node {r:?} must be \"A.S\", \"random\" or \"same\""))?;
+    match (a.parse::<u8>(), s.parse::<u8>()) {
+        (Ok(a), Ok(s)) if a < c.agents && s < c.processes_per_agent => Ok(()),
+        _ => Err(format!(
+            "node {r:?} is not in the cluster (agents 0..{}, slots 0..{})",
+            c.agents, c.processes_per_agent
+        )),
+    }
+}
+
+fn check_agent_ref(r: &str, c: &Shape) -> Result<(), String> {
+    if r == "random" || r == "same" {
+        return Ok(());
+    }
+    match r.parse::<u8>() {
+        Ok(a) if a < c.agents => Ok(()),
+        _ => Err(format!("agent {r:?} must be 0..{}, \"random\" or \"same\"", c.agents)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = "name: t\ncluster: {agents: 3, processes_per_agent: 2, shards: 6}\nduration_s: 10\n\
+        timeline:\n  - {at_s: 1, do: kill-process, node: random}\n  - {at_s: 1, do: expect, node: same, state: Down, within_s: 0.1}\n\
+        checks: [shard-map]\nheal: {budget_s: 10}\n";
+
+    #[test]
+    fn a_good_file_parses() {
+        let s = parse(OK, "t.yaml").unwrap();
+        assert_eq!(s.timeline.len(), 2);
+        assert_eq!(s.timeline[0].action, Action::KillProcess { node: "random".into() });
+        assert_eq!(s.cluster.replication, 3);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_line() {
+        let bad = OK.replace("node: random}", "nod: random}");
+        let e = parse(&bad, "t.yaml").unwrap_err();
+        assert!(e.contains("line 5") && e.contains("nod"), "{e}");
+        let bad = OK.replace("kill-process", "kill-proces");
+        let e = parse(&bad, "t.yaml").unwrap_err();
+        assert!(e.contains("line 5") && e.contains("kill-proces"), "{e}");
+        let bad = OK.replace("duration_s: 10", "duration_s: 10\nbogus: 1");
+        let e = parse(&bad, "t.yaml").unwrap_err();
+        assert!(e.contains("line 4") && e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_step() {
+        let bad = OK.replace("node: random}", "node: \"7.0\"}");
+        let e = parse(&bad, "t.yaml").unwrap_err();
+        assert!(e.contains("timeline[0]") && e.contains("7.0"), "{e}");
+        let bad = OK.replace("at_s: 1, do: kill", "at_s: 11, do: kill");
+        assert!(parse(&bad, "t.yaml").unwrap_err().contains("timeline[0]"));
+        let bad = OK.replace("agents: 3", "agents: 1");
+        assert!(parse(&bad, "t.yaml").unwrap_err().contains("replication"));
+    }
+}
