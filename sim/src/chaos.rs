@@ -49,14 +49,18 @@ const RESTART_BUDGET: Duration = Duration::from_secs(5);
 /// Healthy this long on end counts as healed.
 const HEALTHY_FOR: Duration = Duration::from_secs(1);
 const WRITE_DEADLINE: Duration = Duration::from_millis(1000);
+/// Events kept per run for the trace and the end-state hash.
+const LOG_MAX: usize = 100_000;
 
 type Proc = (u8, u8);
 
 /// The ground truth the nemesis knows, for checkers to compare the master's view against.
 struct Truth {
     paused: BTreeSet<Proc>,
-    /// Processes touched by a link fault, and when the last one was lifted.
+    /// Processes a link fault cut off from a majority of their peers or from the master, until
+    /// the next heal: the master may rightly show them Degraded or Down.
     cut: BTreeSet<Proc>,
+    /// When each process was last touched by a fault (killed, booted, resumed, healed).
     calm_since: BTreeMap<Proc, Instant>,
     /// Faults that affect everyone (packet loss, slow links, halves, master down).
     global: BTreeSet<&'static str>,
@@ -142,7 +146,10 @@ impl Grid {
 
     fn note(&self, what: String) {
         tracing::info!(t = format!("{:.3}", self.secs()), "{what}");
-        self.obs.lock().unwrap().log.push(format!("{:.3}s {what}", self.secs()));
+        let mut o = self.obs.lock().unwrap();
+        if o.log.len() < LOG_MAX {
+            o.log.push(format!("{:.3}s {what}", self.secs()));
+        }
     }
 
     fn calm(&self, p: Proc) {
@@ -213,8 +220,9 @@ impl Grid {
         }
     }
 
-    /// Undoes every network fault, resumes every paused process, boots dead agents and a
-    /// dead master; with `boot_dead`, also clears disk faults and restarts their processes.
+    /// Undoes every network fault and resumes every paused process. With `boot_dead` (the
+    /// final heal) it also boots dead agents and a dead master, and clears disk faults,
+    /// restarting the processes that had them.
     fn heal_all(&self, boot_dead: bool) {
         let net = NetSim::current();
         let (links, nodes, paused, cut) = {
@@ -347,8 +355,10 @@ async fn observe(g: Arc<Grid>, stop: Arc<AtomicBool>) {
             let changed = o.states.get(&p).is_none_or(|(s, _)| *s != state);
             if changed {
                 o.states.insert(p, (state, now));
-                o.log.push(format!("{t:.3}s node {} (id {}) -> {} {}", name(p), n.node_id, state.name(), n.reason));
-                o.timeline.entry(p).or_default().push((t, state, n.reason.clone()));
+                if o.log.len() < LOG_MAX {
+                    o.log.push(format!("{t:.3}s node {} (id {}) -> {} {}", name(p), n.node_id, state.name(), n.reason));
+                    o.timeline.entry(p).or_default().push((t, state, n.reason.clone()));
+                }
                 tracing::info!(t = format!("{t:.3}"), node = name(p), id = n.node_id, state = state.name(), reason = %n.reason, "master view");
             }
             if checks.contains(&Check::NodeStates)
@@ -1181,6 +1191,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
             "write_failures": write_failures,
             "heal_s": (heal_s * 1000.0).round() / 1000.0,
             "status_polls": o.polls_ok,
+            "status_polls_failed": o.polls_failed,
         }),
         end_state_hash: hash,
     })

@@ -106,7 +106,7 @@ impl Master {
         if let Err(MasterFailure::Log(e)) = &r {
             tracing::error!(error = %e, "master metadata write failed; stopping");
             self.failed.store(true, Ordering::Relaxed);
-            self.failure.notify_waiters();
+            // A stored permit: the server's stop future sees it even if it polls later.
             self.failure.notify_one();
         }
         r
