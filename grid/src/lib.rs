@@ -15,7 +15,7 @@
 //! - [`query`]: the router (each key to its shard's primary, batched per shard).
 //! - [`client`]: the Rust client every tool uses, with deadlines and bounded retries.
 //!
-//! The replication issue adds `replication`.
+//! - [`replication`]: the per-shard replication rules as pure state machines (not wired in yet).
 
 pub mod agent;
 pub mod client;
@@ -28,6 +28,7 @@ pub mod master;
 pub mod model;
 pub mod node;
 pub mod query;
+pub mod replication;
 pub mod shardmap;
 pub mod store;
 pub mod wal;
