@@ -5,12 +5,14 @@
 # run of the README's main command.
 #
 #   SIM_SEEDS=N      seeds per scenario in the sweep (default 500)
+#   REPL_SEEDS=N     seeds per replication scenario (default SIM_SEEDS * 2 / 5, i.e. 200)
 #   SIM_BASE_SEED=N  first seed of the sweep (default 1, so CI runs are reproducible;
 #                    use `ci/sim.sh sweep SCENARIO --seeds K` for fresh random seeds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIM_SEEDS="${SIM_SEEDS:-500}"
 SIM_BASE_SEED="${SIM_BASE_SEED:-1}"
+REPL_SEEDS="${REPL_SEEDS:-$(( SIM_SEEDS * 2 / 5 ))}"
 step() { printf '\n=== %s (%ss)\n' "$*" "$SECONDS"; }
 
 step "toolchain"
@@ -60,6 +62,11 @@ bash ci/sim.sh sweep gossip-scale-1000 --seed "$SIM_BASE_SEED" --seeds 2 --jobs 
 step "simulation: control plane (master, agents, storage processes, gossip), $SIM_SEEDS seeds per scenario, determinism check on 5"
 for scenario in node-crash-restart master-restart gossip-partition control-plane-swarm; do
   bash ci/sim.sh sweep "$scenario" --seed "$SIM_BASE_SEED" --seeds "$SIM_SEEDS" --jobs 2 --check-determinism 5
+done
+
+step "simulation: replication (failover, partitions, disk faults, swarm), $REPL_SEEDS seeds per scenario, determinism check on 5"
+for scenario in primary-crash network-partition disk-faults swarm; do
+  bash ci/sim.sh sweep "$scenario" --seed "$SIM_BASE_SEED" --seeds "$REPL_SEEDS" --jobs 2 --check-determinism 5
 done
 
 step "smoke: the README's main command (sutra dev --no-wait)"

@@ -146,3 +146,31 @@ const _: () = assert!(HEARTBEAT_DOWN_AFTER_MS > HEARTBEAT_INTERVAL_MS * 2);
 const _: () = assert!(AGENT_RESTART_BACKOFF_MS_INITIAL <= AGENT_RESTART_BACKOFF_MS_MAX);
 // A header (≤ 56 B) + piggyback_max updates (≤ 36 B each, IPv6) must fit one datagram.
 const _: () = assert!(56 + GOSSIP_PIGGYBACK_MAX * 36 <= GOSSIP_DATAGRAM_BYTES_MAX);
+
+/// A primary's lease: it serves strong reads only within this long of the send time of the
+/// latest append a majority acknowledged. A new primary waits it out after a silent loss.
+pub const LEASE_MS: u64 = 1_000;
+/// Margin added to a lease wait for clock drift between master and nodes.
+pub const LEASE_MARGIN_MS: u64 = 100;
+/// A primary sends each replica an (empty) append at least this often: commit LSN and lease.
+pub const REPL_HEARTBEAT_MS: u64 = LEASE_MS / 4;
+/// Bounds on one append RPC.
+pub const REPL_APPEND_ENTRIES_MAX: u64 = 1_024;
+pub const REPL_APPEND_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Deadline of one replication RPC (append, fence, promote, snapshot chunk).
+pub const REPL_RPC_DEADLINE_MS: u64 = 1_000;
+/// Writes a primary holds unacknowledged before it pushes back ("busy").
+pub const REPL_UNCOMMITTED_MAX: usize = 8_192;
+/// Committed entries a primary keeps in memory for lagging replicas (older ones are read
+/// from the WAL, or replaced by a snapshot once trimmed).
+pub const REPL_RETAIN_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Snapshot transfer: bytes per chunk, and the largest image a replica accepts.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+pub const SNAPSHOT_BYTES_MAX: u64 = 8 * 1024 * 1024 * 1024;
+/// Once a majority answered a fence, the rest get this much longer before the election goes on.
+pub const FENCE_STRAGGLER_MS: u64 = 20;
+/// The master retries a failover that could not fence a majority after this long.
+pub const FAILOVER_RETRY_MS: u64 = 200;
+/// A primary named in the map that still does not report leading its epoch this long after
+/// the promotion (say it restarted and lost its role) is replaced by a new epoch.
+pub const PROMOTION_GRACE_MS: u64 = 2 * HEARTBEAT_INTERVAL_MS + 500;

@@ -42,7 +42,8 @@ async fn acknowledged_writes_survive_restart_and_checkpoint() {
     for i in 0..50 {
         shard.write(batch(i), vec![]).await.unwrap();
     }
-    assert_eq!(shard.checkpoint().await.unwrap(), 50);
+    // LSN 1 is the epoch-start entry of this (standalone) node's first term.
+    assert_eq!(shard.checkpoint().await.unwrap(), 51);
     for i in 50..80 {
         shard.write(batch(i), vec![]).await.unwrap();
     }
@@ -51,8 +52,9 @@ async fn acknowledged_writes_survive_restart_and_checkpoint() {
     let node = StorageNode::open(disk, cfg()).await.unwrap();
     let shard = node.shard(0).unwrap();
     let st = shard.read().unwrap();
-    assert_eq!(st.applied_lsn(), 80);
-    assert_eq!(st.checkpoint_lsn(), 50);
+    // 81 entries, then the epoch-start entry of the term the reopened node leads.
+    assert_eq!(st.applied_lsn(), 82);
+    assert_eq!(st.checkpoint_lsn(), 51);
     for i in 0..80 {
         let c = st.concept(ConceptId::from_label(&format!("A{i}"))).unwrap();
         assert_eq!(c.content, format!("content {i}"));
@@ -131,7 +133,7 @@ async fn a_bad_batch_is_rejected_whole_and_names_every_bad_item() {
     };
     let err = shard.write(b, vec![]).await.unwrap_err().to_string();
     assert!(err.contains("concepts[0]: placement key"), "{err}");
-    assert_eq!(shard.read().unwrap().applied_lsn(), 0, "nothing was logged");
+    assert_eq!(shard.read().unwrap().applied_lsn(), 1, "nothing was logged after the epoch start");
 }
 
 #[tokio::test]

@@ -24,6 +24,7 @@ use sutra_grid::master::{Master, NodeState};
 use sutra_grid::model::{ConceptWrite, WriteBatch};
 use sutra_grid::node::NodeConfig;
 use sutra_grid::query::Router;
+use sutra_grid::replication::witness::{self, Event};
 use sutra_grid::shardmap::{ShardEntry, ShardMap};
 use sutra_grid::store::KeyRange;
 use sutra_proto as pb;
@@ -35,6 +36,11 @@ use crate::spawner::{Machine, SimSpawner};
 use crate::{boot, plan};
 
 const POLL: Duration = Duration::from_millis(10);
+/// Targets resolved when the step runs: the primary of some shard, or the one picked last.
+const PICK_PRIMARY: Proc = (254, 0);
+const SAME_PRIMARY: Proc = (254, 1);
+/// Quiescence: every replica of every shard at the same commit LSN and state, within this.
+const CONVERGE_BUDGET: Duration = Duration::from_secs(15);
 const BOOT_BUDGET: Duration = Duration::from_secs(30);
 /// A node healthy, running and fully connected this long must be Up (time for a restarted
 /// process to register, refute its old Dead record in gossip, and for reports to clear).
@@ -98,6 +104,45 @@ struct Grid {
     /// The node checker tasks run on (they need an address to talk to the master).
     checker: madsim::runtime::NodeHandle,
     t0: Instant,
+    repl: Arc<Mutex<ReplWitness>>,
+    last_primary: Mutex<Option<Proc>>,
+}
+
+/// What the replication witness hook saw, and the write acknowledgements RTO is measured on.
+#[derive(Default)]
+struct ReplWitness {
+    /// (shard, epoch) → the node that became primary in it.
+    primaries: BTreeMap<(u32, u64), u64>,
+    /// Replica instance → highest commit LSN it adopted.
+    commits: BTreeMap<u64, u64>,
+    violations: Vec<String>,
+    /// (sent, acknowledged, shard) of every acknowledged per-shard write part.
+    acks: Vec<(Instant, Instant, u32)>,
+    /// (when, shard, exit reported) of faults that took a shard's primary away.
+    primary_faults: Vec<(Instant, u32, bool)>,
+}
+
+impl ReplWitness {
+    fn see(&mut self, e: Event) {
+        let v = match e {
+            Event::Primary { node, shard, epoch } => match self.primaries.insert((shard, epoch), node) {
+                Some(other) if other != node => {
+                    Some(format!("shard {shard} epoch {epoch} had two primaries: nodes {other} and {node}"))
+                }
+                _ => None,
+            },
+            Event::Commit { node, instance, shard, commit } => {
+                let prev = self.commits.insert(instance, commit).unwrap_or(0);
+                (commit < prev)
+                    .then(|| format!("shard {shard} on node {node}: commit LSN went back from {prev} to {commit}"))
+            }
+        };
+        if let Some(v) = v {
+            if self.violations.len() < 20 {
+                self.violations.push(v);
+            }
+        }
+    }
 }
 
 fn proc_of(st: &pb::NodeStatus) -> Option<Proc> {
@@ -131,6 +176,24 @@ fn map_from_pb(m: &pb::ShardMap) -> ShardMap {
 }
 
 impl Grid {
+    /// The process leading shard `k % shards` in the master's latest map.
+    fn current_primary(&self, k: usize) -> Option<Proc> {
+        let o = self.obs.lock().unwrap();
+        let st = o.last.as_ref()?;
+        let map = st.map.as_ref()?;
+        let e = map.shards.get(k % map.shards.len().max(1))?;
+        st.nodes.iter().find(|n| n.node_id == e.primary).and_then(proc_of)
+    }
+
+    /// Shards whose primary (in the master's latest map) is one of `procs`.
+    fn primaries_of(&self, procs: &[Proc]) -> Vec<u32> {
+        let o = self.obs.lock().unwrap();
+        let Some(st) = o.last.as_ref() else { return Vec::new() };
+        let ids: BTreeSet<u64> =
+            st.nodes.iter().filter(|n| proc_of(n).is_some_and(|p| procs.contains(&p))).map(|n| n.node_id).collect();
+        st.map.iter().flat_map(|m| &m.shards).filter(|e| ids.contains(&e.primary)).map(|e| e.shard).collect()
+    }
+
     fn secs(&self) -> f64 {
         self.t0.elapsed().as_secs_f64()
     }
@@ -386,12 +449,10 @@ async fn observe(g: Arc<Grid>, stop: Arc<AtomicBool>) {
                         Ok(()) if m.shards.iter().flat_map(|s| &s.replicas).any(|r| !registered.contains(r)) => {
                             Some("a replica sits on an unregistered node".into())
                         }
-                        Ok(()) => match &o.initial_map {
-                            Some(init) if init.shards != m.shards || init.version != m.version => {
-                                Some(format!("the map changed from version {} to {}", init.version, m.version))
-                            }
-                            _ => None,
-                        },
+                        Ok(()) => {
+                            let prev = o.last.as_ref().and_then(|l| l.map.as_ref());
+                            map_change_problem(o.initial_map.as_ref(), prev, m)
+                        }
                     };
                     if let Some(p) = problem {
                         if o.violations.len() < 20 {
@@ -404,6 +465,34 @@ async fn observe(g: Arc<Grid>, stop: Arc<AtomicBool>) {
         o.last = Some(st);
         o.last_at = Some(now);
     }
+}
+
+/// The map may change only by elections: the same ranges and replica sets as at `init`, the
+/// version never going back, and each shard's epoch growing with a new primary, never the
+/// same epoch naming two primaries.
+fn map_change_problem(init: Option<&pb::ShardMap>, prev: Option<&pb::ShardMap>, m: &pb::ShardMap) -> Option<String> {
+    let init = init?;
+    if init.shards.len() != m.shards.len() {
+        return Some(format!("the map went from {} to {} shards", init.shards.len(), m.shards.len()));
+    }
+    for (a, b) in init.shards.iter().zip(&m.shards) {
+        if (a.shard, a.key_start, a.key_end, &a.replicas) != (b.shard, b.key_start, b.key_end, &b.replicas) {
+            return Some(format!("shard {}'s range or replica set changed", b.shard));
+        }
+    }
+    let prev = prev?;
+    if m.version < prev.version {
+        return Some(format!("the map version went back from {} to {}", prev.version, m.version));
+    }
+    for (a, b) in prev.shards.iter().zip(&m.shards) {
+        if b.epoch < a.epoch || (b.epoch == a.epoch && b.primary != a.primary) {
+            return Some(format!(
+                "shard {}: epoch {} primary {} became epoch {} primary {}",
+                b.shard, a.epoch, a.primary, b.epoch, b.primary
+            ));
+        }
+    }
+    None
 }
 
 /// Waits until the observer shows `p` in `state`; returns the wait in ms.
@@ -451,6 +540,10 @@ fn resolve(sc: &Scenario, rng: &mut sutra_grid::io::Rng) -> Vec<Planned> {
         let p = match r {
             "random" => (rng.random_range(0..c.agents), rng.random_range(0..c.processes_per_agent)),
             "same" => last_proc,
+            "primary" => {
+                last_proc = SAME_PRIMARY;
+                return PICK_PRIMARY;
+            }
             _ => {
                 let (a, s) = r.split_once('.').unwrap_or(("0", "0"));
                 (a.parse().unwrap_or(0), s.parse().unwrap_or(0))
@@ -576,6 +669,38 @@ fn perform(
 ) {
     let checks: BTreeSet<Check> = g.sc.checks.iter().copied().collect();
     let checker = g.checker.clone();
+    let resolved;
+    let step = if step.procs.iter().any(|p| p.0 == PICK_PRIMARY.0) {
+        let mut st = step.clone();
+        for p in st.procs.iter_mut() {
+            if *p == PICK_PRIMARY {
+                *p = g.current_primary(st.at.as_millis() as usize).unwrap_or((0, 0));
+                *g.last_primary.lock().unwrap() = Some(*p);
+            } else if *p == SAME_PRIMARY {
+                *p = g.last_primary.lock().unwrap().unwrap_or((0, 0));
+            }
+        }
+        resolved = st;
+        &resolved
+    } else {
+        step
+    };
+    // Faults that take primaries away start an RTO measurement for each of their shards.
+    let lost: Vec<Proc> = match &step.action {
+        Action::KillProcess { .. } | Action::Isolate { .. } | Action::IsolateFromPeers { .. } => step.procs.clone(),
+        Action::KillAgent { .. } | Action::KillMachine { .. } => {
+            step.agent.map(|a| (0..g.sc.cluster.processes_per_agent).map(|s| (a, s)).collect()).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    if !lost.is_empty() {
+        let reported = matches!(step.action, Action::KillProcess { .. });
+        let shards = g.primaries_of(&lost);
+        let mut w = g.repl.lock().unwrap();
+        for s in shards {
+            w.primary_faults.push((Instant::now(), s, reported));
+        }
+    }
     let calm_net = {
         let t = g.truth.lock().unwrap();
         t.global.is_empty() && t.master_up && Instant::now().saturating_duration_since(t.global_calm_since) >= STABLE
@@ -698,9 +823,13 @@ fn perform(
                             let reg = |s: &pb::StatusResponse| -> Vec<(u64, String, u32, String)> {
                                 s.nodes.iter().map(|n| (n.node_id, n.agent.clone(), n.slot, n.storage_addr.clone())).collect()
                             };
-                            // Node states are live, not metadata: compare the map's shards.
-                            let shards = |s: &pb::StatusResponse| s.map.as_ref().map(|m| (m.version, m.shards.clone()));
-                            if shards(&after) != shards(&before) || reg(&after) != reg(&before) {
+                            // Node states are live, not metadata. The map may only have moved on by
+                            // elections (one may land between the last poll and the crash).
+                            let lost = match (before.map.as_ref(), after.map.as_ref()) {
+                                (Some(b), Some(a)) => map_change_problem(Some(b), Some(b), a).is_some(),
+                                (b, a) => b.is_some() != a.is_some(),
+                            };
+                            if lost || reg(&after) != reg(&before) {
                                 m.lock().unwrap().failures.push(format!(
                                     "master restart lost metadata: map {:?} / {} nodes before, map {:?} / {} nodes after",
                                     before.map.as_ref().map(|m| m.version),
@@ -832,7 +961,14 @@ fn perform(
 }
 
 /// A writer routing batches through the master's map, recording what was acknowledged.
-async fn writer(w: u32, concepts: u32, pause: Duration, acked: Arc<Mutex<Vec<String>>>, stop: Arc<AtomicBool>) -> u64 {
+async fn writer(
+    w: u32,
+    concepts: u32,
+    pause: Duration,
+    acked: Arc<Mutex<Vec<String>>>,
+    repl: Arc<Mutex<ReplWitness>>,
+    stop: Arc<AtomicBool>,
+) -> u64 {
     let mut router = None;
     let mut failed = 0u64;
     let mut i = 0u32;
@@ -869,10 +1005,11 @@ async fn writer(w: u32, concepts: u32, pause: Duration, acked: Arc<Mutex<Vec<Str
                 .collect(),
             associations: vec![],
         };
+        let sent = Instant::now();
         match r.write(&batch).await {
             Ok(parts) => {
-                // Each per-shard part is atomic on its own; a part acked is a part durable.
-                let _ = parts;
+                let now = Instant::now();
+                repl.lock().unwrap().acks.extend(parts.iter().map(|p| (sent, now, p.shard)));
                 acked.lock().unwrap().extend(labels);
             }
             Err(_) => failed += 1,
@@ -934,6 +1071,64 @@ async fn check_writes(acked: &[String]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{} acknowledged concepts lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]))
+    }
+}
+
+/// Quiescence: every replica of every shard reports the same commit LSN and state digest,
+/// and the map's primary leads the map's epoch. Returns how long that took.
+async fn check_replicas(st: &pb::StatusResponse) -> Result<f64, String> {
+    let map = st.map.clone().unwrap_or_default();
+    let addrs: BTreeMap<u64, String> = st.nodes.iter().map(|n| (n.node_id, n.storage_addr.clone())).collect();
+    let start = Instant::now();
+    let mut clients: BTreeMap<u64, sutra_grid::client::StorageClient> = BTreeMap::new();
+    loop {
+        let mut problem = None;
+        'shards: for e in &map.shards {
+            let mut seen: Vec<(u64, u64, u64, u64)> = Vec::new();
+            for r in &e.replicas {
+                let c = match clients.get(r) {
+                    Some(c) => c.clone(),
+                    None => match sutra_grid::client::StorageClient::connect(&addrs[r]).await {
+                        Ok(c) => {
+                            clients.insert(*r, c.clone());
+                            c
+                        }
+                        Err(err) => {
+                            problem = Some(format!("shard {}: node {r}: {err}", e.shard));
+                            break 'shards;
+                        }
+                    },
+                };
+                match c.shard_digest(e.shard).await {
+                    Ok(i) if !i.serving => {
+                        problem = Some(format!("shard {}: node {r} is not serving: {}", e.shard, i.fault));
+                        break 'shards;
+                    }
+                    Ok(i) => seen.push((*r, i.commit_lsn, i.state_digest, i.primary_epoch)),
+                    Err(err) => {
+                        problem = Some(format!("shard {}: node {r}: {err}", e.shard));
+                        break 'shards;
+                    }
+                }
+            }
+            if !seen.iter().any(|(n, _, _, led)| *n == e.primary && *led == e.epoch) {
+                problem = Some(format!("shard {}: node {} does not lead epoch {}", e.shard, e.primary, e.epoch));
+                break;
+            }
+            if seen.windows(2).any(|w| (w[0].1, w[0].2) != (w[1].1, w[1].2)) {
+                let v: Vec<String> =
+                    seen.iter().map(|(n, c, d, _)| format!("node {n} commit {c} digest {d:016x}")).collect();
+                problem = Some(format!("shard {}: replicas differ: {}", e.shard, v.join(", ")));
+                break;
+            }
+        }
+        match problem {
+            None => return Ok(start.elapsed().as_secs_f64()),
+            Some(p) if start.elapsed() > CONVERGE_BUDGET => {
+                return Err(format!("replicas did not converge within {CONVERGE_BUDGET:?}: {p}"))
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
 }
 
@@ -1088,7 +1283,13 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
         })),
         checker: checker.clone(),
         t0: now,
+        repl: Arc::new(Mutex::new(ReplWitness::default())),
+        last_primary: Mutex::new(None),
     });
+    {
+        let repl = g.repl.clone();
+        witness::install(Some(Box::new(move |e| repl.lock().unwrap().see(e))));
+    }
     let stop_obs = Arc::new(AtomicBool::new(false));
     let observer = checker.spawn(observe(g.clone(), stop_obs.clone()));
 
@@ -1133,6 +1334,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
                 sc.workload.batch_concepts,
                 Duration::from_millis(sc.workload.pause_ms),
                 acked.clone(),
+                g.repl.clone(),
                 stop_writers.clone(),
             ))
         })
@@ -1163,14 +1365,41 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
         let acked = acked.lock().unwrap().clone();
         clients.spawn(async move { check_writes(&acked).await }).await.map_err(|e| format!("{e}"))??;
     }
+    let converge_s = if sc.checks.contains(&Check::Replication) {
+        let map = g.obs.lock().unwrap().last.clone().unwrap_or_default();
+        Some(clients.spawn(async move { check_replicas(&map).await }).await.map_err(|e| format!("{e}"))??)
+    } else {
+        None
+    };
     stop_obs.store(true, Ordering::Relaxed);
     let _ = observer.await;
+    witness::install(None);
+    let (rto_exit, rto_silent, repl_violations) = {
+        let w = g.repl.lock().unwrap();
+        let (mut exit, mut silent) = (Vec::new(), Vec::new());
+        for (at, shard, reported) in &w.primary_faults {
+            // The first write sent after the fault that committed on that shard.
+            let first = w.acks.iter().filter(|(sent, _, s)| s == shard && sent > at).map(|(_, t, _)| *t).min();
+            if let Some(t) = first {
+                let ms = t.saturating_duration_since(*at).as_secs_f64() * 1000.0;
+                if *reported {
+                    exit.push(ms)
+                } else {
+                    silent.push(ms)
+                }
+            }
+        }
+        (exit, silent, w.violations.clone())
+    };
 
     let m = std::mem::take(&mut *measured.lock().unwrap());
     let o = g.obs.lock().unwrap();
     trace_timeline(&o);
     let mut failures = m.failures.clone();
     failures.extend(o.violations.iter().cloned());
+    if sc.checks.contains(&Check::Replication) {
+        failures.extend(repl_violations);
+    }
     if !failures.is_empty() {
         return Err(format!("{} check(s) failed: {}", failures.len(), failures.join(" | ")));
     }
@@ -1190,6 +1419,9 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
             "writes_acked": acked_n,
             "write_failures": write_failures,
             "heal_s": (heal_s * 1000.0).round() / 1000.0,
+            "converge_s": converge_s,
+            "rto_exit_ms": rto_exit,
+            "rto_silent_ms": rto_silent,
             "status_polls": o.polls_ok,
             "status_polls_failed": o.polls_failed,
         }),

@@ -72,8 +72,9 @@ pub struct Step {
     pub action: Action,
 }
 
-/// A storage process: `"A.S"` (agent A, slot S), `"random"` (drawn per seed), or `"same"`
-/// (the process the previous step named).
+/// A storage process: `"A.S"` (agent A, slot S), `"random"` (drawn per seed), `"primary"`
+/// (when the step runs: the current primary of a shard drawn per seed), or `"same"` (the
+/// process the previous step named).
 pub type NodeRef = String;
 /// A machine: `"A"`, `"random"`, or `"same"`.
 pub type AgentRef = String;
@@ -217,6 +218,11 @@ pub enum Check {
     MasterMetadata,
     /// Every acknowledged write is readable after the heal.
     AckedWrites,
+    /// Replication (DESIGN.md §5): one primary per (shard, epoch); no replica's commit LSN goes
+    /// back; at quiescence every replica of a shard has the same commit LSN and state digest.
+    Replication,
+    /// Strong reads and writes on a register workload are linearizable per key (Wing–Gong).
+    Linearizable,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -310,10 +316,11 @@ fn validate(s: &Scenario) -> Result<(), String> {
 }
 
 fn check_node_ref(r: &str, c: &Shape) -> Result<(), String> {
-    if r == "random" || r == "same" {
+    if r == "random" || r == "same" || r == "primary" {
         return Ok(());
     }
-    let (a, s) = r.split_once('.').ok_or_else(|| format!("node {r:?} must be \"A.S\", \"random\" or \"same\""))?;
+    let (a, s) =
+        r.split_once('.').ok_or_else(|| format!("node {r:?} must be \"A.S\", \"random\", \"primary\" or \"same\""))?;
     match (a.parse::<u8>(), s.parse::<u8>()) {
         (Ok(a), Ok(s)) if a < c.agents && s < c.processes_per_agent => Ok(()),
         _ => Err(format!(

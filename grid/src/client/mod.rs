@@ -41,6 +41,7 @@ impl ClientError {
 pub struct StorageClient {
     inner: pb::storage_client::StorageClient<Channel>,
     deadline: Duration,
+    consistency: pb::Consistency,
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -56,11 +57,22 @@ impl StorageClient {
         let inner = inner
             .max_decoding_message_size(limits::RPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::RPC_MESSAGE_BYTES_MAX);
-        Ok(StorageClient { inner, deadline: Duration::from_millis(limits::RPC_DEADLINE_MS) })
+        Ok(StorageClient {
+            inner,
+            deadline: Duration::from_millis(limits::RPC_DEADLINE_MS),
+            consistency: pb::Consistency::Eventual,
+        })
     }
 
     pub fn with_deadline(mut self, d: Duration) -> StorageClient {
         self.deadline = d;
+        self
+    }
+
+    /// Reads through this client go to a primary holding its lease (`Consistency::Strong`)
+    /// instead of any replica.
+    pub fn with_consistency(mut self, c: pb::Consistency) -> StorageClient {
+        self.consistency = c;
         self
     }
 
@@ -91,8 +103,9 @@ impl StorageClient {
 
     pub async fn get_concepts(&self, shard: u32, ids: &[ConceptId]) -> Result<pb::GetConceptsResponse, ClientError> {
         let ids: Vec<pb::Id> = ids.iter().map(|i| id_to_pb(*i)).collect();
+        let consistency = self.consistency as i32;
         self.idempotent("get_concepts", |mut c| {
-            let req = pb::GetConceptsRequest { shard, ids: ids.clone() };
+            let req = pb::GetConceptsRequest { shard, ids: ids.clone(), consistency };
             async move { c.get_concepts(req).await }
         })
         .await
@@ -112,6 +125,7 @@ impl StorageClient {
             filter: Some(filter_to_pb(filter)),
             limit,
             with_evidence,
+            consistency: self.consistency as i32,
         };
         self.idempotent("neighbors", |mut c| {
             let req = req.clone();
@@ -132,6 +146,7 @@ impl StorageClient {
             frontier: frontier.iter().map(|i| id_to_pb(*i)).collect(),
             filter: Some(filter_to_pb(filter)),
             max_edges,
+            consistency: self.consistency as i32,
         };
         self.idempotent("expand", |mut c| {
             let req = req.clone();
@@ -148,8 +163,35 @@ impl StorageClient {
     }
 
     pub async fn shard_info(&self, shard: u32) -> Result<pb::ShardInfo, ClientError> {
-        self.idempotent("get_shard_info", |mut c| async move { c.get_shard_info(pb::ShardInfoRequest { shard }).await })
-            .await
+        self.idempotent("get_shard_info", |mut c| async move {
+            c.get_shard_info(pb::ShardInfoRequest { shard, with_digest: false }).await
+        })
+        .await
+    }
+
+    /// Shard info with the applied state's digest (a full scan on the node).
+    pub async fn shard_digest(&self, shard: u32) -> Result<pb::ShardInfo, ClientError> {
+        self.once(
+            "get_shard_info",
+            self.inner.clone().get_shard_info(pb::ShardInfoRequest { shard, with_digest: true }),
+        )
+        .await
+    }
+
+    pub async fn fence(&self, shard: u32, epoch: u64) -> Result<pb::FenceResponse, ClientError> {
+        self.once("fence", self.inner.clone().fence(pb::FenceRequest { shard, epoch })).await
+    }
+
+    pub async fn promote(&self, req: pb::PromoteRequest) -> Result<pb::PromoteResponse, ClientError> {
+        self.once("promote", self.inner.clone().promote(req)).await
+    }
+
+    pub async fn append(&self, req: pb::AppendRequest) -> Result<pb::AppendResponse, ClientError> {
+        self.once("append", self.inner.clone().append(req)).await
+    }
+
+    pub async fn install_snapshot(&self, chunk: pb::SnapshotChunk) -> Result<pb::AppendResponse, ClientError> {
+        self.once("install_snapshot", self.inner.clone().install_snapshot(chunk)).await
     }
 
     pub async fn list_shards(&self) -> Result<pb::ListShardsResponse, ClientError> {

@@ -6,6 +6,7 @@
 //! - [`service`]: the Master gRPC service and [`serve`], which the binary and the simulator
 //!   both boot through.
 
+pub mod failover;
 pub mod meta;
 pub mod service;
 pub mod state;

@@ -145,11 +145,12 @@ async fn stopped(master: Arc<Master>, shutdown: impl Future<Output = ()>) {
     }
 }
 
-/// Runs `serving` with node states re-evaluated in the background.
+/// Runs `serving` with node states re-evaluated and failovers run in the background.
 async fn with_ticks<T>(master: &Arc<Master>, serving: impl Future<Output = T>) -> T {
     let ticks = crate::io::AbortOnDrop(tokio::spawn(master.clone().run_ticks()));
+    let failovers = crate::io::AbortOnDrop(tokio::spawn(super::failover::run_failovers(master.clone())));
     let r = serving.await;
-    drop(ticks);
+    drop((ticks, failovers));
     r
 }
 

@@ -133,8 +133,8 @@ struct NodeLive {
     exited: Option<(u64, String)>,
     /// The node's latest report of peers it cannot reach.
     unreachable: BTreeSet<u64>,
-    /// The node's latest report of the replicas it hosts: shard → serving.
-    shards: BTreeMap<u32, bool>,
+    /// The node's latest report of the replicas it hosts: shard → (serving, epoch it leads).
+    shards: BTreeMap<u32, (bool, u64)>,
     state: NodeState,
     reason: String,
 }
@@ -327,7 +327,8 @@ impl MasterState {
         Self::hear_from(live, generation);
         live.last_heartbeat_ms = Some(now_ms);
         live.unreachable = unreachable.iter().copied().filter(|p| *p != node).take(limits::MASTER_NODES_MAX).collect();
-        live.shards = shards.iter().take(limits::SHARDS_PER_NODE_MAX).map(|s| (s.shard, s.serving)).collect();
+        live.shards =
+            shards.iter().take(limits::SHARDS_PER_NODE_MAX).map(|s| (s.shard, (s.serving, s.primary_epoch))).collect();
         Ok(())
     }
 
@@ -464,8 +465,72 @@ impl MasterState {
                 key_end: s.range.end,
                 epoch: s.epoch.0,
                 primary: s.primary == NodeId(node),
+                replicas: s.replicas.iter().map(|r| r.0).collect(),
+                replica_addrs: s.replicas.iter().map(|r| self.storage_addr(r.0)).collect(),
             })
             .collect()
+    }
+
+    pub fn storage_addr(&self, node: u64) -> String {
+        self.meta.nodes.get(&node).map(|r| r.storage_addr.clone()).unwrap_or_default()
+    }
+
+    /// Shards whose primary must be (re)elected: never elected (epoch 1, fresh from `init`);
+    /// primary Down, or Degraded (an isolated primary cannot commit) while a healthy majority
+    /// of the other replicas can take over; primary reports the shard
+    /// not serving; or primary heartbeating without leading the map's epoch `grace_ms` after
+    /// it was named (it restarted and lost its role, or never got the promotion).
+    pub fn elections_due(&self, now_ms: u64, named_at: &BTreeMap<u32, u64>, grace_ms: u64) -> Vec<u32> {
+        let mut due = Vec::new();
+        for s in &self.meta.map.shards {
+            let p = s.primary.0;
+            let live = self.nodes.get(&p);
+            let since_named = now_ms.saturating_sub(named_at.get(&s.id.0).copied().unwrap_or(0));
+            let healthy_others = s
+                .replicas
+                .iter()
+                .filter(|r| r.0 != p && matches!(self.state_of(r.0), NodeState::Up | NodeState::Draining))
+                .count();
+            // A Degraded primary is replaced only when a healthy majority can take over (else
+            // every election would pick it again), and not again right after one.
+            let degraded = self.state_of(p) == NodeState::Degraded
+                && healthy_others > s.replicas.len() / 2
+                && since_named > grace_ms;
+            let needs = s.epoch.0 <= 1
+                || self.state_of(p) == NodeState::Down
+                || degraded
+                || live.and_then(|l| l.shards.get(&s.id.0)).is_some_and(|(serving, _)| !serving)
+                || (live.and_then(|l| l.shards.get(&s.id.0)).is_none_or(|(_, led)| *led != s.epoch.0)
+                    && since_named > grace_ms);
+            if needs {
+                due.push(s.id.0);
+            }
+        }
+        due
+    }
+
+    /// True when `node`'s agent reported its process exited (it holds no lease any more).
+    pub fn exited(&self, node: u64) -> bool {
+        self.nodes.get(&node).is_some_and(|l| l.exited.is_some())
+    }
+
+    /// The op that names `primary` for `shard` in `epoch`, if the shard is still at
+    /// `epoch - 1` (compare-and-set on the shard's epoch: one primary per epoch).
+    pub fn elect(&self, shard: u32, primary: u64, epoch: u64) -> Result<MetaOp, MasterError> {
+        let mut map = self.meta.map.clone();
+        let Some(e) = map.shards.iter_mut().find(|e| e.id.0 == shard) else {
+            return Err(MasterError::Invalid(format!("no shard {shard}")));
+        };
+        if e.epoch.0 + 1 != epoch {
+            return Err(MasterError::Invalid(format!("shard {shard} moved to epoch {} meanwhile", e.epoch.0)));
+        }
+        if !e.replicas.contains(&NodeId(primary)) {
+            return Err(MasterError::Invalid(format!("node {primary} is not a replica of shard {shard}")));
+        }
+        e.primary = NodeId(primary);
+        e.epoch = crate::ids::Epoch(epoch);
+        map.version += 1;
+        Ok(MetaOp::Map { map, replication: self.meta.replication })
     }
 
     /// Every registered node's gossip address: the seed list for SWIM.
@@ -521,7 +586,7 @@ impl MasterState {
 
     /// Whether `node`'s latest heartbeat says it hosts `shard` and serves it.
     fn hosts(&self, node: u64, shard: u32) -> bool {
-        self.nodes.get(&node).and_then(|l| l.shards.get(&shard)).copied().unwrap_or(false)
+        self.nodes.get(&node).and_then(|l| l.shards.get(&shard)).is_some_and(|(serving, _)| *serving)
     }
 
     fn serves(&self, node: u64) -> bool {
@@ -596,11 +661,18 @@ impl MasterState {
             for r in &s.replicas {
                 if self.serves(r.0) && !self.hosts(r.0, s.id.0) {
                     let what = match self.nodes.get(&r.0).and_then(|l| l.shards.get(&s.id.0)) {
-                        Some(false) => "is not serving it",
+                        Some((false, _)) => "is not serving it",
                         _ => "does not host it yet",
                     };
                     problems.push(format!("shard {}: replica node {} {what}", s.id, r.0));
                 }
+            }
+            let led = self.nodes.get(&s.primary.0).and_then(|l| l.shards.get(&s.id.0)).map_or(0, |(_, e)| *e);
+            if led != s.epoch.0 {
+                problems.push(format!(
+                    "shard {}: primary node {} does not lead epoch {} yet",
+                    s.id, s.primary.0, s.epoch.0
+                ));
             }
         }
         for a in &agents {

@@ -40,7 +40,12 @@ fn beat_all(s: &mut MasterState, nodes: &[u64], now: u64, unreachable: &[(u64, V
         let shards: Vec<pb::ShardStat> = s
             .assignments(*n)
             .iter()
-            .map(|a| pb::ShardStat { shard: a.shard, serving: true, ..Default::default() })
+            .map(|a| pb::ShardStat {
+                shard: a.shard,
+                serving: true,
+                primary_epoch: if a.primary { a.epoch } else { 0 },
+                ..Default::default()
+            })
             .collect();
         s.heartbeat(*n, &u, &shards, 0, now).unwrap();
     }
@@ -225,4 +230,39 @@ fn a_corrupt_snapshot_refuses_to_start() {
     crate::io::write_atomic(&disk, "master", "meta.snap", &bytes).unwrap();
     let err = MetaLog::open(Arc::new(disk.clone()) as Arc<dyn Disk>, "master").err().expect("must refuse");
     assert!(err.to_string().contains("corrupt"), "{err}");
+}
+
+#[test]
+fn elections_follow_the_primary_and_are_compare_and_set_on_the_epoch() {
+    let (mut s, nodes) = grid(3, 1);
+    let op = s.init(2, 3).unwrap().unwrap();
+    s.commit(&op);
+    beat_all(&mut s, &nodes, 5, &[]);
+    let named = std::collections::BTreeMap::new();
+    assert_eq!(s.elections_due(5, &named, 1_000), vec![0, 1], "fresh from init: never elected");
+    let p0 = s.map().shards[0].primary.0;
+    let op = s.elect(0, p0, 2).unwrap();
+    assert!(s.elect(0, p0, 3).is_err(), "skipping an epoch is refused");
+    assert!(s.elect(0, 999, 2).is_err(), "only a replica can be primary");
+    s.commit(&op);
+    assert!(s.elect(0, p0, 2).is_err(), "epoch 2 is taken: one primary per epoch");
+    let op = s.elect(1, s.map().shards[1].primary.0, 2).unwrap();
+    s.commit(&op);
+    // Named at 10; before the grace runs out nothing is due, after it a primary that does not
+    // report leading the epoch is.
+    let named: std::collections::BTreeMap<u32, u64> = [(0, 10), (1, 10)].into_iter().collect();
+    beat_all(&mut s, &nodes, 20, &[]);
+    assert!(s.elections_due(20, &named, 1_000).is_empty());
+    for n in &nodes {
+        s.heartbeat(*n, &[], &[], 0, 2_000).unwrap();
+    }
+    s.evaluate(2_000);
+    assert_eq!(s.elections_due(2_000, &named, 1_000), vec![0, 1], "nobody reports leading");
+    beat_all(&mut s, &nodes, 2_100, &[]);
+    assert!(s.elections_due(2_100, &named, 1_000).is_empty());
+    // The primary's agent reports it exited: due at once, and it counts as exited (no lease).
+    let rec = s.meta().nodes[&p0].clone();
+    s.report_exit(&rec.agent, rec.slot, 1, "exit 1", 2_150);
+    assert!(s.exited(p0));
+    assert!(s.elections_due(2_150, &named, 1_000).contains(&0));
 }

@@ -44,6 +44,7 @@ pub async fn run_storage_process(
     membership: Membership,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
+    let config = NodeConfig { standalone: false, ..config };
     let node = StorageNode::open(disk, config).await.map_err(|e| format!("storage node failed to open: {e}"))?;
     let socket = tokio::net::UdpSocket::bind(membership.gossip_addr)
         .await
@@ -108,6 +109,7 @@ async fn stay_registered(node: Arc<StorageNode>, m: Membership, socket: tokio::n
     let mut known: BTreeSet<u64> = BTreeSet::new();
     add_peers(&view, &mut known, me, &reg.peers);
     let mut map_version = 0u64;
+    let mut assigned: Vec<pb::Assignment> = Vec::new();
     let mut failures = 0u32;
     let interval = Duration::from_millis(limits::HEARTBEAT_INTERVAL_MS);
     let mut next = tokio::time::Instant::now();
@@ -125,8 +127,12 @@ async fn stay_registered(node: Arc<StorageNode>, m: Membership, socket: tokio::n
             Ok(r) => {
                 failures = 0;
                 add_peers(&view, &mut known, me, &r.peers);
-                if r.map_version != map_version && host(&node, &r.assignments).await {
+                // Roles from the assignments of an earlier heartbeat: the master's own promotion
+                // RPC (which knows the real lease wait) has had an interval to arrive.
+                host(&node, me, &assigned, true).await;
+                if r.map_version != map_version && host(&node, me, &r.assignments, false).await {
                     map_version = r.map_version;
+                    assigned = r.assignments;
                 }
             }
             Err(e) => {
@@ -179,23 +185,53 @@ fn heartbeat_request(
                 concepts: i.concepts,
                 out_edges: i.out_edges,
                 serving: i.serving,
+                primary_epoch: i.primary_epoch,
+                commit_lsn: i.commit_lsn,
             }
         })
         .collect();
     pb::HeartbeatRequest { node_id: me, unreachable, shards, peers_known, map_version, generation: 0 }
 }
 
-/// Creates every assigned replica this node lacks. True when all are in place.
-async fn host(node: &StorageNode, assignments: &[pb::Assignment]) -> bool {
+/// Creates every assigned replica this node lacks, and takes up the primary role where the
+/// map names this node and it does not lead that epoch yet (the backup path for a promotion
+/// whose RPC was lost; it waits out a full lease, not knowing how long ago the fence was).
+/// True when all are in place.
+async fn host(node: &StorageNode, me: u64, assignments: &[pb::Assignment], take_up_roles: bool) -> bool {
     let mut ok = true;
     for a in assignments {
-        if node.slot(a.shard).is_ok() {
-            continue;
-        }
-        let range = KeyRange { start: a.key_start, end: a.key_end };
-        if let Err(e) = node.create_shard(a.shard, range).await {
-            tracing::error!(shard = a.shard, error = %e, "cannot create an assigned shard replica");
-            ok = false;
+        let shard = match node.slot(a.shard) {
+            Ok(super::ShardSlot::Serving(s)) => s,
+            Ok(super::ShardSlot::Failed { .. }) => continue,
+            Err(_) if take_up_roles => continue,
+            Err(_) => {
+                let range = KeyRange { start: a.key_start, end: a.key_end };
+                match node.create_shard(a.shard, range).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(shard = a.shard, error = %e, "cannot create an assigned shard replica");
+                        ok = false;
+                        continue;
+                    }
+                }
+            }
+        };
+        let r = shard.replication();
+        if take_up_roles
+            && a.primary
+            && r.primary_epoch != a.epoch
+            && r.promised <= a.epoch
+            && a.replicas.len() == a.replica_addrs.len()
+        {
+            let pr = super::Promotion {
+                epoch: a.epoch,
+                me: NodeId(me),
+                voters: a.replicas.iter().map(|n| NodeId(*n)).zip(a.replica_addrs.iter().cloned()).collect(),
+                lease_wait: Duration::from_millis(limits::LEASE_MS + limits::LEASE_MARGIN_MS),
+            };
+            if let Err(e) = shard.promote(pr).await {
+                tracing::debug!(shard = a.shard, epoch = a.epoch, error = %e, "not taking up the primary role");
+            }
         }
     }
     ok

@@ -4,13 +4,16 @@
 
 pub mod cluster;
 pub mod convert;
+mod log;
 mod service;
 mod shard;
+mod ship;
 
+pub use log::Promotion;
 #[cfg(not(madsim))]
 pub use service::serve_listener;
 pub use service::{serve, StorageService};
-pub use shard::{Shard, ShardError, Written};
+pub use shard::{Consistency, ReplicationInfo, Shard, ShardError, Written};
 
 use std::collections::BTreeMap;
 use std::io;
@@ -32,6 +35,9 @@ pub struct NodeConfig {
     pub checkpoint_check_interval_ms: u64,
     /// WAL segment size; the simulator makes it tiny so segments roll and trim constantly.
     pub wal_segment_bytes_max: u64,
+    /// No master: every shard is led by this node alone (replication 1), in a new epoch
+    /// per open. In a grid the master fences and promotes instead.
+    pub standalone: bool,
 }
 
 impl Default for NodeConfig {
@@ -41,6 +47,7 @@ impl Default for NodeConfig {
             checkpoint_overlay_items: limits::CHECKPOINT_OVERLAY_ITEMS_TRIGGER,
             checkpoint_check_interval_ms: limits::CHECKPOINT_CHECK_INTERVAL_MS,
             wal_segment_bytes_max: limits::WAL_SEGMENT_BYTES_MAX,
+            standalone: true,
         }
     }
 }

@@ -9,8 +9,10 @@ use sutra_proto as pb;
 use tonic::{Request, Response, Status};
 
 use super::convert::*;
-use super::{NodeError, ShardError, ShardSlot, StorageNode};
+use super::{Consistency, NodeError, Promotion, ShardError, ShardSlot, StorageNode};
+use crate::ids::NodeId;
 use crate::limits;
+use crate::replication::{Append, EntryId};
 use crate::store::KeyRange;
 
 pub struct StorageService {
@@ -36,7 +38,18 @@ impl From<ShardError> for Status {
             ShardError::Rejected(_) => Status::invalid_argument(e.to_string()),
             ShardError::NotServing { .. } => Status::unavailable(e.to_string()),
             ShardError::Storage { .. } => Status::internal(e.to_string()),
+            ShardError::NotPrimary { .. } => Status::failed_precondition(e.to_string()),
+            ShardError::Busy { .. } => Status::resource_exhausted(e.to_string()),
+            ShardError::Unknown { .. } => Status::aborted(e.to_string()),
         }
+    }
+}
+
+fn consistency_from_pb(c: i32) -> Consistency {
+    if c == pb::Consistency::Strong as i32 {
+        Consistency::Strong
+    } else {
+        Consistency::Eventual
     }
 }
 
@@ -59,6 +72,7 @@ pub(crate) fn shard_info(id: u32, slot: &ShardSlot) -> pb::ShardInfo {
     match slot {
         ShardSlot::Serving(s) => {
             let fault = s.fault();
+            let r = s.replication();
             let st = s.read().ok();
             let (concepts, out_edges, in_edges) = st.as_ref().map(|st| st.counts()).unwrap_or_default();
             pb::ShardInfo {
@@ -72,6 +86,11 @@ pub(crate) fn shard_info(id: u32, slot: &ShardSlot) -> pb::ShardInfo {
                 in_edges,
                 serving: fault.is_none(),
                 fault: fault.unwrap_or_default(),
+                primary_epoch: r.primary_epoch,
+                promised_epoch: r.promised,
+                commit_lsn: r.commit,
+                last_epoch: r.last.epoch,
+                state_digest: 0,
             }
         }
         ShardSlot::Failed { range, reason } => pb::ShardInfo {
@@ -86,9 +105,11 @@ pub(crate) fn shard_info(id: u32, slot: &ShardSlot) -> pb::ShardInfo {
 }
 
 /// Neighbour lists for many vertices under one read lock, bounded per vertex and in total.
+#[allow(clippy::too_many_arguments)]
 fn neighbor_lists(
     node: &StorageNode,
     shard: u32,
+    consistency: i32,
     ids: &[pb::Id],
     filter: Option<pb::EdgeFilter>,
     per_vertex: usize,
@@ -97,7 +118,7 @@ fn neighbor_lists(
 ) -> Result<(Vec<pb::NeighborList>, u64, bool), Status> {
     let filter = filter_from_pb(filter).map_err(Status::invalid_argument)?;
     let shard = node.shard(shard)?;
-    let st = shard.read()?;
+    let st = shard.read_at(consistency_from_pb(consistency))?;
     let (mut lists, mut scanned, mut total, mut truncated_any) = (Vec::with_capacity(ids.len()), 0u64, 0usize, false);
     for pid in ids {
         let id = id_from_pb(pid);
@@ -141,7 +162,7 @@ impl pb::storage_server::Storage for StorageService {
         let req = req.into_inner();
         too_many("ids", req.ids.len(), limits::GET_IDS_MAX)?;
         let shard = self.node.shard(req.shard)?;
-        let st = shard.read()?;
+        let st = shard.read_at(consistency_from_pb(req.consistency))?;
         let mut resp = pb::GetConceptsResponse::default();
         for pid in req.ids {
             match st.concept(id_from_pb(&pid)) {
@@ -159,6 +180,7 @@ impl pb::storage_server::Storage for StorageService {
         let (lists, _, _) = neighbor_lists(
             &self.node,
             req.shard,
+            req.consistency,
             &req.ids,
             req.filter,
             per,
@@ -172,8 +194,16 @@ impl pb::storage_server::Storage for StorageService {
         let req = req.into_inner();
         too_many("frontier vertices", req.frontier.len(), limits::EXPAND_FRONTIER_MAX)?;
         let total = clamp_limit(req.max_edges, limits::EXPAND_EDGES_DEFAULT, limits::EXPAND_EDGES_MAX);
-        let (lists, edges_scanned, truncated) =
-            neighbor_lists(&self.node, req.shard, &req.frontier, req.filter, usize::MAX, total, false)?;
+        let (lists, edges_scanned, truncated) = neighbor_lists(
+            &self.node,
+            req.shard,
+            req.consistency,
+            &req.frontier,
+            req.filter,
+            usize::MAX,
+            total,
+            false,
+        )?;
         Ok(Response::new(pb::ExpandResponse { lists, edges_scanned, truncated }))
     }
 
@@ -185,8 +215,64 @@ impl pb::storage_server::Storage for StorageService {
     }
 
     async fn get_shard_info(&self, req: Request<pb::ShardInfoRequest>) -> Result<Response<pb::ShardInfo>, Status> {
-        let id = req.into_inner().shard;
-        Ok(Response::new(shard_info(id, &self.node.slot(id)?)))
+        let req = req.into_inner();
+        let slot = self.node.slot(req.shard)?;
+        let mut info = shard_info(req.shard, &slot);
+        if let (true, ShardSlot::Serving(s)) = (req.with_digest, &slot) {
+            info.state_digest = s.state_digest()?;
+        }
+        Ok(Response::new(info))
+    }
+
+    async fn fence(&self, req: Request<pb::FenceRequest>) -> Result<Response<pb::FenceResponse>, Status> {
+        let req = req.into_inner();
+        let last = self.node.shard(req.shard)?.fence(req.epoch).await.map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::FenceResponse { last_epoch: last.epoch, last_lsn: last.lsn }))
+    }
+
+    async fn promote(&self, req: Request<pb::PromoteRequest>) -> Result<Response<pb::PromoteResponse>, Status> {
+        let req = req.into_inner();
+        if req.replicas.len() != req.replica_addrs.len() || req.replicas.is_empty() {
+            return Err(Status::invalid_argument("promote needs one address per replica"));
+        }
+        let pr = Promotion {
+            epoch: req.epoch,
+            me: NodeId(req.node_id),
+            voters: req.replicas.iter().map(|n| NodeId(*n)).zip(req.replica_addrs).collect(),
+            lease_wait: std::time::Duration::from_millis(req.lease_wait_ms.min(limits::LEASE_MS * 2)),
+        };
+        if !pr.voters.iter().any(|(n, _)| *n == pr.me) {
+            return Err(Status::invalid_argument("the new primary must be one of the replicas"));
+        }
+        self.node.shard(req.shard)?.promote(pr).await.map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::PromoteResponse {}))
+    }
+
+    async fn append(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+        let req = req.into_inner();
+        too_many("entries", req.entries.len(), limits::REPL_APPEND_ENTRIES_MAX as usize)?;
+        let prev = EntryId { epoch: req.prev_epoch, lsn: req.prev_lsn };
+        for (i, e) in req.entries.iter().enumerate() {
+            if e.lsn != prev.lsn + 1 + i as u64 || e.epoch > req.epoch {
+                return Err(Status::invalid_argument("append entries must follow prev, in order, within the epoch"));
+            }
+        }
+        let ids = req.entries.iter().map(|e| EntryId { epoch: e.epoch, lsn: e.lsn }).collect();
+        let payloads = req.entries.into_iter().map(|e| Arc::new(e.payload.to_vec())).collect();
+        let a = Append { epoch: req.epoch, prev, entries: ids, commit: req.commit };
+        let r = self.node.shard(req.shard)?.append(a, payloads).await.map_err(Status::unavailable)?;
+        Ok(Response::new(super::ship::reply_to_pb(&r)))
+    }
+
+    async fn install_snapshot(&self, req: Request<pb::SnapshotChunk>) -> Result<Response<pb::AppendResponse>, Status> {
+        let c = req.into_inner();
+        let at = EntryId { epoch: c.lsn_epoch, lsn: c.lsn };
+        let shard = self.node.shard(c.shard)?;
+        let r = shard
+            .snapshot_chunk(c.epoch, at, c.offset, c.total_bytes, c.data.to_vec(), c.done)
+            .await
+            .map_err(Status::unavailable)?;
+        Ok(Response::new(super::ship::reply_to_pb(&r)))
     }
 
     async fn list_shards(

@@ -1,18 +1,23 @@
-//! One hosted shard replica: recovery on open, the group-committed write path, reads, and
-//! checkpoints. Writes are acknowledged only after the fsync covering their WAL record, and
-//! applied (made visible) in LSN order at that same moment.
+//! One hosted shard replica: recovery on open, the replicated write path (`node::log`),
+//! reads at the consistency the caller asks for, and checkpoints. Writes are acknowledged only
+//! once their entry has committed (on a majority of the replica set, each copy fsynced), and
+//! are applied (made visible) in LSN order at that moment.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use super::log::{self, Cmd, Core, Promise, Promotion, Role, Shared, Waiter};
 use crate::ids::{ConceptId, ShardId};
 use crate::io::Disk;
 use crate::limits;
 use crate::model::{validate_batch, BatchRejected, ItemError, WriteBatch};
+use crate::replication::entry::{self, Body};
+use crate::replication::{witness, Append, AppendReply, EntryId, LogIndex, Replica};
 use crate::store::{batch_codec, checkpoint, Checkpoint, CheckpointError, KeyRange, ShardStore};
-use crate::wal::{self, CommitSink, Pending, RecordType, RecoveryReport, Wal, WalError};
+use crate::wal::{RecordType, RecoveryReport, Wal};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ShardError {
@@ -22,80 +27,59 @@ pub enum ShardError {
     NotServing { shard: u32, reason: String },
     #[error("shard {shard}: {reason}")]
     Storage { shard: u32, reason: String },
+    /// Not the primary (or not yet / no longer able to act as one): nothing was logged, so
+    /// the caller may retry elsewhere.
+    #[error("shard {shard}: not primary: {reason}")]
+    NotPrimary { shard: u32, reason: String },
+    #[error("shard {shard} is busy: {reason}")]
+    Busy { shard: u32, reason: String },
+    /// The write was logged but its fate is not known here.
+    #[error("shard {shard}: outcome unknown: {reason}")]
+    Unknown { shard: u32, reason: String },
 }
 
-struct Waiter {
-    ts_ms: u64,
-    batch: WriteBatch,
-    /// The concepts' ids, derived once during validation.
-    ids: Vec<ConceptId>,
-    done: oneshot::Sender<Result<Written, ShardError>>,
-}
-
-struct Sink {
-    shard: u32,
-    syncs: Arc<AtomicU64>,
-    /// Held while applying; a checkpoint holds it to freeze the state without blocking readers.
-    apply_gate: Arc<Mutex<()>>,
-    state: Arc<RwLock<ShardStore>>,
-    fault: Arc<Mutex<Option<String>>>,
-}
-
-impl CommitSink<Waiter> for Sink {
-    fn durable(&mut self, mut batch: Vec<(u64, Waiter)>) {
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        {
-            let _gate = self.apply_gate.lock().unwrap_or_else(|p| p.into_inner());
-            let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-            for (lsn, w) in &mut batch {
-                st.apply_with_ids(*lsn, w.ts_ms, std::mem::take(&mut w.batch), &w.ids);
-            }
-        }
-        for (lsn, w) in batch {
-            // The writer may have given up (deadline); the write is durable all the same.
-            let _ = w.done.send(Ok(Written { lsn, concept_ids: w.ids }));
-        }
-    }
-
-    fn failed(&mut self, error: &WalError, batch: Vec<Waiter>) {
-        let reason = error.to_string();
-        let mut f = self.fault.lock().unwrap_or_else(|p| p.into_inner());
-        if f.is_none() {
-            tracing::error!(shard = self.shard, error = %reason, "wal failed; shard stops serving");
-            *f = Some(reason.clone());
-        }
-        for w in batch {
-            let _ = w.done.send(Err(ShardError::NotServing { shard: self.shard, reason: reason.clone() }));
-        }
-    }
+/// How fresh a read must be (DESIGN.md §5 rule 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Any replica; never past its commit LSN (the store holds committed entries only).
+    #[default]
+    Eventual,
+    /// The primary, while it holds its lease.
+    Strong,
 }
 
 /// An acknowledged write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Written {
-    /// LSN of the WAL record holding the whole batch.
+    /// LSN of the log entry holding the whole batch.
     pub lsn: u64,
     /// `concept_ids[i]` is the id of the batch's concept `i`.
     pub concept_ids: Vec<ConceptId>,
 }
+
+/// Replication state as shard info reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicationInfo {
+    pub primary_epoch: u64,
+    pub promised: u64,
+    pub commit: u64,
+    pub last: EntryId,
+}
+
+/// (epoch, lsn, lsn_epoch, bytes so far).
+type Incoming = (u64, u64, u64, Vec<u8>);
 
 pub struct Shard {
     pub id: ShardId,
     pub range: KeyRange,
     pub vector_dim: usize,
     pub recovery: RecoveryReport,
-    dir: String,
-    disk: Arc<dyn Disk>,
-    state: Arc<RwLock<ShardStore>>,
-    tx: mpsc::Sender<Pending<Waiter>>,
-    /// Set once the WAL fails; the shard then refuses every write and read.
-    fault: Arc<Mutex<Option<String>>>,
-    trim_through: Arc<AtomicU64>,
-    /// WAL groups committed, one fsync each.
-    syncs: Arc<AtomicU64>,
-    apply_gate: Arc<Mutex<()>>,
+    sh: Arc<Shared>,
+    tx: mpsc::Sender<Cmd>,
     /// Serialises checkpoints of this shard.
     checkpointing: tokio::sync::Mutex<()>,
+    /// A snapshot being received from the primary: (epoch, lsn, lsn_epoch, bytes so far).
+    incoming: Mutex<Option<Incoming>>,
 }
 
 fn storage_err(shard: u32, e: impl std::fmt::Display) -> ShardError {
@@ -103,8 +87,9 @@ fn storage_err(shard: u32, e: impl std::fmt::Display) -> ShardError {
 }
 
 impl Shard {
-    /// Loads the checkpoint, replays the WAL tail, and starts the committer. Corruption in
-    /// either is an error: the caller keeps the shard as not serving.
+    /// Loads the checkpoint, reads the WAL tail, applies what is known committed, and starts
+    /// the log driver. Corruption is an error: the caller keeps the shard as not serving. A
+    /// standalone node (no master) then leads the shard alone in a new epoch.
     pub async fn open(
         disk: Arc<dyn Disk>,
         id: ShardId,
@@ -130,60 +115,122 @@ impl Shard {
             None
         };
         let _ = disk.remove(&format!("{dir}/storage.dat.tmp"));
-        let after = checkpoint.as_ref().map(|c| c.lsn).unwrap_or(0);
+        let _ = disk.remove(&format!("{dir}/promise.tmp"));
+        let promise = match disk.read(&format!("{dir}/promise")) {
+            Ok(b) => Promise::decode(&b)
+                .or_else(|| disk.read(&format!("{dir}/promise")).ok().as_deref().and_then(Promise::decode))
+                .ok_or_else(|| storage_err(sid, "the promise file is corrupt; re-sync this replica from its peers"))?,
+            Err(_) => Promise::default(),
+        };
+        let base = checkpoint.as_ref().map(|c| EntryId { epoch: c.epoch, lsn: c.lsn }).unwrap_or_default();
         let mut store = ShardStore::new(range, checkpoint);
-        let (mut wal, recovery) = Wal::open(disk.clone(), &format!("{dir}/wal"), after, |rec| {
-            let (ts, batch) = batch_codec::decode(rec.payload).map_err(|e| e.to_string())?;
-            store.apply(rec.lsn, ts, batch);
+        let mut log_index = LogIndex::new(base);
+        let mut tail: Vec<(EntryId, RecordType, Vec<u8>)> = Vec::new();
+        let mut hint = base.lsn;
+        let (mut wal, recovery) = Wal::open(disk.clone(), &format!("{dir}/wal"), base.lsn, |rec| {
+            match rec.rtype {
+                RecordType::Entry => hint = hint.max(entry::decode(rec.payload)?.0),
+                // Written before replication: acknowledged, so committed.
+                RecordType::Batch => hint = hint.max(rec.lsn),
+                t => return Err(format!("unexpected record type {t:?} in a shard log")),
+            }
+            let id = log_index.push(rec.epoch);
+            if id.lsn != rec.lsn {
+                return Err(format!("lsn {} where {} was expected", rec.lsn, id.lsn));
+            }
+            tail.push((id, rec.rtype, rec.payload.to_vec()));
             Ok(())
         })
         .map_err(|e| storage_err(sid, e))?;
         wal.set_segment_bytes_max(config.wal_segment_bytes_max);
+        let commit = hint.min(log_index.last().lsn);
+        // Apply the known-committed prefix; the rest waits for a primary's commit LSN.
+        let mut applied = base.lsn;
+        let mut pending = Vec::new();
+        for (id, rtype, payload) in tail {
+            if id.lsn > commit {
+                pending.push((id, payload));
+                continue;
+            }
+            let bytes = match rtype {
+                RecordType::Batch => Some(&payload[..]),
+                _ => match entry::decode(&payload).map_err(|e| storage_err(sid, e))? {
+                    (_, Body::EpochStart) => None,
+                    (_, Body::Batch(b)) => Some(b),
+                },
+            };
+            match bytes {
+                Some(b) => {
+                    let (ts, batch) = batch_codec::decode(b).map_err(|e| storage_err(sid, e))?;
+                    store.apply(id.lsn, ts, batch);
+                }
+                None => store.apply(id.lsn, 0, WriteBatch::default()),
+            }
+            applied = id.lsn;
+        }
+        let promised = promise.promised.max(log_index.last().epoch);
         tracing::info!(
             shard = sid,
             lsn = recovery.last_lsn,
+            commit,
+            promised,
             replayed = recovery.records_replayed,
             truncated_bytes = recovery.truncated_tail_bytes,
             "shard recovered"
         );
-        let state = Arc::new(RwLock::new(store));
-        let fault = Arc::new(Mutex::new(None));
-        let trim_through = Arc::new(AtomicU64::new(0));
-        let (tx, rx) = mpsc::channel(limits::WAL_QUEUE_DEPTH_MAX);
-        let syncs = Arc::new(AtomicU64::new(0));
-        let apply_gate = Arc::new(Mutex::new(()));
-        let sink = Sink {
+        let role = Role::Replica(Replica::new(log_index, promised, commit));
+        let (changed, _) = watch::channel(0u64);
+        let sh = Arc::new(Shared {
             shard: sid,
-            syncs: syncs.clone(),
-            apply_gate: apply_gate.clone(),
-            state: state.clone(),
-            fault: fault.clone(),
-        };
-        tokio::spawn(wal::run_group_commit(wal, rx, sink, trim_through.clone()));
-        Ok(Shard {
+            range,
+            dir: dir.to_string(),
+            disk,
+            state: Arc::new(RwLock::new(store)),
+            core: Mutex::new(Core::new(role, promise, pending, applied)),
+            fault: Mutex::new(None),
+            changed,
+            syncs: AtomicU64::new(0),
+            apply_gate: Mutex::new(()),
+            trim_through: AtomicU64::new(0),
+            instance: witness::instance(),
+            node_id: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel(limits::WAL_QUEUE_DEPTH_MAX);
+        tokio::spawn(log::run_log(sh.clone(), wal, rx));
+        let shard = Shard {
             id,
             range,
             vector_dim,
             recovery,
-            dir: dir.to_string(),
-            disk,
-            state,
+            sh,
             tx,
-            fault,
-            trim_through,
-            syncs,
-            apply_gate,
             checkpointing: tokio::sync::Mutex::new(()),
-        })
+            incoming: Mutex::new(None),
+        };
+        if config.standalone {
+            let (promised, led) = {
+                let c = shard.sh.core();
+                (c.role.promised(), c.promise.led)
+            };
+            let me = crate::ids::NodeId(0);
+            let pr = Promotion {
+                epoch: promised.max(led) + 1,
+                me,
+                voters: vec![(me, String::new())],
+                lease_wait: Duration::ZERO,
+            };
+            shard.promote(pr).await.map_err(|e| storage_err(sid, e))?;
+        }
+        Ok(shard)
     }
 
-    /// WAL group commits (each one fsync) since the shard opened.
+    /// WAL groups committed, one fsync each.
     pub fn wal_syncs(&self) -> u64 {
-        self.syncs.load(Ordering::Relaxed)
+        self.sh.syncs.load(Ordering::Relaxed)
     }
 
     pub fn fault(&self) -> Option<String> {
-        self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.sh.fault()
     }
 
     fn check_serving(&self) -> Result<(), ShardError> {
@@ -193,14 +240,105 @@ impl Shard {
         }
     }
 
-    /// Read access to the replica's state.
+    /// Read access to the replica's committed state (eventual consistency).
     pub fn read(&self) -> Result<RwLockReadGuard<'_, ShardStore>, ShardError> {
         self.check_serving()?;
-        Ok(self.state.read().unwrap_or_else(|p| p.into_inner()))
+        Ok(self.sh.state.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Validates the whole batch (limits and ownership), logs it as one WAL record, and returns
-    /// its LSN (and the concepts' ids) once it is durable and applied.
+    /// Read access at `consistency`: strong reads only on a primary holding its lease.
+    pub fn read_at(&self, consistency: Consistency) -> Result<RwLockReadGuard<'_, ShardStore>, ShardError> {
+        if consistency == Consistency::Strong && !self.sh.core().leads_with_lease(tokio::time::Instant::now()) {
+            let reason = "strong reads go to the primary while it holds its lease".into();
+            return Err(ShardError::NotPrimary { shard: self.id.0, reason });
+        }
+        self.read()
+    }
+
+    pub fn replication(&self) -> ReplicationInfo {
+        let c = self.sh.core();
+        ReplicationInfo {
+            primary_epoch: c.primary_epoch(),
+            promised: c.role.promised(),
+            commit: c.applied,
+            last: c.role.log().last(),
+        }
+    }
+
+    /// crc32c of the applied state's canonical image: equal on replicas that applied the same
+    /// entries. A full scan; for checkers and operators.
+    pub fn state_digest(&self) -> Result<u64, ShardError> {
+        let _gate = self.sh.apply_gate.lock().unwrap_or_else(|p| p.into_inner());
+        let st = self.read()?;
+        let meta = checkpoint::CheckpointMeta {
+            lsn: st.applied_lsn(),
+            epoch: 0,
+            key_start: st.range.start,
+            key_end: st.range.end,
+        };
+        let image = checkpoint::build_image(&meta, st.relations(), &st.snapshot_vertices());
+        Ok(crc32c::crc32c(&image) as u64 | (st.applied_lsn() << 32))
+    }
+
+    async fn command<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Cmd) -> Result<T, String> {
+        if let Some(f) = self.fault() {
+            return Err(f);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| "the replica's log stopped".to_string())?;
+        rx.await.map_err(|_| self.fault().unwrap_or_else(|| "the replica's log stopped".into()))?
+    }
+
+    /// The master fences this replica into `epoch`; returns its last entry once durable.
+    pub async fn fence(&self, epoch: u64) -> Result<EntryId, String> {
+        self.command(|tx| Cmd::Fence(epoch, tx)).await
+    }
+
+    /// The master names this replica primary.
+    pub async fn promote(&self, pr: Promotion) -> Result<(), String> {
+        self.command(|tx| Cmd::Promote(pr, tx)).await
+    }
+
+    /// An append from the primary; the reply follows the fsync.
+    pub async fn append(&self, a: Append, payloads: Vec<Arc<Vec<u8>>>) -> Result<AppendReply, String> {
+        self.command(|tx| Cmd::Append(a, payloads, tx)).await
+    }
+
+    /// One chunk of a snapshot from the primary; the last one installs it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn snapshot_chunk(
+        &self,
+        epoch: u64,
+        at: EntryId,
+        offset: u64,
+        total: u64,
+        data: Vec<u8>,
+        done: bool,
+    ) -> Result<AppendReply, String> {
+        if total > limits::SNAPSHOT_BYTES_MAX {
+            return Err(format!("a snapshot of {total} bytes exceeds the {} byte limit", limits::SNAPSHOT_BYTES_MAX));
+        }
+        let image = {
+            let mut inc = self.incoming.lock().unwrap_or_else(|p| p.into_inner());
+            if offset == 0 {
+                *inc = Some((epoch, at.lsn, at.epoch, Vec::with_capacity(total as usize)));
+            }
+            let Some((e, l, le, buf)) = inc.as_mut() else { return Err("snapshot chunk out of order".into()) };
+            if (*e, *l, *le) != (epoch, at.lsn, at.epoch) || buf.len() as u64 != offset {
+                *inc = None;
+                return Err("snapshot chunk out of order".into());
+            }
+            buf.extend_from_slice(&data);
+            if !done {
+                return Ok(AppendReply::Ok { epoch, matched: 0 });
+            }
+            inc.take().map(|(_, _, _, b)| b).unwrap_or_default()
+        };
+        self.command(|tx| Cmd::Install { epoch, at, image, done: tx }).await
+    }
+
+    /// Validates the whole batch (limits and ownership), logs it as one entry, and returns its
+    /// LSN (and the concepts' ids) once it has committed and been applied.
     pub async fn write(&self, batch: WriteBatch, mut extra: Vec<ItemError>) -> Result<Written, ShardError> {
         self.check_serving()?;
         if let Err(mut rej) = validate_batch(&batch, self.vector_dim) {
@@ -225,11 +363,13 @@ impl Shard {
             return Ok(Written { lsn: self.read()?.applied_lsn(), concept_ids: ids });
         }
         let ts_ms = now_ms();
-        let payload = batch_codec::encode(ts_ms, &batch);
+        let bytes = batch_codec::encode(ts_ms, &batch);
         let (done, rx) = oneshot::channel();
-        let pending = Pending { epoch: 1, rtype: RecordType::Batch, payload, item: Waiter { ts_ms, batch, ids, done } };
-        let stopped = || ShardError::NotServing { shard: self.id.0, reason: "wal committer stopped".into() };
-        self.tx.send(pending).await.map_err(|_| self.fault_or(stopped()))?;
+        let stopped = || ShardError::NotServing { shard: self.id.0, reason: "the replica's log stopped".into() };
+        self.tx
+            .send(Cmd::Write(Waiter { ts_ms, batch, ids, bytes, done }))
+            .await
+            .map_err(|_| self.fault_or(stopped()))?;
         rx.await.map_err(|_| self.fault_or(stopped()))?
     }
 
@@ -254,36 +394,33 @@ impl Shard {
         }
     }
 
-    /// Writes a new `storage.dat` covering everything applied, then lets the committer trim the
-    /// WAL below it. Writes pause while the image is built and written; reads do not.
+    /// Writes a new `storage.dat` covering everything applied (committed), then lets the log
+    /// trim the WAL below it. Applying pauses while the image is built and written; reads and
+    /// logging do not.
     pub async fn checkpoint(&self) -> Result<u64, ShardError> {
         self.check_serving()?;
         let _one = self.checkpointing.lock().await;
-        let (state, gate, disk, dir, sid) =
-            (self.state.clone(), self.apply_gate.clone(), self.disk.clone(), self.dir.clone(), self.id.0);
+        let sh = self.sh.clone();
+        let sid = self.id.0;
         let lsn = crate::io::blocking(move || -> Result<u64, CheckpointError> {
-            // Writes pause (the committer waits at the gate); reads go on until the install.
-            let _gate = gate.lock().unwrap_or_else(|p| p.into_inner());
+            let _gate = sh.apply_gate.lock().unwrap_or_else(|p| p.into_inner());
             let (meta, image) = {
-                let st = state.read().unwrap_or_else(|p| p.into_inner());
-                let meta = checkpoint::CheckpointMeta {
-                    lsn: st.applied_lsn(),
-                    epoch: 1,
-                    key_start: st.range.start,
-                    key_end: st.range.end,
-                };
+                let st = sh.state.read().unwrap_or_else(|p| p.into_inner());
+                let lsn = st.applied_lsn();
+                let epoch = sh.core().role.log().epoch_of(lsn).unwrap_or(0);
+                let meta = checkpoint::CheckpointMeta { lsn, epoch, key_start: st.range.start, key_end: st.range.end };
                 let image = checkpoint::build_image(&meta, st.relations(), &st.snapshot_vertices());
                 (meta, image)
             };
-            checkpoint::write(&*disk, &dir, &image)?;
+            checkpoint::write(&*sh.disk, &sh.dir, &image)?;
             drop(image);
-            let cp = Checkpoint::open(disk.map(&format!("{dir}/storage.dat"))?)?;
-            state.write().unwrap_or_else(|p| p.into_inner()).install_checkpoint(cp);
+            let cp = Checkpoint::open(sh.disk.map(&format!("{}/storage.dat", sh.dir))?)?;
+            sh.state.write().unwrap_or_else(|p| p.into_inner()).install_checkpoint(cp);
             Ok(meta.lsn)
         })
         .await
         .map_err(|e| storage_err(sid, e))?;
-        self.trim_through.store(lsn, Ordering::Release);
+        self.sh.trim_through.store(lsn, Ordering::Release);
         Ok(lsn)
     }
 }

@@ -2,9 +2,10 @@
 //! primary. A write batch is split per shard (concepts by their placement key; an association
 //! to its source's shard and, when the target lives elsewhere, to the target's shard for the
 //! in-edge), and the per-shard batches go out in parallel. Each per-shard batch is atomic; a
-//! batch spanning shards is not (the in-edge outbox of DESIGN.md §5.7 is the replication
-//! issue's). On a routing failure the map is re-read once, so the next call finds a moved
-//! primary.
+//! batch spanning shards is not (the in-edge outbox of DESIGN.md §5.7 is not built yet). A
+//! part refused because its node is not (yet) primary, or that could not be sent at all, was
+//! never logged: it is retried against the re-read map until the router's deadline. Eventual
+//! reads try every replica; strong reads go to the primary and retry the same way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,6 +16,7 @@ use crate::client::{ClientError, MasterClient, StorageClient};
 use crate::ids::ConceptId;
 use crate::model::WriteBatch;
 use crate::node::convert::id_from_pb;
+use crate::node::Consistency;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -57,6 +59,32 @@ impl Table {
 
     fn primary_addr(&self, s: &pb::ShardEntry) -> Result<String, RouterError> {
         self.addrs.get(&s.primary).cloned().ok_or(RouterError::NoAddress { shard: s.shard, node: s.primary })
+    }
+
+    fn entry(&self, shard: u32) -> Option<&pb::ShardEntry> {
+        self.map.shards.iter().find(|s| s.shard == shard)
+    }
+
+    /// Where to read `shard`: the primary first, then (eventual only) the other replicas.
+    fn read_addrs(&self, shard: u32, consistency: Consistency) -> Vec<String> {
+        let Some(e) = self.entry(shard) else { return Vec::new() };
+        let mut nodes = vec![e.primary];
+        if consistency == Consistency::Eventual {
+            nodes.extend(e.replicas.iter().filter(|r| **r != e.primary));
+        }
+        nodes.iter().filter_map(|n| self.addrs.get(n).cloned()).collect()
+    }
+}
+
+/// True when the request certainly was not logged, so sending it again is safe.
+fn never_logged(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connect { .. } => true,
+        ClientError::Rpc { status, .. } => {
+            matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::ResourceExhausted)
+                || (status.code() == tonic::Code::Unavailable && status.message().contains("not serving"))
+        }
+        ClientError::Deadline { .. } => false,
     }
 }
 
@@ -136,65 +164,112 @@ impl Router {
         Ok(parts.into_iter().map(|(shard, (addr, b))| (shard, addr, b)).collect())
     }
 
-    /// Writes `batch` through the primaries, per-shard parts in parallel. Not retried: a
-    /// failed part may or may not have committed, and the caller knows whether repeating it
-    /// is safe (upserts by label are).
+    /// Writes `batch` through the primaries, per-shard parts in parallel. A part is retried
+    /// only while it certainly was not logged (see [`never_logged`]); a part that timed out
+    /// may or may not have committed, and the caller knows whether repeating it is safe
+    /// (upserts by label are).
     pub async fn write(self: &Arc<Self>, batch: &WriteBatch) -> Result<Vec<ShardWrite>, RouterError> {
         let parts = self.split(batch)?;
         let mut tasks = Vec::with_capacity(parts.len());
         for (shard, addr, part) in parts {
             let me = self.clone();
-            tasks.push(tokio::spawn(async move {
-                let r = match me.client(&addr).await {
-                    Ok(c) => c.write_batch(shard, &part).await,
-                    Err(e) => Err(e),
-                };
-                (shard, addr, r)
-            }));
+            tasks.push(tokio::spawn(async move { me.write_part(shard, addr, part).await }));
         }
         let mut out = Vec::new();
         let mut first_err = None;
         for t in tasks {
-            let Ok((shard, addr, r)) = t.await else { continue };
+            let Ok(r) = t.await else { continue };
             match r {
-                Ok(resp) => out.push(ShardWrite { shard, lsn: resp.lsn }),
-                Err(source) => {
-                    self.forget(&addr);
-                    first_err.get_or_insert(RouterError::Shard { shard, addr, source });
+                Ok(w) => out.push(w),
+                Err(e) => {
+                    first_err.get_or_insert(e);
                 }
             }
         }
-        if let Some(e) = first_err {
-            let _ = self.refresh().await;
-            return Err(e);
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(out),
         }
-        Ok(out)
     }
 
-    /// Looks concepts up on their primaries, one batched call per shard.
+    async fn write_part(&self, shard: u32, mut addr: String, part: WriteBatch) -> Result<ShardWrite, RouterError> {
+        let start = tokio::time::Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let r = match self.client(&addr).await {
+                Ok(c) => c.write_batch(shard, &part).await,
+                Err(e) => Err(e),
+            };
+            let source = match r {
+                Ok(resp) => return Ok(ShardWrite { shard, lsn: resp.lsn }),
+                Err(e) => e,
+            };
+            self.forget(&addr);
+            let _ = self.refresh().await;
+            if !never_logged(&source) || start.elapsed() >= self.deadline {
+                return Err(RouterError::Shard { shard, addr, source });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20u64 << attempt.min(3))).await;
+            attempt += 1;
+            let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(a) = t.entry(shard).and_then(|e| t.addrs.get(&e.primary)) {
+                addr = a.clone();
+            }
+        }
+    }
+
+    /// Looks concepts up (eventual consistency: any replica, committed data only).
     pub async fn get_concepts(self: &Arc<Self>, ids: &[ConceptId]) -> Result<Vec<pb::Concept>, RouterError> {
-        let mut by_shard: BTreeMap<u32, (String, Vec<ConceptId>)> = BTreeMap::new();
+        self.get_concepts_at(ids, Consistency::Eventual).await
+    }
+
+    /// Looks concepts up, one batched call per shard. Strong reads go to the primary and are
+    /// retried (map re-read) while it is not serving them, until the router's deadline.
+    pub async fn get_concepts_at(
+        self: &Arc<Self>,
+        ids: &[ConceptId],
+        consistency: Consistency,
+    ) -> Result<Vec<pb::Concept>, RouterError> {
+        let mut by_shard: BTreeMap<u32, Vec<ConceptId>> = BTreeMap::new();
         {
             let t = self.table.read().unwrap_or_else(|p| p.into_inner());
             for id in ids {
-                let s = t.shard_for(id.placement_key())?;
-                let addr = t.primary_addr(s)?;
-                by_shard.entry(s.shard).or_insert_with(|| (addr, Vec::new())).1.push(*id);
+                by_shard.entry(t.shard_for(id.placement_key())?.shard).or_default().push(*id);
             }
         }
+        let level = match consistency {
+            Consistency::Strong => pb::Consistency::Strong,
+            Consistency::Eventual => pb::Consistency::Eventual,
+        };
         let mut found = Vec::new();
-        for (shard, (addr, ids)) in by_shard {
-            let r = match self.client(&addr).await {
-                Ok(c) => c.get_concepts(shard, &ids).await,
-                Err(e) => Err(e),
-            };
-            match r {
-                Ok(r) => found.extend(r.found),
-                Err(source) => {
-                    self.forget(&addr);
-                    let _ = self.refresh().await;
-                    return Err(RouterError::Shard { shard, addr, source });
+        let start = tokio::time::Instant::now();
+        for (shard, ids) in by_shard {
+            let mut attempt = 0u32;
+            'shard: loop {
+                let addrs = self.table.read().unwrap_or_else(|p| p.into_inner()).read_addrs(shard, consistency);
+                let mut last = None;
+                for addr in addrs {
+                    let r = match self.client(&addr).await {
+                        Ok(c) => c.with_consistency(level).get_concepts(shard, &ids).await,
+                        Err(e) => Err(e),
+                    };
+                    match r {
+                        Ok(r) => {
+                            found.extend(r.found);
+                            break 'shard;
+                        }
+                        Err(source) => {
+                            self.forget(&addr);
+                            last = Some(RouterError::Shard { shard, addr, source });
+                        }
+                    }
                 }
+                let _ = self.refresh().await;
+                if start.elapsed() >= self.deadline {
+                    return Err(last.unwrap_or(RouterError::NoAddress { shard, node: 0 }));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20u64 << attempt.min(3))).await;
+                attempt += 1;
             }
         }
         found.sort_by_key(|c| c.id.as_ref().map(|i| id_from_pb(i).0));

@@ -3,14 +3,15 @@
 //! entries), the replica ([`Replica`]: fencing, log matching, truncation of an uncommitted
 //! suffix only, monotonic commit), and the master's promotion rule ([`choose_primary`]).
 //!
-//! Not wired to the WAL, the network or the master yet: the driver, failover, catch-up from
-//! snapshots and membership changes are the rest of issue 4. A randomized model test drives
-//! three nodes through crashes, lost and reordered messages and failovers, checking that no
-//! committed entry is ever lost.
+//! `node::shard` drives these over the WAL and the network; `master::failover` fences and
+//! promotes. A randomized model test drives three nodes through crashes, lost and reordered
+//! messages and failovers, checking that no committed entry is ever lost.
 
+pub mod entry;
 mod log_index;
 mod primary;
 mod replica;
+pub mod witness;
 
 pub use log_index::{EntryId, LogIndex};
 pub use primary::{Outcome, Primary, Progress};

@@ -105,6 +105,18 @@ impl Primary {
         Some(Append { epoch: self.epoch, prev, entries: Vec::new(), commit: self.commit })
     }
 
+    /// An append to `peer` was lost (RPC error or timeout): resend from what it acknowledged.
+    pub fn rewind(&mut self, peer: NodeId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.next = p.matched.max(self.log.base().lsn) + 1;
+        }
+    }
+
+    /// Lowest LSN every peer holds (what the primary must keep shipping from).
+    pub fn low_water(&self) -> u64 {
+        self.peers.values().map(|p| p.matched).min().unwrap_or(self.log.last().lsn)
+    }
+
     pub fn on_reply(&mut self, peer: NodeId, reply: &AppendReply) -> Outcome {
         let epoch = self.epoch;
         let Some(p) = self.peers.get_mut(&peer) else { return Outcome::Continue };

@@ -226,6 +226,68 @@ impl Wal {
         Ok(())
     }
 
+    /// Drops every record after `lsn` (a replica cutting an uncommitted divergent suffix). The
+    /// new length is durable when this returns.
+    pub fn truncate_after(&mut self, lsn: u64) -> Result<(), WalError> {
+        if lsn + 1 >= self.next_lsn {
+            return Ok(());
+        }
+        let io = |path: &str| {
+            let path = path.to_string();
+            move |source| WalError::Io { path, source }
+        };
+        if self.segments.first().is_some_and(|&f| f > lsn + 1) {
+            return Err(WalError::Replay { lsn, reason: "truncation point is below the log's first segment".into() });
+        }
+        while self.segments.len() > 1 && self.segments.last().is_some_and(|&f| f > lsn) {
+            let path = format!("{}/{}", self.dir, segment_name(self.segments.pop().unwrap_or_default()));
+            self.disk.remove(&path).map_err(io(&path))?;
+        }
+        let first = *self.segments.last().unwrap_or(&(lsn + 1));
+        let path = self.active_path();
+        let buf = self.disk.read(&path).map_err(io(&path))?;
+        let mut off = 0usize;
+        let mut at = first;
+        while at <= lsn && off < buf.len() {
+            let (_, n) = record::decode(&buf[off..]).map_err(|f| WalError::Corruption {
+                segment: path.clone(),
+                offset: off as u64,
+                reason: format!("{f:?} while truncating"),
+            })?;
+            off += n;
+            at += 1;
+        }
+        self.disk.truncate(&path, off as u64).map_err(io(&path))?;
+        self.disk.sync_dir(&self.dir).map_err(io(&self.dir))?;
+        self.active = self.disk.open_append(&path).map_err(io(&path))?;
+        self.next_lsn = lsn + 1;
+        Ok(())
+    }
+
+    /// Drops the whole log and starts it again after `lsn` (a replica that installed a
+    /// snapshot at `lsn`).
+    pub fn reset_after(&mut self, lsn: u64) -> Result<(), WalError> {
+        let io = |path: &str| {
+            let path = path.to_string();
+            move |source| WalError::Io { path, source }
+        };
+        for first in std::mem::take(&mut self.segments) {
+            let path = format!("{}/{}", self.dir, segment_name(first));
+            self.disk.remove(&path).map_err(io(&path))?;
+        }
+        let path = format!("{}/{}", self.dir, segment_name(lsn + 1));
+        self.active = self.disk.create(&path).map_err(io(&path))?;
+        self.disk.sync_dir(&self.dir).map_err(io(&self.dir))?;
+        self.segments.push(lsn + 1);
+        self.next_lsn = lsn + 1;
+        Ok(())
+    }
+
+    /// LSN of the first record the WAL files may hold.
+    pub fn first_lsn(&self) -> u64 {
+        *self.segments.first().unwrap_or(&self.next_lsn)
+    }
+
     /// Deletes segments whose every record is ≤ `lsn` (covered by a checkpoint). The active
     /// segment always stays.
     pub fn trim_through(&mut self, lsn: u64) -> Result<usize, WalError> {
@@ -249,6 +311,39 @@ impl Wal {
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
+}
+
+/// One record read back for shipping: `(epoch, lsn, payload)`.
+pub type Shipped = (u64, u64, Vec<u8>);
+
+/// Reads records `from ..= to` (at most `max_bytes` of payload, at least one record) straight
+/// from the segment files, for a primary shipping entries it no longer holds in memory. Stops
+/// at the first record that does not decode (a group being written right now). Empty when the
+/// WAL no longer holds `from`.
+pub fn read_entries(disk: &dyn Disk, dir: &str, from: u64, to: u64, max_bytes: usize) -> Vec<Shipped> {
+    let mut segments: Vec<u64> =
+        disk.list(dir).unwrap_or_default().iter().filter_map(|n| parse_segment_name(n)).collect();
+    segments.sort_unstable();
+    let start = segments.partition_point(|&f| f <= from);
+    let Some(i) = start.checked_sub(1) else { return Vec::new() };
+    let (mut out, mut bytes) = (Vec::new(), 0usize);
+    for &first in &segments[i..] {
+        let Ok(buf) = disk.read(&format!("{dir}/{}", segment_name(first))) else { break };
+        let mut off = 0usize;
+        while off < buf.len() {
+            let Ok((rec, n)) = record::decode(&buf[off..]) else { return out };
+            off += n;
+            if rec.lsn < from + out.len() as u64 {
+                continue;
+            }
+            if rec.lsn != from + out.len() as u64 || rec.lsn > to || (bytes >= max_bytes && !out.is_empty()) {
+                return out;
+            }
+            bytes += rec.payload.len();
+            out.push((rec.epoch, rec.lsn, rec.payload.to_vec()));
+        }
+    }
+    out
 }
 
 /// Looks for any decodable record after a failure: if one exists, the failure was not a torn

@@ -13,6 +13,9 @@ pub enum RecordType {
     Batch = 1,
     /// A change to the master's metadata (JSON `master::meta::MetaOp`).
     MasterMeta = 2,
+    /// A replicated shard log entry (`replication::entry`): commit hint, then a batch or an
+    /// epoch start.
+    Entry = 3,
 }
 
 impl RecordType {
@@ -20,6 +23,7 @@ impl RecordType {
         match v {
             1 => Some(RecordType::Batch),
             2 => Some(RecordType::MasterMeta),
+            3 => Some(RecordType::Entry),
             _ => None,
         }
     }

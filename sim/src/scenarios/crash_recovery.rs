@@ -205,6 +205,7 @@ pub async fn run() -> Result<Report, String> {
         checkpoint_overlay_items: rng.random_range(20..3000),
         checkpoint_check_interval_ms: rng.random_range(20..400),
         wal_segment_bytes_max: rng.random_range(512..256 * 1024),
+        standalone: true,
     };
 
     let disk = SimDisk::new(rng.random());

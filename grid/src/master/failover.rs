@@ -1,0 +1,146 @@
+//! Failover (DESIGN.md §5 rules 1, 4 and 6): when a shard's primary is lost, the master fences
+//! the replica set into the next epoch, promotes the fenced member with the greatest
+//! `(last_epoch, last_lsn)`, records the choice (compare-and-set on the shard's epoch), and
+//! tells the new primary. The new primary waits out the old primary's lease unless the old
+//! one is known to hold none: its agent reported it exited, or it answered the fence itself.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sutra_proto as pb;
+
+use super::Master;
+use crate::client::StorageClient;
+use crate::ids::NodeId;
+use crate::limits;
+use crate::replication::{choose_primary, EntryId};
+
+/// Watches for shards needing a primary, one election per shard at a time, until dropped.
+pub async fn run_failovers(master: Arc<Master>) {
+    let mut running: BTreeMap<u32, tokio::task::JoinHandle<Result<u64, String>>> = BTreeMap::new();
+    // When each shard's current primary was named; before any election since this master
+    // started, its start (so restarted masters give nodes a grace period to report in).
+    let mut named_at: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut not_before: BTreeMap<u32, u64> = BTreeMap::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(limits::MASTER_TICK_MS)).await;
+        let now = master.now_ms();
+        let finished: Vec<u32> = running.iter().filter(|(_, h)| h.is_finished()).map(|(s, _)| *s).collect();
+        for s in finished {
+            let Some(h) = running.remove(&s) else { continue };
+            match h.await {
+                Ok(Ok(epoch)) => {
+                    named_at.insert(s, master.now_ms());
+                    tracing::info!(shard = s, epoch, "primary elected");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(shard = s, error = %e, "election failed; retrying");
+                    not_before.insert(s, master.now_ms() + limits::FAILOVER_RETRY_MS);
+                }
+                Err(_) => {}
+            }
+        }
+        let due = master.with(|st, now| st.elections_due(now, &named_at, limits::PROMOTION_GRACE_MS));
+        for s in due {
+            if running.contains_key(&s) || not_before.get(&s).is_some_and(|t| *t > now) {
+                continue;
+            }
+            running.insert(s, tokio::spawn(elect(master.clone(), s)));
+        }
+    }
+}
+
+/// One election for `shard`; returns the new epoch.
+pub async fn elect(master: Arc<Master>, shard: u32) -> Result<u64, String> {
+    let (entry, addrs, old_exited) = master.with(|st, _| {
+        let e = st.map().shards.iter().find(|e| e.id.0 == shard).cloned();
+        let addrs: BTreeMap<NodeId, String> =
+            e.iter().flat_map(|e| e.replicas.iter()).map(|r| (*r, st.storage_addr(r.0))).collect();
+        let exited = e.as_ref().is_some_and(|e| st.exited(e.primary.0));
+        (e, addrs, exited)
+    });
+    let entry = entry.ok_or_else(|| format!("no shard {shard}"))?;
+    let epoch = entry.epoch.0 + 1;
+    let deadline = Duration::from_millis(limits::REPL_RPC_DEADLINE_MS / 2);
+    // Fence everyone in parallel; go on once a majority answered and the rest had a moment
+    // more (a dead node's RPC would otherwise hold the failover for its whole deadline).
+    let (tx, mut rx) = tokio::sync::mpsc::channel(entry.replicas.len().max(1));
+    for r in entry.replicas.iter().copied() {
+        let (addr, tx) = (addrs.get(&r).cloned().unwrap_or_default(), tx.clone());
+        tokio::spawn(async move {
+            let fenced = tokio::time::timeout(deadline, async {
+                let c = StorageClient::connect(&addr).await.map_err(|e| e.to_string())?.with_deadline(deadline);
+                c.fence(shard, epoch).await.map_err(|e| e.to_string())
+            })
+            .await;
+            let reply = match fenced {
+                Ok(Ok(f)) => Some((r, EntryId { epoch: f.last_epoch, lsn: f.last_lsn })),
+                _ => None,
+            };
+            let _ = tx.send(reply).await;
+        });
+    }
+    drop(tx);
+    let majority = entry.replicas.len() / 2 + 1;
+    let mut replies = Vec::new();
+    let mut heard = 0;
+    let mut straggle_until: Option<tokio::time::Instant> = None;
+    while heard < entry.replicas.len() {
+        let next = match straggle_until {
+            Some(t) => {
+                match tokio::time::timeout(t.saturating_duration_since(tokio::time::Instant::now()), rx.recv()).await {
+                    Ok(r) => r,
+                    Err(_) => break,
+                }
+            }
+            None => rx.recv().await,
+        };
+        let Some(reply) = next else { break };
+        heard += 1;
+        if let Some(r) = reply {
+            replies.push(r);
+        }
+        if replies.len() >= majority && straggle_until.is_none() {
+            straggle_until = Some(tokio::time::Instant::now() + Duration::from_millis(limits::FENCE_STRAGGLER_MS));
+        }
+    }
+    let fenced_at = tokio::time::Instant::now();
+    // Prefer a healthy majority (its greatest log holds every committed entry too); fall back
+    // to everyone who answered.
+    let healthy: Vec<(NodeId, EntryId)> = master.with(|st, _| {
+        replies
+            .iter()
+            .copied()
+            .filter(|(n, _)| matches!(st.state_of(n.0), super::NodeState::Up | super::NodeState::Draining))
+            .collect()
+    });
+    let pick = choose_primary(&entry.replicas, &healthy)
+        .or_else(|_| choose_primary(&entry.replicas, &replies))
+        .map_err(|e| format!("shard {shard} epoch {epoch}: {e}"))?;
+    let old_answered = replies.iter().any(|(n, _)| *n == entry.primary);
+    let fast = entry.epoch.0 <= 1 || old_exited || old_answered;
+    master.mutate(move |st, _| Ok(((), Some(st.elect(shard, pick.0, epoch)?)))).await.map_err(|e| e.to_string())?;
+    let wait = if fast {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(limits::LEASE_MS + limits::LEASE_MARGIN_MS).saturating_sub(fenced_at.elapsed())
+    };
+    tracing::info!(shard, epoch, primary = pick.0, fast, wait_ms = wait.as_millis() as u64, "promoting");
+    let req = pb::PromoteRequest {
+        shard,
+        epoch,
+        node_id: pick.0,
+        replicas: entry.replicas.iter().map(|r| r.0).collect(),
+        replica_addrs: entry.replicas.iter().map(|r| addrs.get(r).cloned().unwrap_or_default()).collect(),
+        lease_wait_ms: wait.as_millis() as u64,
+    };
+    // Best effort: the heartbeat's assignment carries the promotion too.
+    let addr = addrs.get(&pick).cloned().unwrap_or_default();
+    let _ = tokio::time::timeout(deadline, async {
+        let c = StorageClient::connect(&addr).await.map_err(|e| e.to_string())?.with_deadline(deadline);
+        c.promote(req).await.map_err(|e| e.to_string())
+    })
+    .await;
+    Ok(epoch)
+}
