@@ -607,6 +607,10 @@ fn resolve(sc: &Scenario, rng: &mut sutra_grid::io::Rng) -> Vec<Planned> {
                     push(at, kill, vec![], Some(a));
                     push(repair, Action::RestartAgent { agent: a.to_string() }, vec![], Some(a));
                 }
+                SwarmKind::PowerLoss => {
+                    let down_s = rng.random_range(0.2..3.0);
+                    push(at, Action::PowerLoss { down_s }, vec![], None);
+                }
                 SwarmKind::RestartMaster => {
                     let down_s = rng.random_range(0.0..3.0);
                     push(at, Action::RestartMaster { down_s }, vec![], None);
@@ -929,6 +933,23 @@ fn perform(
             let p = step.procs[0];
             g.disk_fault(p, *fault);
             g.note(format!("nemesis: disk fault {fault:?} on {}", name(p)));
+        }
+        Action::PowerLoss { down_s } => {
+            for a in 0..g.sc.cluster.agents {
+                g.kill_agent(a, true);
+            }
+            g.note(format!("nemesis: power loss on every machine (down {down_s:.2} s)"));
+            let (g2, down) = (g.clone(), Duration::from_secs_f64(*down_s));
+            tasks.push(checker.spawn(async move {
+                tokio::time::sleep(down).await;
+                for a in 0..g2.sc.cluster.agents {
+                    g2.restart_agent(a);
+                    for s in 0..g2.sc.cluster.processes_per_agent {
+                        g2.calm((a, s));
+                    }
+                }
+                g2.note("nemesis: every machine booted after the power loss".into());
+            }));
         }
         Action::Heal => {
             g.heal_all(false);

@@ -94,6 +94,12 @@ pub enum Action {
     KillMachine {
         agent: AgentRef,
     },
+    /// Every machine loses power at once (unsynced disk data lost or torn everywhere) and
+    /// boots again after `down_s`.
+    PowerLoss {
+        #[serde(default)]
+        down_s: f64,
+    },
     /// Boot the machine's agent again (it restarts its processes).
     RestartAgent {
         agent: AgentRef,
@@ -190,6 +196,7 @@ pub enum SwarmKind {
     KillProcess,
     KillAgent,
     KillMachine,
+    PowerLoss,
     RestartMaster,
     Pause,
     IsolateFromPeers,
