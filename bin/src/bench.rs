@@ -23,6 +23,25 @@ pub enum BenchCmd {
     Bfs(GraphArgs),
     /// Reopen a shard: map and verify its checkpoint, then replay a WAL tail.
     Reopen(ReopenArgs),
+    /// Replicated upserts through the router on a real local grid: a master, an agent and 3
+    /// storage processes on 127.0.0.1, replication 3.
+    ClusterWrite(ClusterWriteArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ClusterWriteArgs {
+    /// Concurrent writer tasks, each with one routed batch in flight.
+    #[arg(long, default_value_t = 32)]
+    writers: usize,
+    /// Upserts (concepts) per routed batch; the router splits it per shard.
+    #[arg(long, default_value_t = 200)]
+    items_per_write: usize,
+    #[arg(long, default_value_t = 3)]
+    shards: u32,
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    #[command(flatten)]
+    common: Common,
 }
 
 /// Flags every bench takes.
@@ -97,6 +116,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Wal(a) => (bench_wal(&a).await?, a.common.json),
         BenchCmd::Bfs(a) => (bench_bfs(&a)?, a.common.json),
         BenchCmd::Reopen(a) => (bench_reopen(&a).await?, a.common.json),
+        BenchCmd::ClusterWrite(a) => (bench_cluster_write(&a).await?, a.common.json),
     };
     if !quiet {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
@@ -348,4 +368,142 @@ async fn bench_reopen(a: &ReopenArgs) -> Result<serde_json::Value> {
 /// Automatic checkpoints off: the benches measure one path at a time.
 fn bench_config() -> NodeConfig {
     NodeConfig { vector_dim: 8, checkpoint_overlay_items: u64::MAX, ..NodeConfig::default() }
+}
+
+/// A local port range with `n` free TCP ports and, 1000 above, `n` free UDP ports.
+fn free_base_port(n: u16) -> Result<u16> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(std::process::id() as u64);
+    for _ in 0..200 {
+        let base: u16 = rng.random_range(20_000..40_000);
+        let ok = (0..n).all(|i| {
+            std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", base + 1000 + i)).is_ok()
+        });
+        if ok {
+            return Ok(base);
+        }
+    }
+    anyhow::bail!("no free port range for the storage processes")
+}
+
+async fn bench_cluster_write(a: &ClusterWriteArgs) -> Result<serde_json::Value> {
+    use sutra_grid::agent::{run_agent, AgentConfig};
+    use sutra_grid::client::MasterClient;
+    use sutra_grid::io::{ProcessSpawner, ProcessSpec};
+    use sutra_grid::master::Master;
+    use sutra_grid::query::Router;
+
+    let scratch = Scratch::new(&a.common.dir, "cluster")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let master_addr = listener.local_addr()?.to_string();
+    let mdisk: Arc<dyn Disk> = Arc::new(RealDisk::new(scratch.0.join("master"))?);
+    let master = Master::open(mdisk, "master").await?;
+    let (stop_master, stopped) = tokio::sync::oneshot::channel::<()>();
+    let master_task = tokio::spawn(sutra_grid::master::service::serve_listener(master, listener, async move {
+        let _ = stopped.await;
+    }));
+    let base = free_base_port(3)?;
+    let processes = (0..3u32)
+        .map(|i| ProcessSpec {
+            slot: i,
+            master: master_addr.clone(),
+            agent: "bench".into(),
+            storage_addr: std::net::SocketAddr::from(([127, 0, 0, 1], base + i as u16)),
+            gossip_addr: std::net::SocketAddr::from(([127, 0, 0, 1], base + 1000 + i as u16)),
+            data_dir: scratch.0.join(format!("node-{i}")).display().to_string(),
+            vector_dim: 8,
+            generation: 0,
+        })
+        .collect();
+    let exe = std::env::current_exe().context("cannot find the sutra executable to spawn")?;
+    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
+    let cfg = AgentConfig { name: "bench".into(), master: master_addr.clone(), processes };
+    let agent_task = tokio::spawn(run_agent(Arc::new(ProcessSpawner { exe }), cfg, async move {
+        let _ = agent_stopped.await;
+    }));
+    a.common.progress(&format!("grid: master {master_addr}, 3 storage processes from port {base}"));
+    let mc = MasterClient::connect(&master_addr).await?;
+    let boot = Instant::now();
+    loop {
+        let st = mc.status().await?;
+        if st.nodes.len() == 3 && st.nodes.iter().all(|n| n.state == sutra_proto::NodeState::Up as i32) {
+            break;
+        }
+        anyhow::ensure!(boot.elapsed() < Duration::from_secs(30), "storage processes did not come up in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    mc.init(a.shards, 3).await?;
+    loop {
+        if mc.status().await?.healthy {
+            break;
+        }
+        anyhow::ensure!(boot.elapsed() < Duration::from_secs(60), "the grid did not become healthy in 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.common.progress(&format!(
+        "healthy after {:.2} s; {} writers for {} s",
+        boot.elapsed().as_secs_f64(),
+        a.writers,
+        a.seconds
+    ));
+    let router = Router::new(mc.clone(), Duration::from_secs(10)).await?;
+    let content = "c".repeat(200);
+    let deadline = Instant::now() + Duration::from_secs_f64(a.seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..a.writers {
+        let (router, content, items) = (router.clone(), content.clone(), a.items_per_write.max(1));
+        tasks.push(tokio::spawn(async move {
+            let (mut lat_us, mut failed) = (Vec::new(), 0u64);
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                let concepts = (0..items)
+                    .map(|_| {
+                        seq += 1;
+                        ConceptWrite {
+                            label: padded(format!("w{w:05}-{seq:012}-"), 64),
+                            content: content.clone(),
+                            vector: vec![],
+                            confidence: 1.0,
+                        }
+                    })
+                    .collect();
+                let t = Instant::now();
+                match router.write(&WriteBatch { concepts, associations: vec![] }).await {
+                    Ok(_) => lat_us.push(t.elapsed().as_micros() as u64),
+                    Err(_) => failed += 1,
+                }
+            }
+            (lat_us, failed)
+        }));
+    }
+    let (mut lat, mut failed) = (Vec::new(), 0u64);
+    for t in tasks {
+        let (l, f) = t.await?;
+        lat.extend(l);
+        failed += f;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let upserts = lat.len() * a.items_per_write.max(1);
+    let _ = stop_agent.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), agent_task).await;
+    let _ = stop_master.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), master_task).await;
+    Ok(json!({
+        "bench": "cluster-write",
+        "acked_upserts_per_s": (upserts as f64 / secs).round(),
+        "latency_ms_p50": percentile(&lat, 0.50) / 1e3,
+        "latency_ms_p99": percentile(&lat, 0.99) / 1e3,
+        "upserts": upserts,
+        "failed_writes": failed,
+        "writers": a.writers,
+        "items_per_write": a.items_per_write,
+        "shards": a.shards,
+        "replication": 3,
+        "storage_processes": 3,
+        "label_bytes": 64,
+        "content_bytes": 200,
+        "seconds": secs,
+    }))
 }

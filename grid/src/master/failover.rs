@@ -117,6 +117,16 @@ pub async fn elect(master: Arc<Master>, shard: u32) -> Result<u64, String> {
     });
     let pick = choose_primary(&entry.replicas, &healthy)
         .or_else(|_| choose_primary(&entry.replicas, &replies))
+        .map(|best| {
+            // On a tie keep the placement's primary (placement spreads primaries over nodes).
+            let best_log = replies.iter().find(|(n, _)| *n == best).map(|(_, l)| *l);
+            let keep = healthy.iter().any(|(n, l)| *n == entry.primary && Some(*l) == best_log);
+            if keep {
+                entry.primary
+            } else {
+                best
+            }
+        })
         .map_err(|e| format!("shard {shard} epoch {epoch}: {e}"))?;
     let old_answered = replies.iter().any(|(n, _)| *n == entry.primary);
     let fast = entry.epoch.0 <= 1 || old_exited || old_answered;

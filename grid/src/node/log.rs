@@ -129,6 +129,8 @@ pub(crate) struct Core {
     pub entries: VecDeque<(EntryId, Arc<Vec<u8>>)>,
     entry_bytes: usize,
     pub applied: u64,
+    /// Everything through this LSN is fsynced here.
+    pub durable: u64,
     pub waiters: BTreeMap<u64, Waiter>,
     pub lead: Option<Lead>,
 }
@@ -136,12 +138,14 @@ pub(crate) struct Core {
 impl Core {
     pub fn new(role: Role, promise: Promise, entries: Vec<(EntryId, Vec<u8>)>, applied: u64) -> Core {
         let entry_bytes = entries.iter().map(|(_, p)| p.len()).sum();
+        let durable = role.log().last().lsn;
         Core {
             role,
             promise,
             entries: entries.into_iter().map(|(id, p)| (id, Arc::new(p))).collect(),
             entry_bytes,
             applied,
+            durable,
             waiters: BTreeMap::new(),
             lead: None,
         }
@@ -401,8 +405,10 @@ pub(crate) async fn run_log(sh: Arc<Shared>, mut wal: Wal, mut rx: mpsc::Receive
         }
         {
             let mut core = sh.core();
+            let durable = wal.next_lsn() - 1;
+            core.durable = durable;
             if let Role::Primary(p) = &mut core.role {
-                p.on_durable(wal.next_lsn() - 1);
+                p.on_durable(durable);
             }
             sh.apply_committed(&mut core);
         }
@@ -526,10 +532,11 @@ fn handle(
             if let Some(t) = truncated {
                 // Records staged earlier in this group go to the file first, then the cut.
                 if !buf.is_empty() {
-                    wal.write(step.first_lsn, buf)?;
+                    wal.write_and_sync(step.first_lsn, buf)?;
                     buf.clear();
                 }
                 wal.truncate_after(t)?;
+                core.durable = core.durable.min(t);
                 step.first_lsn = wal.next_lsn();
                 core.drop_after(t);
             }
@@ -585,7 +592,9 @@ fn handle(
             let mut r = r.clone();
             r.promised = pr.epoch;
             let voters: Vec<NodeId> = pr.voters.iter().map(|(n, _)| *n).collect();
-            let p = Primary::new(pr.me, voters, pr.epoch, r);
+            let mut p = Primary::new(pr.me, voters, pr.epoch, r);
+            // Entries staged earlier in this group are not durable yet: they must not count.
+            p.durable = p.durable.min(core.durable);
             let start = p.log.last();
             let payload = Arc::new(entry::encode(p.commit, Body::EpochStart));
             core.role = Role::Primary(p);
@@ -633,10 +642,11 @@ fn handle(
                 }
             };
             if !buf.is_empty() {
-                wal.write(step.first_lsn, buf)?;
+                wal.write_and_sync(step.first_lsn, buf)?;
                 buf.clear();
             }
             wal.reset_after(at.lsn)?;
+            core.durable = at.lsn;
             step.first_lsn = wal.next_lsn();
             {
                 let _gate = sh.apply_gate.lock().unwrap_or_else(|p| p.into_inner());
