@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use sutra_grid::client::MasterClient;
 use sutra_grid::ids::ConceptId;
 use sutra_grid::master::NodeState;
+use sutra_grid::node::Consistency;
 use sutra_grid::query::Router;
 
 fn sutra(args: &[&str]) -> Command {
@@ -136,7 +137,8 @@ async fn master_agent_and_storage_processes_form_a_grid() {
         router.write(&common::batch(0, i)).await.unwrap();
     }
     let ids: Vec<ConceptId> = (0..20).flat_map(|i| common::ids(0, i)).collect();
-    assert_eq!(router.get_concepts(&ids).await.unwrap().len(), 60);
+    // Strong reads: the primaries under their leases see every acknowledged write.
+    assert_eq!(router.get_concepts_at(&ids, Consistency::Strong).await.unwrap().len(), 60);
 
     // kill -9 one child: its agent reports the exit at once, then restarts it.
     let victim = data_root.join("node-1").display().to_string();
@@ -162,7 +164,8 @@ async fn master_agent_and_storage_processes_form_a_grid() {
         (restarts >= 1).then_some(())
     })
     .await;
-    assert_eq!(router.get_concepts(&ids).await.unwrap().len(), 60, "acknowledged writes survive the kill");
+    let after = router.get_concepts_at(&ids, Consistency::Strong).await.unwrap();
+    assert_eq!(after.len(), 60, "acknowledged writes survive the kill");
 
     // SIGTERM the agent: it stops its children before it exits.
     signal(&procs.0[1], libc::SIGTERM);
