@@ -22,7 +22,7 @@ use sutra_grid::io::{seeded_rng, ProcessSpec, SimDisk, SimDiskFaults};
 use sutra_grid::limits;
 use sutra_grid::master::{Master, NodeState};
 use sutra_grid::model::{ConceptWrite, WriteBatch};
-use sutra_grid::node::NodeConfig;
+use sutra_grid::node::{Consistency, NodeConfig};
 use sutra_grid::query::Router;
 use sutra_grid::replication::witness::{self, Event};
 use sutra_grid::shardmap::{ShardEntry, ShardMap};
@@ -30,6 +30,7 @@ use sutra_grid::store::KeyRange;
 use sutra_proto as pb;
 use tokio::time::Instant;
 
+use crate::linear;
 use crate::scenario::{Action, Check, DiskFaultKind, ExpectState, Scenario, SwarmKind};
 use crate::scenarios::Report;
 use crate::spawner::{Machine, SimSpawner};
@@ -1041,6 +1042,80 @@ async fn writer(
     failed
 }
 
+/// Keys the register clients share, and how many operations each key's history may hold.
+const REGISTER_KEYS: u32 = 8;
+const REGISTER_OPS_PER_KEY: usize = 60;
+
+type Histories = Arc<Mutex<BTreeMap<u32, Vec<linear::Event>>>>;
+
+/// A register client: random writes of unique values and strong reads on shared keys,
+/// recording each operation's invocation and completion (sim time) for the Wing–Gong check.
+async fn register_client(c: u32, pause: Duration, t0: Instant, hist: Histories, stop: Arc<AtomicBool>) {
+    let us = |t: Instant| t.saturating_duration_since(t0).as_micros() as u64;
+    let mut router = None;
+    let mut n = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        let r = match &router {
+            Some(r) => Arc::clone(r),
+            None => match MasterClient::connect(&plan::master_addr().to_string()).await {
+                Ok(mc) => match Router::new(mc.with_deadline(Duration::from_millis(500)), WRITE_DEADLINE).await {
+                    Ok(r) => {
+                        router = Some(r.clone());
+                        r
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let key = madsim::rand::random::<u32>() % REGISTER_KEYS;
+        if hist.lock().unwrap().get(&key).is_some_and(|h| h.len() >= REGISTER_OPS_PER_KEY) {
+            if hist.lock().unwrap().values().filter(|h| h.len() >= REGISTER_OPS_PER_KEY).count()
+                == REGISTER_KEYS as usize
+            {
+                return;
+            }
+            continue;
+        }
+        let label = format!("register-{key}");
+        let invoke = Instant::now();
+        let event = if madsim::rand::random::<bool>() {
+            n += 1;
+            let value = format!("c{c}-v{n}");
+            let batch = WriteBatch {
+                concepts: vec![ConceptWrite { label, content: value.clone(), vector: vec![], confidence: 1.0 }],
+                associations: vec![],
+            };
+            let complete = r.write(&batch).await.ok().map(|_| us(Instant::now()));
+            Some(linear::Event { op: linear::Op::Write(value), invoke: us(invoke), complete })
+        } else {
+            match r.get_concepts_at(&[ConceptId::from_label(&label)], Consistency::Strong).await {
+                Ok(found) => Some(linear::Event {
+                    op: linear::Op::Read(found.into_iter().next().map(|c| c.content)),
+                    invoke: us(invoke),
+                    complete: Some(us(Instant::now())),
+                }),
+                // A failed read has no effect on the register.
+                Err(_) => None,
+            }
+        };
+        if let Some(e) = event {
+            hist.lock().unwrap().entry(key).or_default().push(e);
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+fn check_linearizable(hist: &BTreeMap<u32, Vec<linear::Event>>) -> Vec<String> {
+    hist.iter().filter_map(|(k, h)| linear::check(h).err().map(|e| format!("register-{k}: {e}"))).take(5).collect()
+}
+
 /// Waits until the master has reported the grid healthy (every process Up, every replica
 /// hosted) for `HEALTHY_FOR` on end, counting only polls made after this call: a status polled
 /// just before a repair (say, a restart) must not pass for its outcome.
@@ -1360,6 +1435,12 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
             ))
         })
         .collect();
+    let histories: Histories = Arc::new(Mutex::new(BTreeMap::new()));
+    let registers: Vec<_> = (0..sc.workload.registers)
+        .map(|c| {
+            clients.spawn(register_client(c, Duration::from_millis(150), t0, histories.clone(), stop_writers.clone()))
+        })
+        .collect();
     let steps = resolve(&sc, &mut rng);
     let measured = Arc::new(Mutex::new(Measured::default()));
     let mut tasks = Vec::new();
@@ -1372,6 +1453,9 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
     let mut write_failures = 0;
     for w in writers {
         write_failures += w.await.unwrap_or(0);
+    }
+    for r in registers {
+        let _ = r.await;
     }
 
     // Healing phase.
@@ -1421,6 +1505,10 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
     if sc.checks.contains(&Check::Replication) {
         failures.extend(repl_violations);
     }
+    let register_ops: usize = histories.lock().unwrap().values().map(|h| h.len()).sum();
+    if sc.checks.contains(&Check::Linearizable) {
+        failures.extend(check_linearizable(&histories.lock().unwrap()));
+    }
     if !failures.is_empty() {
         return Err(format!("{} check(s) failed: {}", failures.len(), failures.join(" | ")));
     }
@@ -1443,6 +1531,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
             "converge_s": converge_s,
             "rto_exit_ms": rto_exit,
             "rto_silent_ms": rto_silent,
+            "register_ops": register_ops,
             "status_polls": o.polls_ok,
             "status_polls_failed": o.polls_failed,
         }),

@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`plan`]: node names and the address plan, written down once.
 //! - [`scenario`]: the YAML scenario format (serde-saphyr) and its validation.
+//! - [`linear`]: the Wing–Gong linearizability checker for register histories.
 //! - [`spawner`]: the simulated `Spawner`: an agent's storage processes as madsim nodes.
 //! - [`chaos`]: runs a YAML scenario: cluster builder, nemesis, workload, observer, checkers.
 //! - [`boot`]: boots a role on a simulated node through the same functions the binary calls.
@@ -13,6 +14,7 @@
 //!
 //! Everything except `plan` and `scenario` needs `RUSTFLAGS="--cfg madsim"`.
 
+pub mod linear;
 pub mod plan;
 pub mod scenario;
 

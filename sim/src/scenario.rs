@@ -50,6 +50,10 @@ pub struct Workload {
     /// Pause between one writer's batches.
     #[serde(default = "default_pause")]
     pub pause_ms: u64,
+    /// Register clients: each writes unique values to, and strongly reads, a few shared keys;
+    /// the history feeds the `linearizable` check.
+    #[serde(default)]
+    pub registers: u32,
 }
 
 fn default_pause() -> u64 {
@@ -58,7 +62,7 @@ fn default_pause() -> u64 {
 
 impl Default for Workload {
     fn default() -> Self {
-        Workload { writers: 0, batch_concepts: 3, pause_ms: default_pause() }
+        Workload { writers: 0, batch_concepts: 3, pause_ms: default_pause(), registers: 0 }
     }
 }
 
@@ -253,6 +257,12 @@ fn validate(s: &Scenario) -> Result<(), String> {
     }
     if !(1..=8).contains(&c.processes_per_agent) {
         return Err(format!("cluster.processes_per_agent must be 1 to 8; got {}", c.processes_per_agent));
+    }
+    if s.checks.contains(&Check::Linearizable) && s.workload.registers == 0 {
+        return Err("the linearizable check needs workload.registers > 0 (register clients)".into());
+    }
+    if s.workload.registers > 16 {
+        return Err(format!("workload.registers must be at most 16; got {}", s.workload.registers));
     }
     let nodes = c.agents as u32 * c.processes_per_agent as u32;
     if c.replication == 0 || c.replication > nodes {
