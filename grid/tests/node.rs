@@ -99,12 +99,23 @@ async fn corruption_before_the_tail_makes_the_replica_refuse_to_serve() {
     let mut f = disk.create(seg).unwrap();
     f.append(&bytes).unwrap();
     f.sync().unwrap();
-    let node = StorageNode::open(disk, cfg()).await.unwrap();
+    let node = StorageNode::open(disk.clone(), cfg()).await.unwrap();
     match node.slot(3).unwrap() {
         ShardSlot::Failed { reason, .. } => assert!(reason.contains("corruption"), "{reason}"),
         ShardSlot::Serving(_) => panic!("a corrupt replica must not serve"),
     }
     assert!(node.shard(3).is_err());
+
+    // Re-sync from peers: wiped and reopened empty, keeping its promise, and it may neither
+    // vote nor lead until a primary has caught it up.
+    let grid = NodeConfig { standalone: false, ..cfg() };
+    drop(node);
+    let node = StorageNode::open(disk.clone(), grid).await.unwrap();
+    let s = node.resync_shard(3, KeyRange::ALL).await.unwrap();
+    assert_eq!(s.read().unwrap().applied_lsn(), 0, "nothing kept from the corrupt log");
+    let e = s.fence(9).await.unwrap_err();
+    assert!(e.contains("re-syncing"), "{e}");
+    assert!(node.resync_shard(3, KeyRange::ALL).await.is_err(), "only a failed replica is wiped");
 }
 
 #[tokio::test]

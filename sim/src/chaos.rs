@@ -1306,7 +1306,16 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
         .build()
         .id();
 
-    let config = NodeConfig { vector_dim: boot::SIM_VECTOR_DIM, ..NodeConfig::default() };
+    // Small, per-seed checkpoint triggers and WAL segments: checkpoints, trims, and snapshot
+    // catch-up of lagging replicas happen all the time.
+    let config = NodeConfig {
+        vector_dim: boot::SIM_VECTOR_DIM,
+        checkpoint_overlay_items: rng.random_range(20..1000),
+        checkpoint_check_interval_ms: rng.random_range(20..400),
+        wal_segment_bytes_max: rng.random_range(4096..256 * 1024),
+        repl_retain_bytes: rng.random_range(1024..256 * 1024),
+        ..NodeConfig::default()
+    };
     let mut machines = Vec::new();
     let mut agents = Vec::new();
     for a in 0..c.agents {

@@ -216,7 +216,8 @@ pub enum SwarmKind {
 #[serde(rename_all = "kebab-case")]
 pub enum Check {
     /// Every poll: the map is valid (each key range owned exactly once, replicas on distinct
-    /// registered nodes) and unchanged since `init`.
+    /// registered nodes), ranges and replica sets are as `init` made them, and only elections
+    /// moved it (version and epochs never go back; one epoch never names two primaries).
     ShardMap,
     /// No node is Down or Degraded while it has been healthy and fully connected for a while,
     /// and `expect` steps hold.
@@ -225,7 +226,8 @@ pub enum Check {
     AgentRestarts,
     /// A silently vanished machine's processes are Down within 3 heartbeat intervals.
     SilentDetection,
-    /// After a master restart its map and node registry are what they were before.
+    /// After a master restart its node registry is what it was before, and its map too or
+    /// moved on only by elections.
     MasterMetadata,
     /// Every acknowledged write is readable after the heal.
     AckedWrites,

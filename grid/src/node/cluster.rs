@@ -202,7 +202,20 @@ async fn host(node: &StorageNode, me: u64, assignments: &[pb::Assignment], take_
     for a in assignments {
         let shard = match node.slot(a.shard) {
             Ok(super::ShardSlot::Serving(s)) => s,
-            Ok(super::ShardSlot::Failed { .. }) => continue,
+            Ok(super::ShardSlot::Failed { reason, .. }) => {
+                // Detected corruption: rebuild this replica from its peers.
+                if !take_up_roles {
+                    continue;
+                }
+                let range = KeyRange { start: a.key_start, end: a.key_end };
+                match node.resync_shard(a.shard, range).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(shard = a.shard, error = %e, was = %reason, "cannot re-sync a failed replica");
+                        continue;
+                    }
+                }
+            }
             Err(_) if take_up_roles => continue,
             Err(_) => {
                 let range = KeyRange { start: a.key_start, end: a.key_end };

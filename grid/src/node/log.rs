@@ -84,32 +84,37 @@ impl Role {
     }
 }
 
-/// The durable promise (`promise` file): the highest epoch fenced into, and the highest epoch
-/// this replica has led. A replica never leads an epoch twice: after a restart its in-memory
-/// primary state is gone, and a second epoch-start entry could diverge from the first.
+/// The durable promise (`promise` file): the highest epoch fenced into, the highest epoch this
+/// replica has led, and whether it is re-syncing. A replica never leads an epoch twice: after a
+/// restart its in-memory primary state is gone, and a second epoch-start entry could diverge
+/// from the first. A replica re-syncing from its peers (its data was wiped after corruption)
+/// may hold less than it once acknowledged, so it neither answers fences nor leads until a
+/// primary's append shows it holds everything that primary had committed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Promise {
     pub promised: u64,
     pub led: u64,
+    pub resync: bool,
 }
 
 impl Promise {
-    fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(24);
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(28);
         b.extend_from_slice(&self.promised.to_le_bytes());
         b.extend_from_slice(&self.led.to_le_bytes());
+        b.extend_from_slice(&(self.resync as u64).to_le_bytes());
         let crc = crc32c::crc32c(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         b
     }
 
     pub fn decode(b: &[u8]) -> Option<Promise> {
-        if b.len() != 20 || crc32c::crc32c(&b[..16]).to_le_bytes() != b[16..20] {
+        let n = b.len().checked_sub(4)?;
+        if !(n == 16 || n == 24) || crc32c::crc32c(&b[..n]).to_le_bytes() != b[n..] {
             return None;
         }
-        let promised = u64::from_le_bytes(b[..8].try_into().ok()?);
-        let led = u64::from_le_bytes(b[8..16].try_into().ok()?);
-        Some(Promise { promised, led })
+        let word = |i: usize| b.get(i * 8..i * 8 + 8).and_then(|w| w.try_into().ok()).map(u64::from_le_bytes);
+        Some(Promise { promised: word(0)?, led: word(1)?, resync: n == 24 && word(2)? != 0 })
     }
 }
 
@@ -204,6 +209,8 @@ impl Core {
 /// What the driver, the shippers and the shard's handle share.
 pub(crate) struct Shared {
     pub shard: u32,
+    /// Committed entries kept in memory for lagging replicas (`NodeConfig::repl_retain_bytes`).
+    pub retain_bytes: usize,
     pub range: KeyRange,
     pub dir: String,
     pub disk: Arc<dyn Disk>,
@@ -302,7 +309,7 @@ impl Shared {
             Role::Replica(_) => core.applied,
         };
         while let Some((id, p)) = core.entries.front() {
-            if id.lsn > core.applied || (id.lsn > low && core.entry_bytes <= limits::REPL_RETAIN_BYTES_MAX) {
+            if id.lsn > core.applied || (id.lsn > low && core.entry_bytes <= self.retain_bytes) {
                 break;
             }
             core.entry_bytes -= p.len();
@@ -548,9 +555,22 @@ fn handle(
                     }
                 }
             }
+            if let AppendReply::Ok { matched, .. } = reply {
+                if core.promise.resync && a.commit <= matched {
+                    // It now holds everything the primary had committed: a full voter again.
+                    core.promise.resync = false;
+                    core.promise.promised = core.promise.promised.max(a.epoch);
+                    persist_promise(sh, core.promise)?;
+                    tracing::info!(shard, commit = a.commit, "re-sync complete; voting again");
+                }
+            }
             step.replies.push(Deferred::Append(tx, reply));
         }
         Cmd::Fence(epoch, tx) => {
+            if core.promise.resync {
+                let _ = tx.send(Err("re-syncing from its peers: it cannot vote until it has caught up".into()));
+                return Ok(());
+            }
             if epoch < core.role.promised() {
                 let _ = tx.send(Err(format!("already promised epoch {}", core.role.promised())));
                 return Ok(());
@@ -573,12 +593,13 @@ fn handle(
                     return Ok(());
                 }
             }
-            if pr.epoch < core.role.promised() || pr.epoch <= core.promise.led {
+            if pr.epoch < core.role.promised() || pr.epoch <= core.promise.led || core.promise.resync {
                 let why = format!(
-                    "cannot lead epoch {}: promised {}, already led {}",
+                    "cannot lead epoch {}: promised {}, already led {}, re-syncing {}",
                     pr.epoch,
                     core.role.promised(),
-                    core.promise.led
+                    core.promise.led,
+                    core.promise.resync
                 );
                 let _ = tx.send(Err(why));
                 return Ok(());
@@ -586,7 +607,7 @@ fn handle(
             if matches!(core.role, Role::Primary(_)) {
                 sh.step_down(core, pr.epoch);
             }
-            core.promise = Promise { promised: pr.epoch, led: pr.epoch };
+            core.promise = Promise { promised: pr.epoch, led: pr.epoch, resync: false };
             persist_promise(sh, core.promise)?;
             let Role::Replica(r) = &core.role else { unreachable!("stepped down above") };
             let mut r = r.clone();

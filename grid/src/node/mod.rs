@@ -35,6 +35,9 @@ pub struct NodeConfig {
     pub checkpoint_check_interval_ms: u64,
     /// WAL segment size; the simulator makes it tiny so segments roll and trim constantly.
     pub wal_segment_bytes_max: u64,
+    /// Committed log entries a primary keeps in memory for lagging replicas; older ones are
+    /// read from the WAL, or sent as a snapshot once trimmed (the simulator makes it tiny).
+    pub repl_retain_bytes: usize,
     /// No master: every shard is led by this node alone (replication 1), in a new epoch
     /// per open. In a grid the master fences and promotes instead.
     pub standalone: bool,
@@ -47,6 +50,7 @@ impl Default for NodeConfig {
             checkpoint_overlay_items: limits::CHECKPOINT_OVERLAY_ITEMS_TRIGGER,
             checkpoint_check_interval_ms: limits::CHECKPOINT_CHECK_INTERVAL_MS,
             wal_segment_bytes_max: limits::WAL_SEGMENT_BYTES_MAX,
+            repl_retain_bytes: limits::REPL_RETAIN_BYTES_MAX,
             standalone: true,
         }
     }
@@ -201,6 +205,43 @@ impl StorageNode {
             ShardSlot::Serving(s) => Ok(s),
             ShardSlot::Failed { reason, .. } => Err(ShardError::NotServing { shard: id, reason }.into()),
         }
+    }
+
+    /// Rebuilds a replica that refuses to serve (detected corruption) from its peers: wipes its
+    /// log and checkpoint, keeps its promise (marked re-syncing, so it cannot vote or lead
+    /// until a primary has caught it up), and opens it empty. Refused when the promise cannot
+    /// be read: forgetting a fence could let a deposed primary commit through this replica.
+    pub async fn resync_shard(&self, id: u32, range: KeyRange) -> Result<Arc<Shard>, NodeError> {
+        let _guard = self.create_lock.lock().await;
+        if !matches!(self.slots().get(&id), Some(ShardSlot::Failed { .. })) {
+            return Err(NodeError::ShardExists(id));
+        }
+        let dir = shard_dir(id);
+        let promise_path = format!("{dir}/promise");
+        let mut promise = match self.disk.read(&promise_path) {
+            Ok(b) => log::Promise::decode(&b)
+                .ok_or_else(|| NodeError::Invalid("the promise file is unreadable; not re-syncing".into()))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => log::Promise::default(),
+            Err(e) => return Err(e.into()),
+        };
+        promise.resync = true;
+        tracing::warn!(shard = id, "wiping a replica that refuses to serve; re-syncing it from its peers");
+        let wal_dir = format!("{dir}/wal");
+        for name in self.disk.list(&wal_dir)? {
+            self.disk.remove(&format!("{wal_dir}/{name}"))?;
+        }
+        self.disk.sync_dir(&wal_dir).or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
+        for name in ["storage.dat", "storage.dat.tmp"] {
+            let p = format!("{dir}/{name}");
+            if self.disk.exists(&p) {
+                self.disk.remove(&p)?;
+            }
+        }
+        write_atomic(&*self.disk, &dir, "promise", &promise.encode())?;
+        write_atomic(&*self.disk, &dir, "shard.meta", &encode_meta(range))?;
+        let shard = start_shard(&self.disk, id, range, &self.config).await?;
+        self.shards.write().unwrap_or_else(|p| p.into_inner()).insert(id, ShardSlot::Serving(shard.clone()));
+        Ok(shard)
     }
 
     /// Creates an empty shard replica. Idempotent for the same range.

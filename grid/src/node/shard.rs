@@ -182,6 +182,7 @@ impl Shard {
         let (changed, _) = watch::channel(0u64);
         let sh = Arc::new(Shared {
             shard: sid,
+            retain_bytes: config.repl_retain_bytes,
             range,
             dir: dir.to_string(),
             disk,

@@ -206,6 +206,7 @@ pub async fn run() -> Result<Report, String> {
         checkpoint_check_interval_ms: rng.random_range(20..400),
         wal_segment_bytes_max: rng.random_range(512..256 * 1024),
         standalone: true,
+        ..NodeConfig::default()
     };
 
     let disk = SimDisk::new(rng.random());
