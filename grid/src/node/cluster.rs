@@ -196,6 +196,7 @@ fn heartbeat_request(
 /// Creates every assigned replica this node lacks, and takes up the primary role where the
 /// map names this node and it does not lead that epoch yet (the backup path for a promotion
 /// whose RPC was lost; it waits out a full lease, not knowing how long ago the fence was).
+/// With `take_up_roles`, an assigned replica that refuses to serve is re-synced from its peers.
 /// True when all are in place.
 async fn host(node: &StorageNode, me: u64, assignments: &[pb::Assignment], take_up_roles: bool) -> bool {
     let mut ok = true;
