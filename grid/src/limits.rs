@@ -87,9 +87,10 @@ pub const GOSSIP_PING_TIMEOUT_MS: u64 = 80;
 pub const GOSSIP_INDIRECT_PROBES: usize = 3;
 /// Periods a suspect has to refute before it is declared dead.
 pub const GOSSIP_SUSPICION_PERIODS: u64 = 8;
-/// Every this many periods a node pings one member it holds Dead, so healed partitions and
-/// restarted nodes rejoin (1 s: well inside any healing budget, one extra datagram a second).
-pub const GOSSIP_DEAD_PROBE_PERIODS: u64 = 4;
+/// Every this many periods a node pings one member it holds Dead (round robin), so healed
+/// partitions and restarted nodes rejoin. Every period: one extra datagram per period while
+/// anything is Dead, and a lone node that holds everyone Dead reaches them all quickly.
+pub const GOSSIP_DEAD_PROBE_PERIODS: u64 = 1;
 /// Membership updates piggybacked on one message.
 pub const GOSSIP_PIGGYBACK_MAX: usize = 8;
 /// Each update is sent this many times × ⌈log2(n+1)⌉ (infection-style dissemination).

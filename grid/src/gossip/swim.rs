@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
 use rand::seq::SliceRandom;
-use rand::Rng as _;
 
 use crate::ids::NodeId;
 use crate::io::{seeded_rng, Rng};
@@ -143,6 +142,8 @@ pub struct Swim {
     suspects: BTreeMap<NodeId, u64>,
     /// Probe periods started; every `dead_probe_periods`th also pings one Dead member.
     periods: u64,
+    /// The Dead member probed last (round robin).
+    dead_cursor: NodeId,
     pub stats: SwimStats,
 }
 
@@ -168,6 +169,7 @@ impl Swim {
             live: 1,
             suspects: BTreeMap::new(),
             periods: 0,
+            dead_cursor: NodeId(0),
             stats: SwimStats::default(),
         }
     }
@@ -235,8 +237,18 @@ impl Swim {
     }
 
     fn send(&mut self, to: SocketAddr, seq: u64, kind: Kind) -> Out {
+        self.send_with(to, seq, kind, None)
+    }
+
+    /// `send`, with `first` carried ahead of the piggybacked queue.
+    fn send_with(&mut self, to: SocketAddr, seq: u64, kind: Kind, first: Option<Update>) -> Out {
         self.stats.sent += 1;
-        let updates = self.piggyback();
+        let mut updates = self.piggyback();
+        if let Some(u) = first {
+            updates.retain(|q| q.node != u.node);
+            updates.truncate(self.cfg.piggyback_max.saturating_sub(1));
+            updates.insert(0, u);
+        }
         Out {
             to,
             msg: Msg { from: self.me, from_addr: self.addr, from_incarnation: self.incarnation, seq, kind, updates },
@@ -401,16 +413,20 @@ impl Swim {
         out
     }
 
-    /// A ping to one random Dead member, every `dead_probe_periods` periods. Its ack (or its
-    /// ping back) carries its incarnation; if that does not beat our Dead record, we tell it,
-    /// and it refutes with a higher one, which revives it everywhere.
+    /// A ping to one Dead member, every `dead_probe_periods` periods, round robin so each is
+    /// reached within (dead members × that) periods. Its ack carries its incarnation; if that
+    /// does not beat our Dead record, we tell it, and it refutes with a higher one, which
+    /// revives it everywhere.
     fn probe_the_dead(&mut self) -> Option<Out> {
         let dead = (self.members.len() + 1).saturating_sub(self.live);
         if dead == 0 || self.cfg.dead_probe_periods == 0 || !self.periods.is_multiple_of(self.cfg.dead_probe_periods) {
             return None;
         }
-        let k = self.rng.random_range(0..dead);
-        let addr = self.members.values().filter(|m| m.state == State::Dead).nth(k)?.addr;
+        let is_dead = |(_, m): &(&NodeId, &Member)| m.state == State::Dead;
+        let after = self.members.range(NodeId(self.dead_cursor.0.saturating_add(1))..).find(is_dead);
+        let (id, m) = after.or_else(|| self.members.iter().find(is_dead))?;
+        let addr = m.addr;
+        self.dead_cursor = *id;
         self.seq += 1;
         let seq = self.seq;
         Some(self.send(addr, seq, Kind::Ping))
@@ -443,21 +459,26 @@ impl Swim {
         let sender =
             Update { node: msg.from, addr: msg.from_addr, incarnation: msg.from_incarnation, state: State::Alive };
         let was_alive = self.members.get(&msg.from).is_none_or(|m| m.state == State::Alive);
+        let mut tell = None;
         if was_alive {
             self.observe(sender, now_ms);
         } else if !self.apply(sender, now_ms) {
             // We hold the sender as Suspect/Dead at an incarnation it has not refuted (say, it
-            // restarted at 0): tell it, so it refutes with a higher one.
-            if let Some(m) = self.members.get(&msg.from) {
-                let u = Update { node: msg.from, addr: m.addr, incarnation: m.incarnation, state: m.state };
-                self.enqueue(u);
-            }
+            // restarted at 0, or a partition healed): tell it directly, so it refutes with a
+            // higher one. Not by broadcast: that would spread the stale record to members that
+            // hold it Alive.
+            tell = self.members.get(&msg.from).map(|m| Update {
+                node: msg.from,
+                addr: m.addr,
+                incarnation: m.incarnation,
+                state: m.state,
+            });
         }
         for u in msg.updates {
             self.apply(u, now_ms);
         }
-        match msg.kind {
-            Kind::Ping => vec![self.send(msg.from_addr, msg.seq, Kind::Ack)],
+        let mut out = match msg.kind {
+            Kind::Ping => vec![self.send_with(msg.from_addr, msg.seq, Kind::Ack, tell.take())],
             Kind::Ack => {
                 if self.probe.as_ref().is_some_and(|p| p.seq == msg.seq) {
                     self.probe = None;
@@ -467,17 +488,27 @@ impl Swim {
                     None => Vec::new(),
                 }
             }
-            Kind::PingReq { target } => {
-                if self.relays.len() >= limits::GOSSIP_QUEUE_MAX {
-                    return Vec::new();
-                }
-                let Some(addr) = self.members.get(&target).map(|m| m.addr) else { return Vec::new() };
-                self.seq += 1;
-                let seq = self.seq;
-                let expires_ms = now_ms + self.cfg.period_ms;
-                self.relays.insert(seq, Relay { requester: msg.from_addr, requester_seq: msg.seq, expires_ms });
-                vec![self.send(addr, seq, Kind::Ping)]
-            }
+            Kind::PingReq { target } => self.relay(now_ms, msg.from_addr, msg.seq, target).into_iter().collect(),
+        };
+        if let Some(u) = tell {
+            // Its ack (at the refuted incarnation) revives it here.
+            self.seq += 1;
+            let seq = self.seq;
+            out.push(self.send_with(msg.from_addr, seq, Kind::Ping, Some(u)));
         }
+        out
+    }
+
+    /// Pings `target` on the requester's behalf; its ack is relayed back.
+    fn relay(&mut self, now_ms: u64, requester: SocketAddr, requester_seq: u64, target: NodeId) -> Option<Out> {
+        if self.relays.len() >= limits::GOSSIP_QUEUE_MAX {
+            return None;
+        }
+        let addr = self.members.get(&target)?.addr;
+        self.seq += 1;
+        let seq = self.seq;
+        let expires_ms = now_ms + self.cfg.period_ms;
+        self.relays.insert(seq, Relay { requester, requester_seq, expires_ms });
+        Some(self.send(addr, seq, Kind::Ping))
     }
 }

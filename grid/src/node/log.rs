@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use super::shard::{ShardError, Written};
@@ -217,8 +217,10 @@ pub(crate) struct Shared {
     pub state: Arc<RwLock<ShardStore>>,
     pub core: Mutex<Core>,
     pub fault: Mutex<Option<String>>,
-    /// Bumped whenever the log grows or the commit LSN moves: wakes the shippers.
-    pub changed: watch::Sender<u64>,
+    /// Notified whenever the log grows or the commit LSN moves: wakes the shippers. A `Notify`,
+    /// not a `watch`: tokio's watch spreads waiters over 8 lists picked by a process-seeded RNG,
+    /// so wake order (and the simulation) differed between runs in one process.
+    pub changed: Notify,
     pub syncs: AtomicU64,
     /// Held while applying; a checkpoint holds it to freeze the state without blocking readers.
     pub apply_gate: Mutex<()>,
@@ -245,7 +247,7 @@ impl Shared {
     }
 
     fn bump(&self) {
-        self.changed.send_modify(|v| *v += 1);
+        self.changed.notify_waiters();
     }
 
     /// Applies every committed entry not applied yet, then acknowledges their writers.

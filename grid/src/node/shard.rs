@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use super::log::{self, Cmd, Core, Promise, Promotion, Role, Shared, Waiter};
 use crate::ids::{ConceptId, ShardId};
@@ -179,7 +179,6 @@ impl Shard {
             "shard recovered"
         );
         let role = Role::Replica(Replica::new(log_index, promised, commit));
-        let (changed, _) = watch::channel(0u64);
         let sh = Arc::new(Shared {
             shard: sid,
             retain_bytes: config.repl_retain_bytes,
@@ -189,7 +188,7 @@ impl Shard {
             state: Arc::new(RwLock::new(store)),
             core: Mutex::new(Core::new(role, promise, pending, applied)),
             fault: Mutex::new(None),
-            changed,
+            changed: tokio::sync::Notify::new(),
             syncs: AtomicU64::new(0),
             apply_gate: Mutex::new(()),
             trim_through: AtomicU64::new(0),

@@ -65,12 +65,15 @@ pub(crate) fn reply_from_pb(r: &pb::AppendResponse) -> AppendReply {
 
 pub(crate) async fn ship(sh: Arc<Shared>, epoch: u64, peer: NodeId, addr: String) {
     let mut client: Option<StorageClient> = None;
-    let mut changed = sh.changed.subscribe();
     let heartbeat = Duration::from_millis(limits::REPL_HEARTBEAT_MS);
     let deadline = Duration::from_millis(limits::REPL_RPC_DEADLINE_MS);
     let mut last_sent: Option<Instant> = None;
     let mut failures = 0u32;
     loop {
+        // Registered before looking for work, so a notification in between is not lost.
+        let changed = sh.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
         let due = last_sent.is_none_or(|t| t.elapsed() >= heartbeat);
         let job = sh.next_job(epoch, peer, due);
         let (append, payloads) = match job {
@@ -79,7 +82,7 @@ pub(crate) async fn ship(sh: Arc<Shared>, epoch: u64, peer: NodeId, addr: String
                 let wait = last_sent.map_or(Duration::ZERO, |t| heartbeat.saturating_sub(t.elapsed()));
                 tokio::select! {
                     biased;
-                    r = changed.changed() => if r.is_err() { return },
+                    _ = changed => {}
                     _ = tokio::time::sleep(wait) => {}
                 }
                 continue;

@@ -131,6 +131,11 @@ impl Primary {
                 // Resume right after the replica's last entry if this log holds it; else after
                 // its commit point, which every later primary's log holds.
                 let resume = if self.log.contains(last) { last.lsn } else { commit };
+                if last.lsn < p.matched {
+                    // It holds less than it acknowledged: it was wiped to re-sync (corruption).
+                    // Start it over, or it would be sent the same unmatched tail forever.
+                    p.matched = resume;
+                }
                 p.next = resume.max(p.matched) + 1;
             }
             // A reply to an append of an older epoch of ours: nothing to learn.

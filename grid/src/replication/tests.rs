@@ -76,6 +76,27 @@ fn truncating_a_committed_entry_is_a_bug_caught_at_once() {
     r.on_append(&append(2, (1, 1), &[(2, 2)], 2));
 }
 
+/// Seed 93 of swarm: a replica wiped for re-sync answered every append with "I hold nothing",
+/// and the primary, trusting the old `matched`, resent the same tail forever.
+#[test]
+fn a_wiped_replica_is_started_over() {
+    let mut p = Primary::new(n(1), vec![n(1), n(2), n(3)], 1, Replica::new(LogIndex::new(EntryId::default()), 1, 0));
+    for _ in 0..4 {
+        p.append();
+    }
+    p.on_durable(5);
+    p.on_reply(n(2), &AppendReply::Ok { epoch: 1, matched: 5 });
+    assert_eq!(p.commit, 5);
+    p.append();
+    let a = p.next_append(n(2), 16).unwrap().unwrap();
+    assert_eq!(a.prev.lsn, 5);
+    // Node 2 lost its copy (corruption) and now holds nothing.
+    p.on_reply(n(2), &AppendReply::Mismatch { epoch: 1, last: EntryId::default(), commit: 0 });
+    let a = p.next_append(n(2), 16).unwrap().unwrap();
+    assert_eq!(a.prev.lsn, 0, "it is sent the whole log again");
+    assert_eq!(p.commit, 5, "the commit point never goes back");
+}
+
 #[test]
 fn an_old_epoch_entry_on_a_majority_commits_only_through_the_epoch_start_entry() {
     let voters = vec![n(1), n(2), n(3)];
