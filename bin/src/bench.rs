@@ -253,7 +253,7 @@ fn generate(n: u32, m: u64, seed: u64) -> Vec<VertexData> {
 fn write_generated(disk: &dyn Disk, dir: &str, n: u32, m: u64, seed: u64, lsn: u64) -> Result<u64> {
     let vs = generate(n, m, seed);
     let meta = CheckpointMeta { lsn, epoch: 1, key_start: 0, key_end: u64::MAX };
-    let image = checkpoint::build_image(&meta, &["related_to".to_string()], &vs);
+    let image = checkpoint::build_image(&meta, &["related_to".to_string()], &vs, &Default::default());
     drop(vs);
     disk.create_dir_all(dir)?;
     Ok(checkpoint::write(disk, dir, &image)?)

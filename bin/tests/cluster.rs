@@ -8,9 +8,10 @@ mod common;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use sutra_grid::client::MasterClient;
+use sutra_grid::client::{MasterClient, StorageClient};
 use sutra_grid::ids::ConceptId;
 use sutra_grid::master::NodeState;
+use sutra_grid::model::EdgeFilter;
 use sutra_grid::node::Consistency;
 use sutra_grid::query::Router;
 
@@ -139,6 +140,26 @@ async fn master_agent_and_storage_processes_form_a_grid() {
     let ids: Vec<ConceptId> = (0..20).flat_map(|i| common::ids(0, i)).collect();
     // Strong reads: the primaries under their leases see every acknowledged write.
     assert_eq!(router.get_concepts_at(&ids, Consistency::Strong).await.unwrap().len(), 60);
+    // Each batch's association is logged on its source's shard; the outbox brings the in-edge
+    // to the target's shard (most of them live on another shard).
+    let mc = MasterClient::connect(&master).await.unwrap();
+    let (_, took) = until("every in-edge delivered", Duration::from_secs(10), async || {
+        let map = mc.shard_map().await.ok()?;
+        for i in 0..20 {
+            let target = common::ids(0, i)[1];
+            let e = map.shards.iter().find(|e| (e.key_start..=e.key_end).contains(&target.placement_key()))?;
+            let addr = &map.nodes.iter().find(|n| n.node_id == e.primary)?.storage_addr;
+            let c = StorageClient::connect(addr).await.ok()?;
+            let r = c.neighbors(e.shard, &[target], &EdgeFilter::default(), 0, false).await.ok()?;
+            let incoming = r.lists.iter().flat_map(|l| &l.edges).filter(|e| !e.outgoing && e.relation == "causes");
+            if incoming.count() != 1 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    println!("real mode: 20 in-edges visible on their targets' shards {took:?} after the writes");
 
     // kill -9 one child: its agent reports the exit at once, then restarts it.
     let victim = data_root.join("node-1").display().to_string();

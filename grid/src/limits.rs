@@ -160,6 +160,15 @@ pub const REPL_APPEND_ENTRIES_MAX: u64 = 1_024;
 pub const REPL_APPEND_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Deadline of one replication RPC (append, fence, promote, snapshot chunk).
 pub const REPL_RPC_DEADLINE_MS: u64 = 1_000;
+/// Outbox items one delivery round takes per shard (DESIGN §5 rule 7).
+pub const OUTBOX_BATCH_MAX: usize = 1024;
+/// Undelivered in-edges one shard holds before it refuses (Busy) new writes that add more: a
+/// target shard that stays unreachable must not grow the outbox without bound.
+pub const OUTBOX_ITEMS_MAX: usize = 1_000_000;
+/// How often a primary looks at its outbox when the last round found nothing to deliver.
+pub const OUTBOX_POLL_MS: u64 = 50;
+/// Deadline of one delivery call; a round that fails backs off up to `REPL_HEARTBEAT_MS * 2`.
+pub const OUTBOX_RPC_DEADLINE_MS: u64 = 1_000;
 /// Writes a primary holds unacknowledged before it pushes back ("busy").
 pub const REPL_UNCOMMITTED_MAX: usize = 8_192;
 /// Committed entries a primary keeps in memory for lagging replicas (older ones are read

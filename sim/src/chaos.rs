@@ -21,7 +21,7 @@ use sutra_grid::ids::{ConceptId, Epoch, NodeId, ShardId};
 use sutra_grid::io::{seeded_rng, ProcessSpec, SimDisk, SimDiskFaults};
 use sutra_grid::limits;
 use sutra_grid::master::{Master, NodeState};
-use sutra_grid::model::{ConceptWrite, WriteBatch};
+use sutra_grid::model::{AssocKind, Association, ConceptWrite, EdgeFilter, WriteBatch};
 use sutra_grid::node::{Consistency, NodeConfig};
 use sutra_grid::query::Router;
 use sutra_grid::replication::witness::{self, Event};
@@ -982,12 +982,34 @@ fn perform(
     }
 }
 
-/// A writer routing batches through the master's map, recording what was acknowledged.
+/// Associations the writers attempted and had acknowledged, by (source, target); all of them
+/// are Semantic `next` edges, so that pair is the upsert key.
+#[derive(Default)]
+struct EdgeLog {
+    attempted: BTreeSet<(ConceptId, ConceptId)>,
+    acked: Vec<(ConceptId, ConceptId)>,
+}
+
+fn next_edge(source: &str, target: &str, confidence: f32) -> Association {
+    Association {
+        source: ConceptId::from_label(source),
+        target: ConceptId::from_label(target),
+        kind: AssocKind::Semantic,
+        relation: "next".into(),
+        confidence,
+        evidence: String::new(),
+    }
+}
+
+/// A writer routing batches through the master's map, recording what was acknowledged. Each
+/// batch chains its concepts with `next` associations (mostly across shards) and re-weights
+/// one association of the batch before, so updates race their own in-edge deliveries.
 async fn writer(
     w: u32,
     concepts: u32,
     pause: Duration,
     acked: Arc<Mutex<Vec<String>>>,
+    edges: Arc<Mutex<EdgeLog>>,
     repl: Arc<Mutex<ReplWitness>>,
     stop: Arc<AtomicBool>,
 ) -> u64 {
@@ -1025,14 +1047,21 @@ async fn writer(
                     confidence: 0.9,
                 })
                 .collect(),
-            associations: vec![],
+            associations: labels.windows(2).map(|p| next_edge(&p[0], &p[1], 0.5)).collect(),
         };
+        let mut batch = batch;
+        if i > 0 && concepts > 1 {
+            let (a, b) = (format!("w{w}-b{}-c0", i - 1), format!("w{w}-b{}-c1", i - 1));
+            batch.associations.push(next_edge(&a, &b, 0.05 + (i % 10) as f32 / 10.0));
+        }
+        edges.lock().unwrap().attempted.extend(batch.associations.iter().map(|a| (a.source, a.target)));
         let sent = Instant::now();
         match r.write(&batch).await {
             Ok(parts) => {
                 let now = Instant::now();
                 repl.lock().unwrap().acks.extend(parts.iter().map(|p| (sent, now, p.shard)));
                 acked.lock().unwrap().extend(labels);
+                edges.lock().unwrap().acked.extend(batch.associations.iter().map(|a| (a.source, a.target)));
             }
             Err(_) => failed += 1,
         }
@@ -1167,6 +1196,81 @@ async fn check_writes(acked: &[String]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{} acknowledged concepts lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]))
+    }
+}
+
+/// (source, target, confidence bits) of every edge, as its source's shard stores it (out) and
+/// as its target's shard stores it (in), read from each shard's primary.
+type EdgeSet = BTreeSet<(ConceptId, ConceptId, u32)>;
+
+async fn read_edges(st: &pb::StatusResponse, ids: &BTreeSet<ConceptId>) -> Result<(EdgeSet, EdgeSet), String> {
+    let map = st.map.clone().unwrap_or_default();
+    let addrs: BTreeMap<u64, String> = st.nodes.iter().map(|n| (n.node_id, n.storage_addr.clone())).collect();
+    let (mut out, mut inn) = (EdgeSet::new(), EdgeSet::new());
+    for e in &map.shards {
+        let mine: Vec<ConceptId> =
+            ids.iter().filter(|id| (e.key_start..=e.key_end).contains(&id.placement_key())).copied().collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let addr = addrs.get(&e.primary).ok_or_else(|| format!("shard {}: no address for its primary", e.shard))?;
+        let c = sutra_grid::client::StorageClient::connect(addr)
+            .await
+            .map_err(|err| format!("shard {}: {err}", e.shard))?;
+        for chunk in mine.chunks(limits::NEIGHBORS_IDS_MAX) {
+            let r = c
+                .neighbors(e.shard, chunk, &EdgeFilter::default(), 0, false)
+                .await
+                .map_err(|err| format!("shard {}: {err}", e.shard))?;
+            for list in r.lists {
+                let v = sutra_grid::node::convert::id_from_pb(&list.id.unwrap_or_default());
+                for edge in list.edges {
+                    let other = sutra_grid::node::convert::id_from_pb(&edge.other.unwrap_or_default());
+                    let conf = edge.confidence.to_bits();
+                    if edge.outgoing {
+                        out.insert((v, other, conf));
+                    } else {
+                        inn.insert((other, v, conf));
+                    }
+                }
+            }
+        }
+    }
+    Ok((out, inn))
+}
+
+/// Waits (up to the convergence budget) for every shard's outbox to drain, then requires the
+/// two sides of every edge to agree, every acknowledged association to be stored, and no
+/// association that was never attempted.
+async fn check_edges(st: &pb::StatusResponse, log: &EdgeLog) -> Result<usize, String> {
+    let ids: BTreeSet<ConceptId> = log.attempted.iter().flat_map(|(a, b)| [*a, *b]).collect();
+    let start = Instant::now();
+    loop {
+        let problem = match read_edges(st, &ids).await {
+            Err(e) => e,
+            Ok((out, inn)) => {
+                let keys: BTreeSet<(ConceptId, ConceptId)> = out.iter().map(|(a, b, _)| (*a, *b)).collect();
+                if let Some((a, b)) = log.acked.iter().find(|k| !keys.contains(k)) {
+                    return Err(format!("edges: acknowledged association {a} -> {b} is not stored at its source"));
+                }
+                if let Some((a, b)) = keys.iter().find(|k| !log.attempted.contains(k)) {
+                    return Err(format!("edges: association {a} -> {b} was never written"));
+                }
+                match (out.difference(&inn).next(), inn.difference(&out).next()) {
+                    (None, None) => return Ok(out.len()),
+                    (Some((a, b, c)), _) => {
+                        format!("out-edge {a} -> {b} ({}) has no matching in-edge", f32::from_bits(*c))
+                    }
+                    (_, Some((a, b, c))) => {
+                        format!("in-edge {a} -> {b} ({}) has no matching out-edge", f32::from_bits(*c))
+                    }
+                }
+            }
+        };
+        if start.elapsed() > CONVERGE_BUDGET {
+            return Err(format!("edges: not consistent within {CONVERGE_BUDGET:?}: {problem}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -1431,6 +1535,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
     // Fault phase.
     let t0 = Instant::now();
     let acked = Arc::new(Mutex::new(Vec::new()));
+    let edge_log = Arc::new(Mutex::new(EdgeLog::default()));
     let stop_writers = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..sc.workload.writers)
         .map(|w| {
@@ -1439,6 +1544,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
                 sc.workload.batch_concepts,
                 Duration::from_millis(sc.workload.pause_ms),
                 acked.clone(),
+                edge_log.clone(),
                 g.repl.clone(),
                 stop_writers.clone(),
             ))
@@ -1479,6 +1585,13 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
         let acked = acked.lock().unwrap().clone();
         clients.spawn(async move { check_writes(&acked).await }).await.map_err(|e| format!("{e}"))??;
     }
+    let edges_checked = if sc.checks.contains(&Check::Edges) {
+        let map = g.obs.lock().unwrap().last.clone().unwrap_or_default();
+        let log = std::mem::take(&mut *edge_log.lock().unwrap());
+        Some(clients.spawn(async move { check_edges(&map, &log).await }).await.map_err(|e| format!("{e}"))??)
+    } else {
+        None
+    };
     let converge_s = if sc.checks.contains(&Check::Replication) {
         let map = g.obs.lock().unwrap().last.clone().unwrap_or_default();
         Some(clients.spawn(async move { check_replicas(&map).await }).await.map_err(|e| format!("{e}"))??)
@@ -1541,6 +1654,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
             "rto_exit_ms": rto_exit,
             "rto_silent_ms": rto_silent,
             "register_ops": register_ops,
+            "edges_checked": edges_checked,
             "status_polls": o.polls_ok,
             "status_polls_failed": o.polls_failed,
         }),

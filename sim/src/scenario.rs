@@ -236,6 +236,10 @@ pub enum Check {
     Replication,
     /// Strong reads and writes on a register workload are linearizable per key (Wing–Gong).
     Linearizable,
+    /// Both sides of every edge (DESIGN.md §5 rule 7): at quiescence each out-edge has its
+    /// in-edge on the target's shard with the same confidence and vice versa, every
+    /// acknowledged association is stored, and none that was never attempted appears.
+    Edges,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -12,7 +12,7 @@ use tonic::{Code, Status};
 
 use crate::ids::ConceptId;
 use crate::limits;
-use crate::model::{EdgeFilter, WriteBatch};
+use crate::model::{Association, EdgeFilter, WriteBatch};
 use crate::node::convert::{association_to_pb, concept_write_to_pb, filter_to_pb, id_to_pb};
 
 mod master;
@@ -99,6 +99,23 @@ impl StorageClient {
             associations: batch.associations.iter().map(association_to_pb).collect(),
         };
         self.once("write_batch", self.inner.clone().write_batch(req)).await
+    }
+
+    /// Delivers outbox items (ascending sequence numbers) to `shard`. Idempotent: the shard
+    /// skips what it already took from `source_shard`.
+    pub async fn deliver_in_edges(
+        &self,
+        shard: u32,
+        source_shard: u32,
+        items: &[(u64, Association)],
+    ) -> Result<pb::WriteBatchResponse, ClientError> {
+        let req = pb::DeliverInEdgesRequest {
+            shard,
+            source_shard,
+            associations: items.iter().map(|(_, a)| association_to_pb(a)).collect(),
+            seqs: items.iter().map(|(s, _)| *s).collect(),
+        };
+        self.once("deliver_in_edges", self.inner.clone().deliver_in_edges(req)).await
     }
 
     pub async fn get_concepts(&self, shard: u32, ids: &[ConceptId]) -> Result<pb::GetConceptsResponse, ClientError> {

@@ -50,6 +50,7 @@ pub async fn run_storage_process(
         .await
         .map_err(|e| format!("cannot bind gossip {}: {e}", membership.gossip_addr))?;
     let member = tokio::spawn(stay_registered(node.clone(), membership.clone(), socket));
+    let _outbox = AbortOnDrop(tokio::spawn(super::outbox::run(node.clone(), membership.master.clone())));
     let r = serve(node, membership.storage_addr, shutdown)
         .await
         .map_err(|e| format!("cannot serve on {}: {e}", membership.storage_addr));

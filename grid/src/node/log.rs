@@ -21,17 +21,40 @@ use crate::model::WriteBatch;
 use crate::replication::entry::{self, Body};
 use crate::replication::witness::{self, Event};
 use crate::replication::{Append, AppendReply, EntryId, LogIndex, Primary, Replica};
-use crate::store::{batch_codec, Checkpoint, KeyRange, ShardStore};
+use crate::store::{batch_codec, links, Checkpoint, InEdges, KeyRange, ShardStore};
 use crate::wal::{RecordType, Wal, WalError};
 
-/// A client write waiting for its entry to commit.
+/// A write waiting for its entry to commit.
 pub(crate) struct Waiter {
+    pub kind: WriteKind,
     pub ts_ms: u64,
+    /// The decoded batch (`WriteKind::Batch` only), applied without decoding `bytes` again.
     pub batch: WriteBatch,
     pub ids: Vec<ConceptId>,
-    /// `batch_codec` bytes of (ts, batch).
+    /// The entry body: `batch_codec` bytes of (ts, batch), or the `links` encoding.
     pub bytes: Vec<u8>,
     pub done: oneshot::Sender<Result<Written, ShardError>>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum WriteKind {
+    Batch,
+    InEdges,
+    Delivered,
+}
+
+/// Applies one committed entry's body to the store (live and at recovery alike).
+pub(crate) fn apply_body(st: &mut ShardStore, lsn: u64, body: Body<'_>) -> Result<(), String> {
+    match body {
+        Body::EpochStart => st.apply(lsn, 0, WriteBatch::default()),
+        Body::Batch(b) => {
+            let (ts, batch) = batch_codec::decode(b).map_err(|e| e.to_string())?;
+            st.apply(lsn, ts, batch);
+        }
+        Body::InEdges(b) => st.apply_in_edges(lsn, InEdges::decode(b).map_err(|e| e.to_string())?),
+        Body::Delivered(b) => st.apply_delivered(lsn, &links::decode_delivered(b).map_err(|e| e.to_string())?),
+    }
+    Ok(())
 }
 
 /// What the master asked a node to lead.
@@ -271,27 +294,25 @@ impl Shared {
             for i in start..end {
                 let (id, payload) = core.entries[i].clone();
                 let waiter = core.waiters.remove(&id.lsn);
-                match entry::decode(&payload) {
-                    Ok((_, Body::EpochStart)) => st.apply(id.lsn, 0, WriteBatch::default()),
-                    Ok((_, Body::Batch(bytes))) => match waiter {
-                        Some(w) => {
-                            st.apply_with_ids(id.lsn, w.ts_ms, w.batch, &w.ids);
+                let applied = match (entry::decode(&payload), waiter) {
+                    (Ok((_, Body::Batch(_))), Some(w)) if w.kind == WriteKind::Batch => {
+                        st.apply_with_ids(id.lsn, w.ts_ms, w.batch, &w.ids);
+                        acks.push((w.done, Written { lsn: id.lsn, concept_ids: w.ids }));
+                        Ok(())
+                    }
+                    (Ok((_, body)), w) => {
+                        let r = apply_body(&mut st, id.lsn, body);
+                        if let (Ok(()), Some(w)) = (&r, w) {
                             acks.push((w.done, Written { lsn: id.lsn, concept_ids: w.ids }));
                         }
-                        None => match batch_codec::decode(bytes) {
-                            Ok((ts, batch)) => st.apply(id.lsn, ts, batch),
-                            Err(e) => {
-                                drop(st);
-                                self.set_fault(format!("entry {} does not decode: {e}", id.lsn));
-                                return;
-                            }
-                        },
-                    },
-                    Err(e) => {
-                        drop(st);
-                        self.set_fault(format!("entry {} does not decode: {e}", id.lsn));
-                        return;
+                        r
                     }
+                    (Err(e), _) => Err(e),
+                };
+                if let Err(e) = applied {
+                    drop(st);
+                    self.set_fault(format!("entry {} does not apply: {e}", id.lsn));
+                    return;
                 }
                 core.applied = id.lsn;
             }
@@ -523,7 +544,12 @@ fn handle(
                 return Ok(());
             }
             let id = p.append();
-            let payload = Arc::new(entry::encode(p.commit, Body::Batch(&w.bytes)));
+            let body = match w.kind {
+                WriteKind::Batch => Body::Batch(&w.bytes),
+                WriteKind::InEdges => Body::InEdges(&w.bytes),
+                WriteKind::Delivered => Body::Delivered(&w.bytes),
+            };
+            let payload = Arc::new(entry::encode(p.commit, body));
             stage(wal, buf, core, id, payload);
             core.waiters.insert(id.lsn, w);
         }

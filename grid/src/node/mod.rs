@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod convert;
 mod log;
+mod outbox;
 mod service;
 mod shard;
 mod ship;

@@ -155,6 +155,29 @@ impl pb::storage_server::Storage for StorageService {
         Ok(Response::new(pb::WriteBatchResponse { lsn: w.lsn, concept_ids }))
     }
 
+    async fn deliver_in_edges(
+        &self,
+        req: Request<pb::DeliverInEdgesRequest>,
+    ) -> Result<Response<pb::WriteBatchResponse>, Status> {
+        let req = req.into_inner();
+        too_many("associations", req.associations.len(), limits::BATCH_ITEMS_MAX)?;
+        if req.seqs.len() != req.associations.len() {
+            return Err(Status::invalid_argument(format!(
+                "{} sequence numbers for {} associations",
+                req.seqs.len(),
+                req.associations.len()
+            )));
+        }
+        let shard = self.node.shard(req.shard)?;
+        let (batch, errors) = batch_from_pb(Vec::new(), req.associations);
+        if let Some(e) = errors.first() {
+            return Err(Status::invalid_argument(format!("associations[{}]: {}", e.index, e.reason)));
+        }
+        let items = req.seqs.into_iter().zip(batch.associations).collect();
+        let lsn = shard.deliver_in_edges(req.source_shard, items).await?;
+        Ok(Response::new(pb::WriteBatchResponse { lsn, concept_ids: Vec::new() }))
+    }
+
     async fn get_concepts(
         &self,
         req: Request<pb::GetConceptsRequest>,

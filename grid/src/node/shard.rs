@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::log::{self, Cmd, Core, Promise, Promotion, Role, Shared, Waiter};
+use super::log::{self, apply_body, Cmd, Core, Promise, Promotion, Role, Shared, Waiter, WriteKind};
 use crate::ids::{ConceptId, ShardId};
 use crate::io::Disk;
 use crate::limits;
-use crate::model::{validate_batch, BatchRejected, ItemError, WriteBatch};
+use crate::model::{validate_batch, Association, BatchRejected, ItemError, WriteBatch};
 use crate::replication::entry::{self, Body};
 use crate::replication::{witness, Append, AppendReply, EntryId, LogIndex, Replica};
-use crate::store::{batch_codec, checkpoint, Checkpoint, CheckpointError, KeyRange, ShardStore};
+use crate::store::{batch_codec, checkpoint, links, Checkpoint, CheckpointError, InEdges, KeyRange, ShardStore};
 use crate::wal::{RecordType, RecoveryReport, Wal};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -152,20 +152,11 @@ impl Shard {
                 pending.push((id, payload));
                 continue;
             }
-            let bytes = match rtype {
-                RecordType::Batch => Some(&payload[..]),
-                _ => match entry::decode(&payload).map_err(|e| storage_err(sid, e))? {
-                    (_, Body::EpochStart) => None,
-                    (_, Body::Batch(b)) => Some(b),
-                },
+            let body = match rtype {
+                RecordType::Batch => Body::Batch(&payload[..]),
+                _ => entry::decode(&payload).map_err(|e| storage_err(sid, e))?.1,
             };
-            match bytes {
-                Some(b) => {
-                    let (ts, batch) = batch_codec::decode(b).map_err(|e| storage_err(sid, e))?;
-                    store.apply(id.lsn, ts, batch);
-                }
-                None => store.apply(id.lsn, 0, WriteBatch::default()),
-            }
+            apply_body(&mut store, id.lsn, body).map_err(|e| storage_err(sid, format!("entry {}: {e}", id.lsn)))?;
             applied = id.lsn;
         }
         let promised = promise.promised.max(log_index.last().epoch);
@@ -276,7 +267,7 @@ impl Shard {
             key_start: st.range.start,
             key_end: st.range.end,
         };
-        let image = checkpoint::build_image(&meta, st.relations(), &st.snapshot_vertices());
+        let image = checkpoint::build_image(&meta, st.relations(), &st.snapshot_vertices(), st.links());
         Ok(crc32c::crc32c(&image) as u64 | (st.applied_lsn() << 32))
     }
 
@@ -362,14 +353,67 @@ impl Shard {
         if batch.is_empty() {
             return Ok(Written { lsn: self.read()?.applied_lsn(), concept_ids: ids });
         }
+        let remote = batch.associations.iter().any(|a| !self.range.contains(a.target));
+        let owed = self.read()?.links().outbox.len();
+        if remote && owed >= limits::OUTBOX_ITEMS_MAX {
+            let reason = format!("{owed} in-edges wait for delivery to other shards; retry later");
+            return Err(ShardError::Busy { shard: self.id.0, reason });
+        }
         let ts_ms = now_ms();
         let bytes = batch_codec::encode(ts_ms, &batch);
+        self.submit(WriteKind::Batch, ts_ms, batch, ids, bytes).await
+    }
+
+    /// Logs in-edges delivered from `source_shard`'s outbox (items in sequence order). Items
+    /// already applied are skipped when the entry applies, so re-delivery is harmless.
+    pub async fn deliver_in_edges(&self, source_shard: u32, items: Vec<(u64, Association)>) -> Result<u64, ShardError> {
+        self.check_serving()?;
+        let batch = WriteBatch { concepts: Vec::new(), associations: items.iter().map(|(_, a)| a.clone()).collect() };
+        let mut extra = Vec::new();
+        if let Err(mut rej) = validate_batch(&batch, self.vector_dim) {
+            extra.append(&mut rej.errors);
+            return Err(ShardError::Rejected(BatchRejected { errors: sorted(extra), unlisted: rej.unlisted }));
+        }
+        for (i, a) in batch.associations.iter().enumerate() {
+            if !self.range.contains(a.target) {
+                extra.push(self.not_owned("associations", i, a.target));
+            }
+        }
+        if !items.windows(2).all(|w| w[0].0 < w[1].0) {
+            extra.push(ItemError { list: "associations", index: 0, reason: "sequence numbers must ascend".into() });
+        }
+        if !extra.is_empty() {
+            return Err(ShardError::Rejected(BatchRejected { errors: sorted(extra), unlisted: 0 }));
+        }
+        let bytes = InEdges { source_shard, items }.encode();
+        Ok(self.submit(WriteKind::InEdges, now_ms(), WriteBatch::default(), Vec::new(), bytes).await?.lsn)
+    }
+
+    /// Logs that the outbox items `seqs` reached their target shards (primary only).
+    pub async fn mark_delivered(&self, seqs: &[u64]) -> Result<u64, ShardError> {
+        self.check_serving()?;
+        let bytes = links::encode_delivered(seqs);
+        Ok(self.submit(WriteKind::Delivered, now_ms(), WriteBatch::default(), Vec::new(), bytes).await?.lsn)
+    }
+
+    /// Up to `max` undelivered outbox items, in sequence order.
+    pub fn outbox(&self, max: usize) -> Result<Vec<(u64, Association)>, ShardError> {
+        Ok(self.read()?.outbox_head(max))
+    }
+
+    /// Hands `w` to the log and waits for its entry to commit and apply.
+    async fn submit(
+        &self,
+        kind: WriteKind,
+        ts_ms: u64,
+        batch: WriteBatch,
+        ids: Vec<ConceptId>,
+        bytes: Vec<u8>,
+    ) -> Result<Written, ShardError> {
         let (done, rx) = oneshot::channel();
+        let w = Waiter { kind, ts_ms, batch, ids, bytes, done };
         let stopped = || ShardError::NotServing { shard: self.id.0, reason: "the replica's log stopped".into() };
-        self.tx
-            .send(Cmd::Write(Waiter { ts_ms, batch, ids, bytes, done }))
-            .await
-            .map_err(|_| self.fault_or(stopped()))?;
+        self.tx.send(Cmd::Write(w)).await.map_err(|_| self.fault_or(stopped()))?;
         rx.await.map_err(|_| self.fault_or(stopped()))?
     }
 
@@ -409,7 +453,7 @@ impl Shard {
                 let lsn = st.applied_lsn();
                 let epoch = sh.core().role.log().epoch_of(lsn).unwrap_or(0);
                 let meta = checkpoint::CheckpointMeta { lsn, epoch, key_start: st.range.start, key_end: st.range.end };
-                let image = checkpoint::build_image(&meta, st.relations(), &st.snapshot_vertices());
+                let image = checkpoint::build_image(&meta, st.relations(), &st.snapshot_vertices(), st.links());
                 (meta, image)
             };
             checkpoint::write(&*sh.disk, &sh.dir, &image)?;

@@ -14,7 +14,7 @@ use sutra_proto as pb;
 
 use crate::client::{ClientError, MasterClient, StorageClient};
 use crate::ids::ConceptId;
-use crate::model::WriteBatch;
+use crate::model::{Association, WriteBatch};
 use crate::node::convert::id_from_pb;
 use crate::node::Consistency;
 
@@ -154,12 +154,10 @@ impl Router {
             let key = ConceptId::from_label(&c.label).placement_key();
             part(&t, &mut parts, key)?.concepts.push(c.clone());
         }
+        // Only the source's shard logs an association; its outbox delivers the in-edge to the
+        // target's shard (`store::links`), so no crash leaves one side without the other.
         for a in &batch.associations {
-            let (src, dst) = (a.source.placement_key(), a.target.placement_key());
-            part(&t, &mut parts, src)?.associations.push(a.clone());
-            if t.shard_for(src)?.shard != t.shard_for(dst)?.shard {
-                part(&t, &mut parts, dst)?.associations.push(a.clone());
-            }
+            part(&t, &mut parts, a.source.placement_key())?.associations.push(a.clone());
         }
         Ok(parts.into_iter().map(|(shard, (addr, b))| (shard, addr, b)).collect())
     }
@@ -215,6 +213,60 @@ impl Router {
             if let Some(a) = t.entry(shard).and_then(|e| t.addrs.get(&e.primary)) {
                 addr = a.clone();
             }
+        }
+    }
+
+    /// Delivers outbox items of `source_shard` (ascending sequence numbers) to their targets'
+    /// shards, one call per target shard, in parallel. Returns the sequence numbers delivered;
+    /// a shard that fails keeps its items for the next round (delivery is idempotent).
+    pub async fn deliver_in_edges(
+        self: &Arc<Self>,
+        source_shard: u32,
+        items: Vec<(u64, Association)>,
+    ) -> Result<Vec<u64>, RouterError> {
+        let mut by_shard: BTreeMap<u32, Vec<(u64, Association)>> = BTreeMap::new();
+        {
+            let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+            for (s, a) in items {
+                by_shard.entry(t.shard_for(a.target.placement_key())?.shard).or_default().push((s, a));
+            }
+        }
+        let mut tasks = Vec::with_capacity(by_shard.len());
+        for (shard, part) in by_shard {
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let addr = {
+                    let t = me.table.read().unwrap_or_else(|p| p.into_inner());
+                    t.primary_addr(t.entry(shard).ok_or(RouterError::NoAddress { shard, node: 0 })?)?
+                };
+                let r = match me.client(&addr).await {
+                    Ok(c) => c.deliver_in_edges(shard, source_shard, &part).await,
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(_) => Ok(part.into_iter().map(|(s, _)| s).collect::<Vec<u64>>()),
+                    Err(source) => {
+                        me.forget(&addr);
+                        let _ = me.refresh().await;
+                        Err(RouterError::Shard { shard, addr, source })
+                    }
+                }
+            }));
+        }
+        let mut delivered = Vec::new();
+        let mut first_err = None;
+        for t in tasks {
+            match t.await {
+                Ok(Ok(seqs)) => delivered.extend(seqs),
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {}
+            }
+        }
+        match (delivered.is_empty(), first_err) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(delivered),
         }
     }
 

@@ -9,19 +9,27 @@ pub enum Body<'a> {
     EpochStart,
     /// A validated write batch (`store::batch_codec`).
     Batch(&'a [u8]),
+    /// In-edges delivered from another shard's outbox (`store::links::InEdges`).
+    InEdges(&'a [u8]),
+    /// Outbox items their target shards acknowledged (`store::links::encode_delivered`).
+    Delivered(&'a [u8]),
 }
 
 const EPOCH_START: u8 = 0;
 const BATCH: u8 = 1;
+const IN_EDGES: u8 = 2;
+const DELIVERED: u8 = 3;
 
 pub fn encode(commit: u64, body: Body<'_>) -> Vec<u8> {
-    let bytes = match body {
-        Body::EpochStart => &[][..],
-        Body::Batch(b) => b,
+    let (kind, bytes) = match body {
+        Body::EpochStart => (EPOCH_START, &[][..]),
+        Body::Batch(b) => (BATCH, b),
+        Body::InEdges(b) => (IN_EDGES, b),
+        Body::Delivered(b) => (DELIVERED, b),
     };
     let mut out = Vec::with_capacity(9 + bytes.len());
     out.extend_from_slice(&commit.to_le_bytes());
-    out.push(if matches!(body, Body::EpochStart) { EPOCH_START } else { BATCH });
+    out.push(kind);
     out.extend_from_slice(bytes);
     out
 }
@@ -35,6 +43,8 @@ pub fn decode(payload: &[u8]) -> Result<(u64, Body<'_>), String> {
     match payload[8] {
         EPOCH_START => Ok((commit, Body::EpochStart)),
         BATCH => Ok((commit, Body::Batch(&payload[9..]))),
+        IN_EDGES => Ok((commit, Body::InEdges(&payload[9..]))),
+        DELIVERED => Ok((commit, Body::Delivered(&payload[9..]))),
         k => Err(format!("unknown entry kind {k}")),
     }
 }
@@ -47,6 +57,8 @@ mod tests {
     fn round_trip_and_rejects() {
         assert_eq!(decode(&encode(7, Body::EpochStart)), Ok((7, Body::EpochStart)));
         assert_eq!(decode(&encode(9, Body::Batch(b"abc"))), Ok((9, Body::Batch(&b"abc"[..]))));
+        assert_eq!(decode(&encode(3, Body::InEdges(b"x"))), Ok((3, Body::InEdges(&b"x"[..]))));
+        assert_eq!(decode(&encode(4, Body::Delivered(b"y"))), Ok((4, Body::Delivered(&b"y"[..]))));
         assert!(decode(b"short").is_err());
         let mut bad = encode(1, Body::EpochStart);
         bad[8] = 42;

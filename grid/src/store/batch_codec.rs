@@ -18,14 +18,33 @@ pub fn encode(ts_ms: u64, b: &WriteBatch) -> Vec<u8> {
     }
     w.u32(b.associations.len() as u32);
     for a in &b.associations {
-        w.u128(a.source.0);
-        w.u128(a.target.0);
-        w.u8(a.kind as u8);
-        w.str(&a.relation);
-        w.f32(a.confidence);
-        w.str(&a.evidence);
+        encode_association(&mut w, a);
     }
     w.buf
+}
+
+pub fn encode_association(w: &mut Writer, a: &Association) {
+    w.u128(a.source.0);
+    w.u128(a.target.0);
+    w.u8(a.kind as u8);
+    w.str(&a.relation);
+    w.f32(a.confidence);
+    w.str(&a.evidence);
+}
+
+pub fn decode_association(r: &mut Reader<'_>) -> Result<Association, DecodeError> {
+    let source = ConceptId(r.u128("source")?);
+    let target = ConceptId(r.u128("target")?);
+    let at = r.pos();
+    let kind = AssocKind::from_u8(r.u8("kind")?).ok_or(DecodeError { offset: at, what: "kind" })?;
+    Ok(Association {
+        source,
+        target,
+        kind,
+        relation: r.str(limits::RELATION_BYTES_MAX, "relation")?.to_string(),
+        confidence: r.f32("confidence")?,
+        evidence: r.str(limits::EVIDENCE_BYTES_MAX, "evidence")?.to_string(),
+    })
 }
 
 pub fn decode(payload: &[u8]) -> Result<(u64, WriteBatch), DecodeError> {
@@ -49,18 +68,7 @@ pub fn decode(payload: &[u8]) -> Result<(u64, WriteBatch), DecodeError> {
         return Err(DecodeError { offset: r.pos(), what: "association count" });
     }
     for _ in 0..n {
-        let source = ConceptId(r.u128("source")?);
-        let target = ConceptId(r.u128("target")?);
-        let at = r.pos();
-        let kind = AssocKind::from_u8(r.u8("kind")?).ok_or(DecodeError { offset: at, what: "kind" })?;
-        b.associations.push(Association {
-            source,
-            target,
-            kind,
-            relation: r.str(limits::RELATION_BYTES_MAX, "relation")?.to_string(),
-            confidence: r.f32("confidence")?,
-            evidence: r.str(limits::EVIDENCE_BYTES_MAX, "evidence")?.to_string(),
-        });
+        b.associations.push(decode_association(&mut r)?);
     }
     r.expect_end("batch")?;
     Ok((ts, b))

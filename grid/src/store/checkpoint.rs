@@ -13,12 +13,15 @@ use crate::ids::ConceptId;
 use crate::io::{Disk, Mapped};
 use crate::limits;
 use crate::model::{AssocKind, Concept};
+use crate::store::links::Links;
 
 const MAGIC: &[u8; 8] = b"SUTRADAT";
-const VERSION: u32 = 1;
+/// Version 2 added the `Links` section; version 1 files (without it) still open.
+const VERSION: u32 = 2;
 const HEADER_BYTES: usize = 512;
 /// Section table entry count; see `Sec`.
-const SECTIONS: usize = 11;
+const SECTIONS: usize = 12;
+const SECTIONS_V1: usize = 11;
 /// other u128, rel_kind u32, confidence f32, evidence u64.
 pub const EDGE_BYTES: usize = 32;
 /// Marks an edge whose other end is not stored in this checkpoint.
@@ -37,6 +40,8 @@ enum Sec {
     InEdges,
     Relations,
     Evidence,
+    /// The in-edge outbox and inbox marks (`store::links`).
+    Links,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +112,7 @@ pub struct Checkpoint {
     /// Vertices with a concept record (the rest only hold edges).
     concepts: usize,
     relations: Vec<String>,
+    links: Links,
 }
 
 fn encode_concept(w: &mut Writer, c: &Concept) {
@@ -140,7 +146,7 @@ fn align8(v: &mut Vec<u8>) {
 }
 
 /// Builds the file image. `vertices` must be sorted by id without duplicates.
-pub fn build_image(meta: &CheckpointMeta, relations: &[String], vertices: &[VertexData]) -> Vec<u8> {
+pub fn build_image(meta: &CheckpointMeta, relations: &[String], vertices: &[VertexData], links: &Links) -> Vec<u8> {
     assert!(vertices.windows(2).all(|w| w[0].id < w[1].id), "checkpoint vertices must be sorted and unique");
     let n = vertices.len();
     let n_out: usize = vertices.iter().map(|v| v.out.len()).sum();
@@ -232,6 +238,9 @@ pub fn build_image(meta: &CheckpointMeta, relations: &[String], vertices: &[Vert
     let s = start(&mut body);
     body.extend_from_slice(&evidence);
     sec.push(s..body.len());
+    let s = start(&mut body);
+    body.extend_from_slice(&links.encode());
+    sec.push(s..body.len());
     assert_eq!(sec.len(), SECTIONS);
 
     let mut h = Writer::with_capacity(HEADER_BYTES);
@@ -288,9 +297,11 @@ impl Checkpoint {
         }
         let mut r = Reader::new(&b[8..HEADER_BYTES]);
         let version = r.u32("version").map_err(|e| corrupt(e.to_string()))?;
-        if version != VERSION {
-            return Err(corrupt(format!("unsupported version {version}")));
-        }
+        let sections = match version {
+            VERSION => SECTIONS,
+            1 => SECTIONS_V1,
+            v => return Err(corrupt(format!("unsupported version {v}"))),
+        };
         let h = |r: &mut Reader<'_>| r.u64("header").map_err(|e| corrupt(e.to_string()));
         r.u32("crc").map_err(|e| corrupt(e.to_string()))?;
         let (lsn, epoch, key_start, key_end) = (h(&mut r)?, h(&mut r)?, h(&mut r)?, h(&mut r)?);
@@ -301,7 +312,7 @@ impl Checkpoint {
             return Err(corrupt("body checksum mismatch"));
         }
         let mut sec: [Range<usize>; SECTIONS] = Default::default();
-        for s in sec.iter_mut() {
+        for s in sec.iter_mut().take(sections) {
             let (off, len) = (h(&mut r)? as usize, h(&mut r)? as usize);
             if off < HEADER_BYTES || !off.is_multiple_of(8) || off.checked_add(len).is_none_or(|end| end > b.len()) {
                 return Err(corrupt("section out of bounds"));
@@ -333,7 +344,10 @@ impl Checkpoint {
             relations
                 .push(rr.str(limits::RELATION_BYTES_MAX, "relation").map_err(|e| corrupt(e.to_string()))?.to_string());
         }
+        let links =
+            Links::decode(&b[sec[Sec::Links as usize].clone()]).map_err(|e| corrupt(format!("links section: {e}")))?;
         let mut cp = Checkpoint {
+            links,
             map: map.clone(),
             sec,
             lsn,
@@ -399,6 +413,10 @@ impl Checkpoint {
             }
         }
         Ok(())
+    }
+
+    pub fn links(&self) -> &Links {
+        &self.links
     }
 
     pub fn vertices(&self) -> usize {

@@ -4,16 +4,18 @@
 
 pub mod batch_codec;
 pub mod checkpoint;
+pub mod links;
 pub mod search;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use checkpoint::{Checkpoint, CheckpointError, EdgeRec, EdgeView, VertexData};
+pub use links::{InEdges, Links};
 
 use crate::ids::ConceptId;
 use crate::limits;
-use crate::model::{AssocKind, Concept, Direction, EdgeFilter, WriteBatch};
+use crate::model::{AssocKind, Association, Concept, Direction, EdgeFilter, WriteBatch};
 
 /// The key range a shard owns, inclusive at both ends so one shard can own the whole space.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -57,6 +59,8 @@ pub struct ShardStore {
     overlay_in_edges: u64,
     /// Concepts and edge records written into the overlay; drives automatic checkpoints.
     overlay_items: u64,
+    /// In-edges owed to other shards, and the marks of those delivered here (`links`).
+    links: Links,
 }
 
 impl ShardStore {
@@ -64,6 +68,7 @@ impl ShardStore {
         let relations: Vec<String> = checkpoint.as_ref().map(|c| c.relations().to_vec()).unwrap_or_default();
         let relation_ids = relations.iter().enumerate().map(|(i, r)| (r.clone(), i as u32)).collect();
         let applied_lsn = checkpoint.as_ref().map(|c| c.lsn).unwrap_or(0);
+        let links = checkpoint.as_ref().map(|c| c.links().clone()).unwrap_or_default();
         ShardStore {
             range,
             checkpoint,
@@ -77,6 +82,7 @@ impl ShardStore {
             overlay_out_edges: 0,
             overlay_in_edges: 0,
             overlay_items: 0,
+            links,
         }
     }
 
@@ -171,29 +177,70 @@ impl ShardStore {
             p.confidence = c.confidence;
             p.updated_ms = ts_ms;
         }
-        for a in batch.associations {
-            let rel = self.intern(&a.relation);
-            let evidence: Option<Arc<str>> = (!a.evidence.is_empty()).then(|| Arc::from(a.evidence.as_str()));
-            if self.range.contains(a.source) {
-                let e = EdgeRec {
-                    other: a.target,
-                    kind: a.kind,
-                    rel,
-                    confidence: a.confidence,
-                    evidence: evidence.clone(),
-                };
-                if self.upsert_edge(a.source, e, true) {
-                    self.overlay_out_edges += 1;
-                }
+        for (i, a) in batch.associations.into_iter().enumerate() {
+            if self.range.contains(a.source) && !self.range.contains(a.target) {
+                self.links.outbox.insert(links::seq(lsn, i), a.clone());
             }
-            if self.range.contains(a.target) {
-                let e = EdgeRec { other: a.source, kind: a.kind, rel, confidence: a.confidence, evidence };
-                if self.upsert_edge(a.target, e, false) {
-                    self.overlay_in_edges += 1;
+            self.upsert_association(a);
+        }
+        self.applied_lsn = lsn;
+    }
+
+    /// Applies in-edges delivered from `e.source_shard`, skipping any at or below its inbox mark.
+    pub fn apply_in_edges(&mut self, lsn: u64, e: InEdges) {
+        assert!(lsn > self.applied_lsn, "apply out of order: lsn {lsn} after {}", self.applied_lsn);
+        let mark = self.links.inbox.get(&e.source_shard).copied().unwrap_or(0);
+        // A running mark, so items out of order cannot let an older copy overwrite a newer one.
+        let mut top = mark;
+        for (s, a) in e.items {
+            if s > top {
+                top = s;
+                if self.range.contains(a.target) {
+                    self.upsert_association(a);
                 }
             }
         }
+        if top > mark {
+            self.links.inbox.insert(e.source_shard, top);
+        }
         self.applied_lsn = lsn;
+    }
+
+    /// Removes delivered items from the outbox.
+    pub fn apply_delivered(&mut self, lsn: u64, seqs: &[u64]) {
+        assert!(lsn > self.applied_lsn, "apply out of order: lsn {lsn} after {}", self.applied_lsn);
+        for s in seqs {
+            self.links.outbox.remove(s);
+        }
+        self.applied_lsn = lsn;
+    }
+
+    pub fn links(&self) -> &Links {
+        &self.links
+    }
+
+    /// Up to `max` outbox items in sequence order.
+    pub fn outbox_head(&self, max: usize) -> Vec<(u64, Association)> {
+        self.links.outbox.iter().take(max).map(|(s, a)| (*s, a.clone())).collect()
+    }
+
+    /// Stores the ends of `a` this shard owns.
+    fn upsert_association(&mut self, a: Association) {
+        let rel = self.intern(&a.relation);
+        let evidence: Option<Arc<str>> = (!a.evidence.is_empty()).then(|| Arc::from(a.evidence.as_str()));
+        if self.range.contains(a.source) {
+            let e =
+                EdgeRec { other: a.target, kind: a.kind, rel, confidence: a.confidence, evidence: evidence.clone() };
+            if self.upsert_edge(a.source, e, true) {
+                self.overlay_out_edges += 1;
+            }
+        }
+        if self.range.contains(a.target) {
+            let e = EdgeRec { other: a.source, kind: a.kind, rel, confidence: a.confidence, evidence };
+            if self.upsert_edge(a.target, e, false) {
+                self.overlay_in_edges += 1;
+            }
+        }
     }
 
     /// Returns true when the edge is new (neither in the overlay nor the checkpoint).

@@ -39,7 +39,7 @@ fn store_with(edges: &[(u32, u32, f32)], n: u32) -> ShardStore {
 
 fn checkpointed(s: &ShardStore) -> ShardStore {
     let meta = CheckpointMeta { lsn: s.applied_lsn(), epoch: 1, key_start: 0, key_end: u64::MAX };
-    let image = build_image(&meta, s.relations(), &s.snapshot_vertices());
+    let image = build_image(&meta, s.relations(), &s.snapshot_vertices(), s.links());
     ShardStore::new(s.range, Some(Checkpoint::open(Mapped::from_vec(image)).unwrap()))
 }
 
@@ -129,7 +129,7 @@ fn overlay_supersedes_checkpoint_edges() {
 fn checkpoint_rejects_every_damaged_byte_it_is_shown() {
     let s = store_with(&[(0, 1, 0.5), (1, 2, 0.25), (2, 0, 1.0)], 4);
     let meta = CheckpointMeta { lsn: 1, epoch: 1, key_start: 0, key_end: u64::MAX };
-    let image = build_image(&meta, s.relations(), &s.snapshot_vertices());
+    let image = build_image(&meta, s.relations(), &s.snapshot_vertices(), s.links());
     for at in (0..image.len()).step_by(7) {
         let mut bad = image.clone();
         bad[at] ^= 0x10;
@@ -164,7 +164,7 @@ proptest! {
     ) {
         let s = store_with(&edges, n);
         let meta = CheckpointMeta { lsn: 1, epoch: 1, key_start: 0, key_end: u64::MAX };
-        let mut image = build_image(&meta, s.relations(), &s.snapshot_vertices());
+        let mut image = build_image(&meta, s.relations(), &s.snapshot_vertices(), s.links());
         let at = at % image.len();
         if cut {
             image.truncate(at);
@@ -274,4 +274,43 @@ proptest! {
             (p, w) => prop_assert!(false, "got {:?}, want {:?}", p.map(|p| p.confidence), w),
         }
     }
+}
+
+/// DESIGN §5 rule 7: the source's shard keeps the in-edge in its outbox (through checkpoints)
+/// until a `Delivered` entry; the target applies deliveries past its inbox mark only.
+#[test]
+fn the_outbox_holds_in_edges_until_delivered_and_the_inbox_skips_repeats() {
+    // Two shards splitting the key space; find a pair of concepts on different sides.
+    let mid = u64::MAX / 2;
+    let (lo, hi) = (KeyRange { start: 0, end: mid }, KeyRange { start: mid + 1, end: u64::MAX });
+    let a = (0..).find(|n| lo.contains(id(*n))).unwrap();
+    let b = (0..).find(|n| hi.contains(id(*n))).unwrap();
+    let mut src = ShardStore::new(lo, None);
+    let batch = |conf| WriteBatch { concepts: vec![concept(a, "x")], associations: vec![assoc(a, b, "r", conf)] };
+    src.apply(1, 1, batch(0.5));
+    src.apply(2, 2, batch(0.7));
+    let items = src.outbox_head(10);
+    assert_eq!(items.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![links::seq(1, 0), links::seq(2, 0)]);
+    assert!(edges_of(&src, id(b)).is_empty(), "the source's shard stores no in-edge of a remote target");
+    let src = checkpointed(&src);
+    assert_eq!(src.outbox_head(10), items, "the outbox survives a checkpoint");
+
+    let mut dst = ShardStore::new(hi, None);
+    let deliver = |items: Vec<(u64, Association)>| InEdges { source_shard: 0, items };
+    dst.apply_in_edges(1, deliver(items.clone()));
+    let conf = |s: &ShardStore| edges_of(s, id(b)).iter().map(|e| f32::from_bits(e.3)).collect::<Vec<_>>();
+    assert_eq!(conf(&dst), vec![0.7]);
+    // A late duplicate of the first delivery cannot bring the older weight back.
+    dst.apply_in_edges(2, deliver(items[..1].to_vec()));
+    assert_eq!(conf(&dst), vec![0.7]);
+    // Out of order within one delivery: the older item is skipped.
+    let mut dst2 = ShardStore::new(hi, None);
+    dst2.apply_in_edges(1, deliver(vec![items[1].clone(), items[0].clone()]));
+    assert_eq!(conf(&dst2), vec![0.7]);
+    let dst = checkpointed(&dst);
+    assert_eq!(dst.links().inbox.get(&0), Some(&links::seq(2, 0)), "the inbox mark survives a checkpoint");
+
+    let mut src = src;
+    src.apply_delivered(3, &[links::seq(1, 0), links::seq(2, 0)]);
+    assert!(src.outbox_head(10).is_empty());
 }
