@@ -59,6 +59,9 @@ pub const SEARCH_DEPTH_MAX: usize = 10;
 pub const SEARCH_PATHS_MAX: usize = 32;
 /// Vertices one local search may visit before it stops with an error.
 pub const SEARCH_VISITED_MAX: usize = 20_000_000;
+/// Shortest paths a search enumerates before ranking the best `max_paths` of them: a graph
+/// with exponentially many shortest paths must not make one request exponential.
+pub const PATHS_ENUMERATED_MAX: usize = 4_096;
 
 /// Shard replicas hosted by one storage node.
 pub const SHARDS_PER_NODE_MAX: usize = 4096;

@@ -1002,8 +1002,10 @@ fn next_edge(source: &str, target: &str, confidence: f32) -> Association {
 }
 
 /// A writer routing batches through the master's map, recording what was acknowledged. Each
-/// batch chains its concepts with `next` associations (mostly across shards) and re-weights
-/// one association of the batch before, so updates race their own in-edge deliveries.
+/// batch chains its concepts with `next` associations (mostly across shards), links its first
+/// and last concepts to the batch before (a ladder, so some pairs have several shortest
+/// paths), and re-weights one association of the batch before, so updates race their own
+/// in-edge deliveries.
 async fn writer(
     w: u32,
     concepts: u32,
@@ -1051,8 +1053,11 @@ async fn writer(
         };
         let mut batch = batch;
         if i > 0 && concepts > 1 {
-            let (a, b) = (format!("w{w}-b{}-c0", i - 1), format!("w{w}-b{}-c1", i - 1));
-            batch.associations.push(next_edge(&a, &b, 0.05 + (i % 10) as f32 / 10.0));
+            let prev = |j: u32| format!("w{w}-b{}-c{j}", i - 1);
+            batch.associations.push(next_edge(&prev(0), &prev(1), 0.05 + (i % 10) as f32 / 10.0));
+            // Rungs to the batch before make a ladder: pairs with several shortest paths.
+            batch.associations.push(next_edge(&labels[0], &prev(0), 0.6));
+            batch.associations.push(next_edge(&labels[concepts as usize - 1], &prev(concepts - 1), 0.7));
         }
         edges.lock().unwrap().attempted.extend(batch.associations.iter().map(|a| (a.source, a.target)));
         let sent = Instant::now();
@@ -1257,7 +1262,10 @@ async fn check_edges(st: &pb::StatusResponse, log: &EdgeLog) -> Result<usize, St
                     return Err(format!("edges: association {a} -> {b} was never written"));
                 }
                 match (out.difference(&inn).next(), inn.difference(&out).next()) {
-                    (None, None) => return Ok(out.len()),
+                    (None, None) => {
+                        check_paths(&out).await?;
+                        return Ok(out.len());
+                    }
                     (Some((a, b, c)), _) => {
                         format!("out-edge {a} -> {b} ({}) has no matching in-edge", f32::from_bits(*c))
                     }
@@ -1272,6 +1280,102 @@ async fn check_edges(st: &pb::StatusResponse, log: &EdgeLog) -> Result<usize, St
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Paths equal to a reference BFS over the final graph (DESIGN §7): the distributed search
+/// (bidirectional, batched per shard, both directions) between the ends of some writers' chains
+/// and between some unrelated concepts must find exactly the reference's shortest paths.
+async fn check_paths(edges: &EdgeSet) -> Result<(), String> {
+    use sutra_grid::query::paths::{shortest_paths, Bounds};
+    use sutra_grid::query::router::GridExpander;
+    let mut adj: BTreeMap<ConceptId, BTreeSet<ConceptId>> = BTreeMap::new();
+    for (a, b, _) in edges {
+        adj.entry(*a).or_default().insert(*b);
+        adj.entry(*b).or_default().insert(*a);
+    }
+    let vertices: Vec<ConceptId> = adj.keys().copied().collect();
+    if vertices.len() < 2 {
+        return Ok(());
+    }
+    let c = MasterClient::connect(&plan::master_addr().to_string()).await.map_err(|e| e.to_string())?;
+    let router = Router::new(c, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
+    let grid = GridExpander { router, consistency: Consistency::Eventual };
+    let bounds = Bounds { max_depth: 6, max_paths: 32, ..Default::default() };
+    let n = vertices.len();
+    for k in 0..12 {
+        let start = vertices[(k * 7919) % n];
+        // Pairs a few hops apart along the ladder, and pairs anywhere.
+        let mut end = start;
+        if k % 2 == 0 {
+            for _ in 0..(2 + k % 5) {
+                end = adj[&end].iter().rev().find(|v| **v != start).copied().unwrap_or(end);
+            }
+        } else {
+            end = vertices[(k * 104_729 + 1) % n];
+        }
+        let want = reference_paths(&adj, start, end, bounds.max_depth);
+        let (got, _) = shortest_paths(&grid, start, end, &EdgeFilter::default(), &bounds)
+            .await
+            .map_err(|e| format!("paths: {start} -> {end}: {e}"))?;
+        let got: BTreeSet<Vec<ConceptId>> = got.into_iter().map(|p| p.vertices).collect();
+        let ok = match &want {
+            None => got.is_empty(),
+            Some(all) if all.len() <= bounds.max_paths => got == *all,
+            Some(all) => got.len() == bounds.max_paths && got.is_subset(all),
+        };
+        if !ok {
+            return Err(format!(
+                "paths: {start} -> {end}: the grid found {} path(s) ({:?} hops), the reference {:?}",
+                got.len(),
+                got.iter().next().map(|p| p.len() - 1),
+                want.as_ref().map(|w| (w.len(), w.iter().next().map(|p| p.len() - 1)))
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every shortest vertex sequence from `s` to `t` of at most `max_depth` hops (None: none).
+fn reference_paths(
+    adj: &BTreeMap<ConceptId, BTreeSet<ConceptId>>,
+    s: ConceptId,
+    t: ConceptId,
+    max_depth: usize,
+) -> Option<BTreeSet<Vec<ConceptId>>> {
+    let mut dist = BTreeMap::from([(s, 0usize)]);
+    let mut queue = std::collections::VecDeque::from([s]);
+    while let Some(u) = queue.pop_front() {
+        for w in adj.get(&u).into_iter().flatten() {
+            if !dist.contains_key(w) {
+                dist.insert(*w, dist[&u] + 1);
+                queue.push_back(*w);
+            }
+        }
+    }
+    let d = *dist.get(&t)?;
+    if d > max_depth {
+        return None;
+    }
+    let mut out = BTreeSet::new();
+    let mut stack = vec![vec![s]];
+    while let Some(p) = stack.pop() {
+        let u = *p.last().unwrap_or(&s);
+        if u == t {
+            out.insert(p);
+            if out.len() > 1000 {
+                break;
+            }
+            continue;
+        }
+        for w in adj.get(&u).into_iter().flatten() {
+            if dist.get(w) == Some(&(p.len())) && dist[w] <= d {
+                let mut q = p.clone();
+                q.push(*w);
+                stack.push(q);
+            }
+        }
+    }
+    Some(out)
 }
 
 /// Quiescence: every replica of every shard reports the same commit LSN and state digest,

@@ -1,6 +1,8 @@
 //! The data model: concepts, typed weighted associations, label normalisation, and the
 //! validation every write goes through before anything is logged.
 
+pub mod embed;
+pub mod extract;
 mod validate;
 
 pub use validate::{validate_batch, BatchRejected, ItemError};

@@ -14,9 +14,12 @@ use sutra_proto as pb;
 
 use crate::client::{ClientError, MasterClient, StorageClient};
 use crate::ids::ConceptId;
-use crate::model::{Association, WriteBatch};
-use crate::node::convert::id_from_pb;
+use crate::limits;
+use crate::model::{Association, EdgeFilter, WriteBatch};
+use crate::node::convert::{id_from_pb, kind_from_pb};
 use crate::node::Consistency;
+use crate::query::paths::{Expander, Expansion};
+use crate::store::search::Step;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -30,6 +33,10 @@ pub enum RouterError {
     Master(ClientError),
     #[error("shard {shard} on {addr}: {source}")]
     Shard { shard: u32, addr: String, source: ClientError },
+    #[error("shard {shard} cut its expansion short (too many edges); narrow the search with filters")]
+    Truncated { shard: u32 },
+    #[error("a routing task failed: {0}")]
+    Task(String),
 }
 
 /// One per-shard part of a routed write, as acknowledged.
@@ -270,6 +277,79 @@ impl Router {
         }
     }
 
+    /// One batched expand call per shard the frontier touches, in parallel (DESIGN §6). Each
+    /// shard's call tries the primary, then (eventual reads) the other replicas. A shard that
+    /// had to cut its answer short fails the expansion rather than return a partial level.
+    pub async fn expand(
+        self: &Arc<Self>,
+        frontier: &[ConceptId],
+        filter: &EdgeFilter,
+        consistency: Consistency,
+    ) -> Result<Expansion, RouterError> {
+        let mut by_shard: BTreeMap<u32, Vec<ConceptId>> = BTreeMap::new();
+        {
+            let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+            for v in frontier {
+                by_shard.entry(t.shard_for(v.placement_key())?.shard).or_default().push(*v);
+            }
+        }
+        let level = match consistency {
+            Consistency::Strong => pb::Consistency::Strong,
+            Consistency::Eventual => pb::Consistency::Eventual,
+        };
+        let mut tasks = Vec::new();
+        for (shard, ids) in by_shard {
+            for chunk in ids.chunks(limits::EXPAND_FRONTIER_MAX) {
+                let (me, chunk, filter) = (self.clone(), chunk.to_vec(), filter.clone());
+                tasks.push(tokio::spawn(async move {
+                    let addrs = me.table.read().unwrap_or_else(|p| p.into_inner()).read_addrs(shard, consistency);
+                    let mut last = RouterError::NoAddress { shard, node: 0 };
+                    let mut rpcs = 0usize;
+                    for addr in addrs {
+                        rpcs += 1;
+                        let r = match me.client(&addr).await {
+                            Ok(c) => c.with_consistency(level).expand(shard, &chunk, &filter, 0).await,
+                            Err(e) => Err(e),
+                        };
+                        match r {
+                            Ok(r) if r.truncated => return Err(RouterError::Truncated { shard }),
+                            Ok(r) => return Ok((shard, rpcs, r)),
+                            Err(source) => {
+                                me.forget(&addr);
+                                last = RouterError::Shard { shard, addr, source };
+                            }
+                        }
+                    }
+                    Err(last)
+                }));
+            }
+        }
+        let mut x = Expansion::default();
+        for t in tasks {
+            let (shard, rpcs, r) = t.await.map_err(|e| RouterError::Task(e.to_string()))??;
+            x.rpcs += rpcs;
+            x.shards.insert(shard);
+            for list in r.lists {
+                let v = id_from_pb(&list.id.unwrap_or_default());
+                let steps = list
+                    .edges
+                    .into_iter()
+                    .filter_map(|e| {
+                        Some(Step {
+                            to: id_from_pb(&e.other?),
+                            kind: kind_from_pb(e.kind)?,
+                            relation: e.relation,
+                            confidence: e.confidence,
+                            outgoing: e.outgoing,
+                        })
+                    })
+                    .collect();
+                x.edges.push((v, steps));
+            }
+        }
+        Ok(x)
+    }
+
     /// Looks concepts up (eventual consistency: any replica, committed data only).
     pub async fn get_concepts(self: &Arc<Self>, ids: &[ConceptId]) -> Result<Vec<pb::Concept>, RouterError> {
         self.get_concepts_at(ids, Consistency::Eventual).await
@@ -326,5 +406,17 @@ impl Router {
         }
         found.sort_by_key(|c| c.id.as_ref().map(|i| id_from_pb(i).0));
         Ok(found)
+    }
+}
+
+/// The router as a path-search expander over the whole grid.
+pub struct GridExpander {
+    pub router: Arc<Router>,
+    pub consistency: Consistency,
+}
+
+impl Expander for GridExpander {
+    async fn expand(&self, frontier: &[ConceptId], filter: &EdgeFilter) -> Result<Expansion, String> {
+        self.router.expand(frontier, filter, self.consistency).await.map_err(|e| e.to_string())
     }
 }

@@ -396,6 +396,12 @@ impl ShardStore {
                     }
                     true
                 });
+                // Canonical order: a replica that checkpointed between two upserts lists them
+                // checkpoint-last, one that did not in apply order; images (and digests) must
+                // not depend on when a replica checkpointed.
+                let key = |e: &EdgeRec| (e.other, e.kind, self.relation_name(e.rel).to_string());
+                v.out.sort_by_cached_key(key);
+                v.inn.sort_by_cached_key(key);
                 v
             })
             .collect()

@@ -1,0 +1,249 @@
+//! The distributed search against independent references, on random graphs split over three
+//! shards (the expander groups each frontier by shard, as the router does over RPC).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::model::{AssocKind, Association, WriteBatch};
+use crate::store::{KeyRange, ShardStore};
+
+fn id(n: usize) -> ConceptId {
+    ConceptId::from_label(&format!("v{n}"))
+}
+
+struct Sharded(Vec<ShardStore>);
+
+impl Sharded {
+    fn new(edges: &[(usize, usize, f32)]) -> Sharded {
+        let third = u64::MAX / 3;
+        let ranges = [(0, third), (third + 1, 2 * third), (2 * third + 1, u64::MAX)];
+        let mut shards: Vec<ShardStore> =
+            ranges.iter().map(|(s, e)| ShardStore::new(KeyRange { start: *s, end: *e }, None)).collect();
+        let batch = WriteBatch {
+            concepts: Vec::new(),
+            associations: edges
+                .iter()
+                .map(|(a, b, c)| Association {
+                    source: id(*a),
+                    target: id(*b),
+                    kind: AssocKind::Semantic,
+                    relation: "r".into(),
+                    confidence: *c,
+                    evidence: String::new(),
+                })
+                .collect(),
+        };
+        // Each shard stores the sides it owns (in-edges arrive as the outbox would bring them).
+        for s in &mut shards {
+            s.apply(1, 0, batch.clone());
+            let remote: Vec<(u64, Association)> = batch
+                .associations
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| s.range.contains(a.target) && !s.range.contains(a.source))
+                .map(|(i, a)| (crate::store::links::seq(1, i), a.clone()))
+                .collect();
+            s.apply_in_edges(2, crate::store::InEdges { source_shard: 9, items: remote });
+        }
+        Sharded(shards)
+    }
+}
+
+impl Expander for Sharded {
+    async fn expand(&self, frontier: &[ConceptId], filter: &EdgeFilter) -> Result<Expansion, String> {
+        let mut x = Expansion::default();
+        for (i, s) in self.0.iter().enumerate() {
+            let mine: Vec<ConceptId> = frontier.iter().copied().filter(|v| s.range.contains(*v)).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            x.rpcs += 1;
+            x.shards.insert(i as u32);
+            for v in mine {
+                let mut steps = Vec::new();
+                s.for_each_edge(v, filter, |e| {
+                    steps.push(Step {
+                        to: e.other,
+                        kind: e.kind,
+                        relation: e.relation.to_string(),
+                        confidence: e.confidence,
+                        outgoing: e.outgoing,
+                    });
+                    true
+                });
+                x.edges.push((v, steps));
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// Reference: every shortest vertex sequence from `s` to `t` (BFS layers, then enumeration).
+fn reference(n: usize, edges: &[(usize, usize, f32)], both: bool, s: usize, t: usize) -> Option<Vec<Vec<usize>>> {
+    let mut adj = vec![Vec::new(); n];
+    for (a, b, _) in edges {
+        adj[*a].push(*b);
+        if both {
+            adj[*b].push(*a);
+        }
+    }
+    let mut dist = vec![usize::MAX; n];
+    dist[s] = 0;
+    let mut q = VecDeque::from([s]);
+    while let Some(u) = q.pop_front() {
+        for &w in &adj[u] {
+            if dist[w] == usize::MAX {
+                dist[w] = dist[u] + 1;
+                q.push_back(w);
+            }
+        }
+    }
+    if dist[t] == usize::MAX {
+        return None;
+    }
+    fn walk(adj: &[Vec<usize>], dist: &[usize], u: usize, t: usize, cur: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        if u == t {
+            out.push(cur.clone());
+            return;
+        }
+        for &w in &adj[u] {
+            if dist[w] == dist[u] + 1 && dist[w] <= dist[t] {
+                cur.push(w);
+                walk(adj, dist, w, t, cur, out);
+                cur.pop();
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&adj, &dist, s, t, &mut vec![s], &mut out);
+    Some(out)
+}
+
+/// Reference: the greatest confidence product over simple paths of at most `max` hops.
+fn best_product(n: usize, edges: &[(usize, usize, f32)], both: bool, s: usize, t: usize, max: usize) -> Option<f64> {
+    let mut adj = vec![Vec::new(); n];
+    for (a, b, c) in edges {
+        adj[*a].push((*b, *c as f64));
+        if both {
+            adj[*b].push((*a, *c as f64));
+        }
+    }
+    fn dfs(
+        adj: &[Vec<(usize, f64)>],
+        u: usize,
+        t: usize,
+        left: usize,
+        c: f64,
+        seen: &mut Vec<bool>,
+        best: &mut Option<f64>,
+    ) {
+        if u == t {
+            *best = Some(best.map_or(c, |b| b.max(c)));
+            return;
+        }
+        if left == 0 {
+            return;
+        }
+        for &(w, wc) in &adj[u] {
+            if !seen[w] {
+                seen[w] = true;
+                dfs(adj, w, t, left - 1, c * wc, seen, best);
+                seen[w] = false;
+            }
+        }
+    }
+    let mut best = None;
+    let mut seen = vec![false; n];
+    seen[s] = true;
+    dfs(&adj, s, t, max, 1.0, &mut seen, &mut best);
+    best
+}
+
+fn graph() -> impl Strategy<Value = (usize, Vec<(usize, usize, f32)>)> {
+    (4usize..24).prop_flat_map(|n| {
+        let edge = (0..n, 0..n, 1u8..=10).prop_map(|(a, b, c)| (a, b, c as f32 / 10.0));
+        (Just(n), proptest::collection::vec(edge, 0..n * 3)).prop_map(|(n, es)| {
+            // One association per unordered pair, so every vertex sequence is one path.
+            let mut seen = BTreeSet::new();
+            let es = es.into_iter().filter(|(a, b, _)| a != b && seen.insert((*a.min(b), *a.max(b)))).collect();
+            (n, es)
+        })
+    })
+}
+
+fn run<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn shortest_paths_match_a_reference_bfs(
+        (n, edges) in graph(), s in 0usize..24, t in 0usize..24, both: bool, max_paths in 1usize..6,
+    ) {
+        let (s, t) = (s % n, t % n);
+        let g = Sharded::new(&edges);
+        let filter = EdgeFilter { direction: if both { Direction::Both } else { Direction::Out }, ..Default::default() };
+        let bounds = Bounds { max_depth: 8, max_paths, ..Default::default() };
+        let (paths, stats) = run(shortest_paths(&g, id(s), id(t), &filter, &bounds)).unwrap();
+        let names: BTreeMap<ConceptId, usize> = (0..n).map(|i| (id(i), i)).collect();
+        let got: BTreeSet<Vec<usize>> = paths.iter().map(|p| p.vertices.iter().map(|v| names[v]).collect()).collect();
+        prop_assert_eq!(got.len(), paths.len(), "paths are distinct");
+        match reference(n, &edges, both, s, t).filter(|r| r[0].len() - 1 <= bounds.max_depth) {
+            None => prop_assert!(paths.is_empty()),
+            Some(all) => {
+                let hops = all[0].len() - 1;
+                prop_assert!(paths.iter().all(|p| p.hops() == hops && p.vertices.len() == hops + 1));
+                let all: BTreeSet<Vec<usize>> = all.into_iter().collect();
+                if all.len() <= max_paths {
+                    prop_assert_eq!(got, all);
+                } else {
+                    prop_assert_eq!(paths.len(), max_paths);
+                    prop_assert!(got.is_subset(&all));
+                }
+                prop_assert!(paths.windows(2).all(|w| w[0].confidence >= w[1].confidence));
+                prop_assert!(stats.rpcs <= 3 * hops, "at most one call per shard per level");
+            }
+        }
+    }
+
+    #[test]
+    fn the_confident_path_has_the_best_product((n, edges) in graph(), s in 0usize..24, t in 0usize..24, both: bool) {
+        let (s, t) = (s % n, t % n);
+        prop_assume!(s != t);
+        let g = Sharded::new(&edges);
+        let filter = EdgeFilter { direction: if both { Direction::Both } else { Direction::Out }, ..Default::default() };
+        let bounds = Bounds { max_depth: 5, ..Default::default() };
+        let (path, _) = run(most_confident_path(&g, id(s), id(t), &filter, &bounds)).unwrap();
+        let want = best_product(n, &edges, both, s, t, bounds.max_depth);
+        match (path, want) {
+            (None, None) => {}
+            (Some(p), Some(w)) => {
+                prop_assert!((p.confidence - w).abs() < 1e-9, "got {} want {}", p.confidence, w);
+                prop_assert!(p.hops() <= bounds.max_depth);
+                prop_assert_eq!(p.vertices[0], id(s));
+                prop_assert_eq!(*p.vertices.last().unwrap(), id(t));
+                let product: f64 = p.steps.iter().map(|x| x.confidence as f64).product();
+                prop_assert!((product - p.confidence).abs() < 1e-9);
+            }
+            (p, w) => prop_assert!(false, "got {:?}, want {:?}", p.map(|p| p.confidence), w),
+        }
+    }
+}
+
+#[test]
+fn a_search_over_budget_stops_with_its_statistics() {
+    let edges: Vec<(usize, usize, f32)> = (1..200).map(|i| (0, i, 1.0)).collect();
+    let g = Sharded::new(&edges);
+    let bounds = Bounds { max_depth: 4, max_paths: 5, visited_max: 50 };
+    let err = run(shortest_paths(&g, id(0), id(999), &EdgeFilter::default(), &bounds)).unwrap_err();
+    match err {
+        PathError::Budget { visited, limit, stats } => {
+            assert!(visited > limit && stats.rpcs > 0);
+        }
+        e => panic!("{e:?}"),
+    }
+}
