@@ -26,6 +26,9 @@ pub enum BenchCmd {
     /// Replicated upserts through the router on a real local grid: a master, an agent and 3
     /// storage processes on 127.0.0.1, replication 3.
     ClusterWrite(ClusterWriteArgs),
+    /// The HTTP API on a running grid with WordNet imported: GET latency and throughput, and
+    /// /reason latency between synsets (hop counts checked against a BFS of the files).
+    Api(crate::bench_api::ApiArgs),
 }
 
 #[derive(clap::Args)]
@@ -117,6 +120,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Bfs(a) => (bench_bfs(&a)?, a.common.json),
         BenchCmd::Reopen(a) => (bench_reopen(&a).await?, a.common.json),
         BenchCmd::ClusterWrite(a) => (bench_cluster_write(&a).await?, a.common.json),
+        BenchCmd::Api(a) => (crate::bench_api::bench_api(&a).await?, a.json),
     };
     if !quiet {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);

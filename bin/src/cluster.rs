@@ -18,8 +18,10 @@ use sutra_proto as pb;
 
 use crate::shutdown_signal;
 
-/// Where the master serves gRPC unless told otherwise (the HTTP API will take 7000).
+/// Where the master serves gRPC unless told otherwise.
 pub const MASTER_DEFAULT: &str = "127.0.0.1:7001";
+/// Where the master serves the HTTP API, and where the CLI verbs look for it.
+pub const API_DEFAULT: &str = "127.0.0.1:7000";
 
 #[derive(clap::Args)]
 pub struct MasterArgs {
@@ -28,17 +30,73 @@ pub struct MasterArgs {
     /// Directory for the master's metadata (log + snapshot).
     #[arg(long)]
     data_dir: PathBuf,
+    /// Address of the HTTP/JSON API.
+    #[arg(long, default_value = API_DEFAULT)]
+    http: SocketAddr,
+    /// Do not serve the HTTP API.
+    #[arg(long)]
+    no_http: bool,
+    /// Width of concept vectors (the storage processes' --vector-dim).
+    #[arg(long, default_value_t = limits::VECTOR_DIM_DEFAULT)]
+    vector_dim: usize,
 }
 
 pub async fn master(a: MasterArgs) -> Result<()> {
-    let listener =
-        tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+    let (stop, _tx) = crate::http::Stop::on_signal();
+    let http = if a.no_http { None } else { Some(a.http) };
+    let running = start_master(&a.data_dir, a.listen, http, a.vector_dim, stop).await?;
+    running.wait().await
+}
+
+/// A master serving gRPC (and the HTTP API when `http` is set) until `stop` fires.
+pub struct RunningMaster {
+    tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl RunningMaster {
+    pub async fn wait(self) -> Result<()> {
+        for t in self.tasks {
+            t.await.map_err(|e| anyhow::anyhow!("master task: {e}"))??;
+        }
+        Ok(())
+    }
+}
+
+pub async fn start_master(
+    data_dir: &std::path::Path,
+    listen: SocketAddr,
+    http: Option<SocketAddr>,
+    vector_dim: usize,
+    stop: crate::http::Stop,
+) -> Result<RunningMaster> {
+    if vector_dim == 0 || vector_dim > limits::VECTOR_DIM_MAX {
+        anyhow::bail!("--vector-dim must be between 1 and {}", limits::VECTOR_DIM_MAX);
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}; is another grid running? pick other ports"))?;
+    // Bind the API's port before anything starts, so a taken port fails clearly and early.
+    let http_listener = match http {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot serve the HTTP API on {addr}; is another grid running? pick another address")
+        })?),
+        None => None,
+    };
     let disk: Arc<dyn Disk> =
-        Arc::new(RealDisk::new(&a.data_dir).with_context(|| format!("cannot use data dir {}", a.data_dir.display()))?);
+        Arc::new(RealDisk::new(data_dir).with_context(|| format!("cannot use data dir {}", data_dir.display()))?);
     let m = Master::open(disk, "master").await.context("cannot open the master's metadata")?;
-    println!("master listening on {}", a.listen);
-    sutra_grid::master::service::serve_listener(m, listener, shutdown_signal()).await?;
-    Ok(())
+    println!("master listening on {listen}");
+    let s = stop.clone();
+    let mut tasks = vec![tokio::spawn(async move {
+        sutra_grid::master::service::serve_listener(m, listener, s.wait()).await?;
+        Ok(())
+    })];
+    if let Some(l) = http_listener {
+        let api = crate::http::connect(&listen.to_string(), vector_dim).await?;
+        println!("HTTP API at http://{}", l.local_addr()?);
+        tasks.push(tokio::spawn(crate::http::serve(api, l, stop.wait())));
+    }
+    Ok(RunningMaster { tasks })
 }
 
 #[derive(clap::Args)]
@@ -145,7 +203,7 @@ fn state_name(s: i32) -> &'static str {
     NodeState::from_pb(s).map_or("?", |s| s.name())
 }
 
-fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
+pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
     let map = s.map.clone().unwrap_or_default();
     json!({
         "healthy": s.healthy,

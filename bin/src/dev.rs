@@ -1,238 +1,235 @@
-//! `sutra dev` (a whole local grid with sample data on this machine) and the small query verbs
-//! that talk to a storage node. Until the control plane lands, the "grid" is one storage node
-//! hosting one shard that owns the whole key space.
+//! `sutra dev`: a whole local grid on this machine with one command. A master (serving the HTTP
+//! API), one agent spawning 3 storage-node processes, 3 shards × 3 replicas, the bundled sample
+//! loaded on first run. Ctrl-C stops every process; the next run reuses the data.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use sutra_grid::client::StorageClient;
-use sutra_grid::ids::ConceptId;
-use sutra_grid::model::{Direction, EdgeFilter};
-use sutra_grid::node::convert::{id_from_pb, kind_from_pb};
-use sutra_proto as pb;
+use sutra_grid::agent::{run_agent, AgentConfig};
+use sutra_grid::api::{Api, NeighborsQuery, ReasonRequest, SearchRequest};
+use sutra_grid::client::MasterClient;
+use sutra_grid::io::{ProcessSpawner, ProcessSpec};
+use sutra_grid::limits;
+use sutra_grid::node::Consistency;
+
+use crate::cluster::{start_master, API_DEFAULT, MASTER_DEFAULT};
+use crate::http::Stop;
+
+const SHARDS: u32 = 3;
+const REPLICATION: u32 = 3;
+const PROCESSES: u32 = 3;
+/// How long a fresh grid may take to elect primaries for every shard.
+const READY_BUDGET: Duration = Duration::from_secs(60);
 
 #[derive(clap::Args)]
 pub struct DevArgs {
     /// Where the grid keeps its data; reused on the next run.
     #[arg(long, default_value = "./sutra-data")]
     data_dir: PathBuf,
-    /// Address of the storage node's gRPC service.
-    #[arg(long, default_value = "127.0.0.1:7100")]
+    /// Address of the HTTP API.
+    #[arg(long, default_value = API_DEFAULT)]
     listen: SocketAddr,
+    /// Address of the master's gRPC service.
+    #[arg(long, default_value = MASTER_DEFAULT)]
+    master_listen: SocketAddr,
+    /// Storage process i serves on TCP base-port + i and gossips on UDP base-port + 1000 + i.
+    #[arg(long, default_value_t = 7100)]
+    base_port: u16,
+    #[arg(long, default_value_t = limits::VECTOR_DIM_DEFAULT)]
+    vector_dim: usize,
     /// Run the example queries, then stop (instead of serving until Ctrl-C).
     #[arg(long)]
     no_wait: bool,
 }
 
-#[derive(clap::Args)]
-pub struct QueryArgs {
-    /// A label ("Eiffel Tower") or a 32-hex-char concept id.
-    concept: String,
-    /// Storage node address.
-    #[arg(long, default_value = "127.0.0.1:7100")]
-    node: String,
-    #[arg(long, default_value_t = 0)]
-    shard: u32,
-    /// Most neighbours to list.
-    #[arg(long, default_value_t = 50)]
-    limit: u32,
-    /// text or json.
-    #[arg(long, default_value = "text")]
-    format: String,
+fn check_ports(host: std::net::IpAddr, base: u16) -> Result<()> {
+    if base as u32 + 1000 + PROCESSES > u16::MAX as u32 {
+        bail!("--base-port {base} leaves no room for the gossip ports (base + 1000 + i)");
+    }
+    for i in 0..PROCESSES as u16 {
+        let tcp = SocketAddr::new(host, base + i);
+        let udp = SocketAddr::new(host, base + 1000 + i);
+        std::net::TcpListener::bind(tcp)
+            .with_context(|| format!("port {tcp} is taken; is another grid running? pick another --base-port"))?;
+        std::net::UdpSocket::bind(udp)
+            .with_context(|| format!("UDP port {udp} is taken; is another grid running? pick another --base-port"))?;
+    }
+    Ok(())
 }
 
-fn resolve(s: &str) -> ConceptId {
-    ConceptId::parse_hex(s).unwrap_or_else(|| ConceptId::from_label(s))
-}
-
-fn label_of(labels: &HashMap<ConceptId, String>, id: ConceptId) -> String {
-    labels.get(&id).cloned().unwrap_or_else(|| id.to_string())
-}
-
-async fn labels(client: &StorageClient, shard: u32, ids: &[ConceptId]) -> Result<HashMap<ConceptId, String>> {
-    let r = client.get_concepts(shard, ids).await?;
-    Ok(r.found.into_iter().filter_map(|c| Some((id_from_pb(c.id.as_ref()?), c.label))).collect())
+/// Waits until the grid is initialised and healthy (every replica in place, every primary
+/// serving).
+async fn until_ready(master: &str, api: &Api, t0: Instant) -> Result<()> {
+    let mc = MasterClient::connect(master).await?.with_deadline(Duration::from_secs(2));
+    let mut initialised = false;
+    let mut last_note = Instant::now();
+    loop {
+        if !initialised {
+            let st = mc.status().await?;
+            let version = st.map.as_ref().map(|m| m.version).unwrap_or(0);
+            let up = st
+                .nodes
+                .iter()
+                .filter(|n| sutra_grid::master::NodeState::from_pb(n.state) == Some(sutra_grid::master::NodeState::Up))
+                .count();
+            if version > 0 {
+                initialised = true;
+            } else if up >= PROCESSES as usize {
+                mc.init(SHARDS, REPLICATION).await.context("initialising the shard map")?;
+                initialised = true;
+            }
+        }
+        let healthy = initialised && mc.status().await.is_ok_and(|s| s.healthy);
+        if healthy && api.ready().await.is_ok() {
+            // A primary may still be taking its lease; one strong read proves it serves.
+            let _ = api.router().refresh().await;
+            if api
+                .concept("Paris", Consistency::Strong)
+                .await
+                .map(|_| ())
+                .or_else(|e| if e.status == 404 { Ok(()) } else { Err(e) })
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        if t0.elapsed() > READY_BUDGET {
+            bail!(
+                "the grid did not become ready within {} s; `sutra status --master {master}` shows why",
+                READY_BUDGET.as_secs()
+            );
+        }
+        if last_note.elapsed() > Duration::from_secs(5) {
+            println!("  waiting for the grid ({} s)…", t0.elapsed().as_secs());
+            last_note = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
     let t0 = Instant::now();
-    // Bind first: a taken port fails here, clearly, instead of talking to someone else's node.
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
-        format!("cannot listen on {}; is another grid running? pick another address with --listen", args.listen)
-    })?;
-    let node = crate::open_node(&args.data_dir, sutra_grid::limits::VECTOR_DIM_DEFAULT, true).await?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sutra_grid::node::serve_listener(node, listener, async {
-        let _ = stop_rx.await;
-    }));
-    let addr = args.listen.to_string();
-    let client = StorageClient::connect(&addr).await.context("connecting to the local storage node")?;
-    let info = client.shard_info(0).await?;
-    if info.concepts == 0 {
-        let batch = crate::sample::batch()?;
-        let r = client.write_batch(0, &batch).await?;
-        println!(
-            "loaded sample: {} concepts, {} associations (durable at lsn {})",
-            batch.concepts.len(),
-            batch.associations.len(),
-            r.lsn
-        );
-    } else {
-        println!("reusing data in {}: {} concepts, {} edges", args.data_dir.display(), info.concepts, info.out_edges);
-    }
-    println!(
-        "grid up in {} ms: 1 storage node at {addr}, shard 0 owns the whole key space\n",
-        t0.elapsed().as_millis()
-    );
+    check_ports(args.master_listen.ip(), args.base_port)?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let (stop, stop_tx) = Stop::on_signal();
+    let master = start_master(
+        &args.data_dir.join("master"),
+        args.master_listen,
+        Some(args.listen),
+        args.vector_dim,
+        stop.clone(),
+    )
+    .await?;
+    let master_addr = args.master_listen.to_string();
+    let exe = std::env::current_exe().context("cannot find the sutra executable to spawn")?;
+    let processes = (0..PROCESSES)
+        .map(|i| ProcessSpec {
+            slot: i,
+            master: master_addr.clone(),
+            agent: "dev".into(),
+            storage_addr: SocketAddr::new(args.master_listen.ip(), args.base_port + i as u16),
+            gossip_addr: SocketAddr::new(args.master_listen.ip(), args.base_port + 1000 + i as u16),
+            data_dir: args.data_dir.join("agent").join(format!("node-{i}")).display().to_string(),
+            vector_dim: args.vector_dim,
+            generation: 0,
+        })
+        .collect();
+    let config = AgentConfig { name: "dev".into(), master: master_addr.clone(), processes };
+    let agent = tokio::spawn(run_agent(Arc::new(ProcessSpawner { exe }), config, stop.clone().wait()));
+    println!("starting a local grid: master + 1 agent + {PROCESSES} storage processes, {SHARDS} shards × {REPLICATION} replicas");
 
-    println!("$ sutra concept \"Eiffel Tower\"");
-    print_concept(&client, 0, resolve("Eiffel Tower"), "text").await?;
-    println!("\n$ sutra neighbors Paris");
-    print_neighbors(&client, 0, resolve("Paris"), 10, "text").await?;
-    println!("\nshortest path Medical_Diagnosis -> Financial_Fraud (one batched expand RPC per BFS level):");
-    let t = Instant::now();
-    let (path, rpcs) = find_path(&client, 0, resolve("Medical_Diagnosis"), resolve("Financial_Fraud"), 6).await?;
-    match path {
-        Some((p, hops)) => {
-            println!("  {p}\n  ({hops} hops, {rpcs} expand RPCs, {:.2} ms)", t.elapsed().as_secs_f64() * 1e3)
+    let api = crate::http::connect(&master_addr, args.vector_dim).await?;
+    let ready = until_ready(&master_addr, &api, t0).await;
+    if let Err(e) = ready {
+        let _ = stop_tx.send(true);
+        let _ = agent.await;
+        let _ = master.wait().await;
+        return Err(e);
+    }
+    match api.concept("Paris", Consistency::Strong).await {
+        Ok(_) => println!("reusing the data in {}", args.data_dir.display()),
+        Err(e) if e.status == 404 => {
+            let req = crate::sample::request()?;
+            let r = api.learn(req).await.map_err(|e| anyhow::anyhow!("loading the sample: {e}"))?;
+            println!(
+                "loaded the sample: {} concepts, {} associations over shards {:?}",
+                r.concepts.len(),
+                r.associations_created,
+                r.shards
+            );
+            // In-edges reach their shards through the outbox a moment after the write.
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until {
+                let q = NeighborsQuery { direction: Some("in".into()), ..Default::default() };
+                let paris = api.neighbors("Paris", &q).await.is_ok_and(|n| n.neighbors.len() >= 6);
+                let continent = api.neighbors("Continent", &q).await.is_ok_and(|n| n.neighbors.len() >= 6);
+                if paris && continent {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
-        None => println!("  no path within 6 hops"),
+        Err(e) => bail!("reading the grid: {e}"),
+    }
+    println!("grid ready in {} ms; data in {}\n", t0.elapsed().as_millis(), args.data_dir.display());
+    if let Err(e) = examples(&api, args.listen).await {
+        println!("(an example query failed: {e})");
+    }
+    if !args.no_wait {
+        println!("\nAPI at http://{}  (GET / lists the routes). Ctrl-C stops the grid.", args.listen);
     }
     if args.no_wait {
-        let _ = stop_tx.send(());
-        server.await??;
-        return Ok(());
+        let _ = stop_tx.send(true);
     }
-    println!("\nserving at {addr}; try `sutra concept Paris` or `sutra neighbors France`. Ctrl-C stops.");
-    crate::shutdown_signal().await;
-    let _ = stop_tx.send(());
-    server.await??;
+    stop.wait().await;
+    println!("stopping…");
+    agent.await.map_err(|e| anyhow::anyhow!("agent task: {e}"))?.map_err(anyhow::Error::msg)?;
+    master.wait().await?;
     println!("stopped; data kept in {}", args.data_dir.display());
     Ok(())
 }
 
-/// Level-synchronous BFS from `start` (both directions), one Expand RPC per level.
-async fn find_path(
-    client: &StorageClient,
-    shard: u32,
-    start: ConceptId,
-    end: ConceptId,
-    max_depth: usize,
-) -> Result<(Option<(String, usize)>, usize)> {
-    let filter = EdgeFilter { direction: Direction::Both, ..Default::default() };
-    let mut parent: HashMap<ConceptId, (ConceptId, String, bool, f32)> = HashMap::new();
-    let mut frontier = vec![start];
-    let mut seen = std::collections::HashSet::from([start]);
-    let mut rpcs = 0;
-    for _ in 0..max_depth {
-        if frontier.is_empty() || seen.contains(&end) {
-            break;
-        }
-        let r = client.expand(shard, &frontier, &filter, 0).await?;
-        rpcs += 1;
-        let mut next = Vec::new();
-        for list in r.lists {
-            let Some(from) = list.id.as_ref().map(id_from_pb) else {
-                continue;
-            };
-            for e in list.edges {
-                let Some(to) = e.other.as_ref().map(id_from_pb) else {
-                    continue;
-                };
-                if seen.insert(to) {
-                    parent.insert(to, (from, e.relation, e.outgoing, e.confidence));
-                    next.push(to);
-                }
-            }
-        }
-        frontier = next;
-    }
-    if !seen.contains(&end) {
-        return Ok((None, rpcs));
-    }
-    let mut chain = vec![end];
-    while let Some((p, ..)) = parent.get(chain.last().unwrap_or(&start)) {
-        chain.push(*p);
-    }
-    chain.reverse();
-    let names = labels(client, shard, &chain).await?;
-    let mut out = label_of(&names, start);
-    let mut conf = 1.0f64;
-    for v in &chain[1..] {
-        let (_, rel, outgoing, c) = &parent[v];
-        conf *= *c as f64;
-        let arrow = if *outgoing { format!(" --{rel}--> ") } else { format!(" <--{rel}-- ") };
-        out.push_str(&arrow);
-        out.push_str(&label_of(&names, *v));
-    }
-    out.push_str(&format!("   [confidence {conf:.3}]"));
-    Ok((Some((out, chain.len() - 1)), rpcs))
-}
+/// The README's tour: each example's CLI form and its answer.
+async fn examples(api: &Api, listen: SocketAddr) -> Result<()> {
+    let api_flag = if listen.to_string() == API_DEFAULT { String::new() } else { format!(" --api http://{listen}") };
+    println!("$ sutra concept \"Eiffel Tower\"{api_flag}");
+    let c = api.concept("Eiffel Tower", Consistency::Strong).await?;
+    println!("  {}  ({})\n  {}", c.label, c.id, c.content);
 
-async fn print_concept(client: &StorageClient, shard: u32, id: ConceptId, format: &str) -> Result<()> {
-    let r = client.get_concepts(shard, &[id]).await?;
-    let Some(c) = r.found.into_iter().next() else { bail!("no concept {id} on shard {shard}") };
-    if format == "json" {
-        println!(
-            "{}",
-            serde_json::json!({"id": id.to_string(), "label": c.label, "content": c.content,
-            "confidence": c.confidence, "created_ms": c.created_ms, "updated_ms": c.updated_ms, "vector_dim": c.vector.len()})
-        );
-    } else {
-        println!(
-            "  {}  {}\n  {}\n  confidence {:.2}",
-            c.label,
-            id,
-            if c.content.is_empty() { "(no content)" } else { &c.content },
-            c.confidence
-        );
+    println!("\n$ sutra neighbors Paris{api_flag}");
+    let n = api.neighbors("Paris", &NeighborsQuery { limit: Some(8), ..Default::default() }).await?;
+    for e in &n.neighbors {
+        let arrow = if e.direction == "out" { "-->" } else { "<--" };
+        println!("  {arrow} {:<22} {:<14} {:<13} {:.2}", e.label, e.relation, e.kind, e.confidence);
     }
+
+    println!("\n$ sutra reason Medical_Diagnosis Financial_Fraud{api_flag}");
+    let req = ReasonRequest { start: "Medical_Diagnosis".into(), end: "Financial_Fraud".into(), ..Default::default() };
+    let r = api.reason(&req).await?;
+    for line in &r.reasoning {
+        println!("  {line}");
+    }
+    println!(
+        "  ({} path(s), combined confidence {:.3}; {} shards, {} RPCs, {} visited, {:.2} ms)",
+        r.paths.len(),
+        r.confidence,
+        r.shards_accessed,
+        r.rpcs,
+        r.visited,
+        r.latency_ms
+    );
+
+    println!("\n$ sutra search \"iron tower in Paris\"{api_flag}");
+    let s = api
+        .search(&SearchRequest { text: Some("iron tower in Paris".into()), k: Some(3), ..Default::default() })
+        .await?;
+    for h in &s.hits {
+        println!("  {:.3}  {}", h.score, h.label);
+    }
+    println!("\nOver HTTP: curl -s http://{listen}/concepts?label=Paris");
     Ok(())
-}
-
-async fn print_neighbors(client: &StorageClient, shard: u32, id: ConceptId, limit: u32, format: &str) -> Result<()> {
-    let r = client.neighbors(shard, &[id], &EdgeFilter::default(), limit, true).await?;
-    let list: pb::NeighborList = r.lists.into_iter().next().unwrap_or_default();
-    if list.missing {
-        bail!("no concept {id} on shard {shard}");
-    }
-    let others: Vec<ConceptId> = list.edges.iter().filter_map(|e| e.other.as_ref().map(id_from_pb)).collect();
-    let names = labels(client, shard, &others).await?;
-    if format == "json" {
-        let edges: Vec<_> = list
-            .edges
-            .iter()
-            .map(|e| {
-                let other = e.other.as_ref().map(id_from_pb).unwrap_or_default();
-                serde_json::json!({"other": other.to_string(), "label": label_of(&names, other),
-                "kind": kind_from_pb(e.kind).map(|k| k.name()), "relation": e.relation,
-                "confidence": e.confidence, "direction": if e.outgoing {"out"} else {"in"}, "evidence": e.evidence})
-            })
-            .collect();
-        println!("{}", serde_json::json!({"id": id.to_string(), "edges": edges, "truncated": list.truncated}));
-        return Ok(());
-    }
-    for e in &list.edges {
-        let other = e.other.as_ref().map(id_from_pb).unwrap_or_default();
-        let kind = kind_from_pb(e.kind).map(|k| k.name()).unwrap_or("?");
-        let arrow = if e.outgoing { "-->" } else { "<--" };
-        println!("  {arrow} {:<22} {:<14} {:<13} {:.2}", label_of(&names, other), e.relation, kind, e.confidence);
-    }
-    if list.truncated {
-        println!("  (more; raise --limit)");
-    }
-    Ok(())
-}
-
-pub async fn concept(a: QueryArgs) -> Result<()> {
-    let client = StorageClient::connect(&a.node).await?;
-    print_concept(&client, a.shard, resolve(&a.concept), &a.format).await
-}
-
-pub async fn neighbors(a: QueryArgs) -> Result<()> {
-    let client = StorageClient::connect(&a.node).await?;
-    print_neighbors(&client, a.shard, resolve(&a.concept), a.limit, &a.format).await
 }

@@ -6,9 +6,14 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod bench_api;
 mod cluster;
 mod dev;
+mod http;
+mod http_client;
+mod import;
 mod sample;
+mod verbs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,7 +35,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a local grid with sample data (today: one storage node hosting one shard).
+    /// Run a whole local grid with sample data: master + HTTP API, agent, 3 storage processes.
     Dev(dev::DevArgs),
     /// Run a storage node (in a grid with --master, else standalone).
     Storage(StorageArgs),
@@ -44,10 +49,18 @@ enum Cmd {
     Status(cluster::StatusArgs),
     /// Mark a node Draining (or undo it).
     Drain(cluster::DrainArgs),
-    /// Look a concept up on a storage node, by label or 32-hex-char id.
-    Concept(dev::QueryArgs),
-    /// List a concept's neighbours on a storage node.
-    Neighbors(dev::QueryArgs),
+    /// Learn sentences (or a JSON /learn request from --file).
+    Learn(verbs::LearnArgs),
+    /// Look a concept up, by label or 32-hex-char id.
+    Concept(verbs::ConceptArgs),
+    /// List a concept's neighbours.
+    Neighbors(verbs::NeighborsArgs),
+    /// Find and explain the paths between two concepts.
+    Reason(verbs::ReasonArgs),
+    /// Vector search: the concepts nearest a text.
+    Search(verbs::SearchArgs),
+    /// Import WordNet, jsonl or csv into the grid through the API.
+    Import(import::ImportArgs),
     /// Benchmarks; each prints one JSON object.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -180,6 +193,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if matches!(cli.cmd, Cmd::Dev(_)) && std::env::var_os("RUST_LOG").is_none() {
+        // The grid's storage processes inherit it: `sutra dev` shows warnings, not chatter.
+        // Set before the runtime starts any thread.
+        std::env::set_var("RUST_LOG", "warn");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.cmd {
         Cmd::Dev(a) => {
@@ -210,13 +228,29 @@ fn run(cli: Cli) -> Result<()> {
             init_tracing("warn");
             rt.block_on(cluster::drain(a))
         }
+        Cmd::Learn(a) => {
+            init_tracing("warn");
+            rt.block_on(verbs::learn(a))
+        }
         Cmd::Concept(a) => {
             init_tracing("warn");
-            rt.block_on(dev::concept(a))
+            rt.block_on(verbs::concept(a))
         }
         Cmd::Neighbors(a) => {
             init_tracing("warn");
-            rt.block_on(dev::neighbors(a))
+            rt.block_on(verbs::neighbors(a))
+        }
+        Cmd::Reason(a) => {
+            init_tracing("warn");
+            rt.block_on(verbs::reason(a))
+        }
+        Cmd::Search(a) => {
+            init_tracing("warn");
+            rt.block_on(verbs::search(a))
+        }
+        Cmd::Import(a) => {
+            init_tracing("warn");
+            rt.block_on(import::run(a))
         }
         Cmd::Bench(b) => {
             init_tracing("warn");

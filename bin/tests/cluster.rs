@@ -27,24 +27,6 @@ fn run(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sutra")).args(args).env("RUST_LOG", "warn").output().expect("running sutra")
 }
 
-/// A base port with `n` free TCP ports and their UDP gossip ports (+1000) free too.
-fn free_base(n: u16) -> u16 {
-    for _ in 0..100 {
-        let base = common::free_port();
-        if base > 60_000 {
-            continue;
-        }
-        let ok = (0..n).all(|i| {
-            std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()
-                && std::net::UdpSocket::bind(("127.0.0.1", base + 1000 + i)).is_ok()
-        });
-        if ok {
-            return base;
-        }
-    }
-    panic!("no free port range");
-}
-
 /// Pids of live processes whose command line mentions `needle`.
 fn pids_with(needle: &str) -> Vec<i32> {
     let mut out = Vec::new();
@@ -102,7 +84,7 @@ async fn master_agent_and_storage_processes_form_a_grid() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let master = format!("127.0.0.1:{}", common::free_port());
-    let base = free_base(3);
+    let base = common::free_base(3);
     let data_root = root.join("agent");
     let m = sutra(&["master", "--listen", &master, "--data-dir"]).arg(root.join("master")).spawn().unwrap();
     let a = sutra(&["agent", "--master", &master, "--name", "m1", "--processes", "3", "--vector-dim", "4"])

@@ -14,10 +14,12 @@
 //! - [`agent`]: per-machine supervisor: spawns storage processes, restarts them, reports exits.
 //! - [`query`]: the router (each key to its shard's primary, batched per shard).
 //! - [`client`]: the Rust client every tool uses, with deadlines and bounded retries.
+//! - [`api`]: the plain query and learning API the HTTP server wraps and the simulator calls.
 //!
 //! - [`replication`]: the per-shard replication rules as pure state machines (not wired in yet).
 
 pub mod agent;
+pub mod api;
 pub mod client;
 pub mod codec;
 pub mod gossip;

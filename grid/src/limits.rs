@@ -53,6 +53,11 @@ pub const EXPAND_EDGES_DEFAULT: usize = 200_000;
 /// Edges returned by one expand call at most (~ tens of MiB on the wire).
 pub const EXPAND_EDGES_MAX: usize = 1_000_000;
 
+/// Vector search: results per request by default, and at most (each shard returns its own
+/// top k, so the router merges at most shards × k).
+pub const VECTOR_SEARCH_K_DEFAULT: usize = 10;
+pub const VECTOR_SEARCH_K_MAX: usize = 1_000;
+
 /// Hops a path search may take.
 pub const SEARCH_DEPTH_MAX: usize = 10;
 /// Paths one search may return.
@@ -62,6 +67,20 @@ pub const SEARCH_VISITED_MAX: usize = 20_000_000;
 /// Shortest paths a search enumerates before ranking the best `max_paths` of them: a graph
 /// with exponentially many shortest paths must not make one request exponential.
 pub const PATHS_ENUMERATED_MAX: usize = 4_096;
+
+/// `/reason` defaults and bounds (the API's; DESIGN §6). A distributed search stops with a
+/// budget error past `REASON_VISITED_MAX` vertices and a timeout past `REASON_TIMEOUT_MS`.
+pub const REASON_DEPTH_DEFAULT: usize = 6;
+pub const REASON_PATHS_DEFAULT: usize = 5;
+pub const REASON_VISITED_MAX: usize = 2_000_000;
+pub const REASON_TIMEOUT_MS: u64 = 10_000;
+/// Largest HTTP request body the API reads (413 past it); one body is at most one write batch.
+pub const API_BODY_BYTES_MAX: usize = BATCH_BYTES_MAX;
+/// Relation names one edge filter may list.
+pub const FILTER_RELATIONS_MAX: usize = 256;
+/// Sentences one `/learn` text may hold, and lines one `/learn/batch` stream may hold.
+pub const LEARN_SENTENCES_MAX: usize = 1_000;
+pub const LEARN_BATCH_LINES_MAX: usize = 100_000;
 
 /// Shard replicas hosted by one storage node.
 pub const SHARDS_PER_NODE_MAX: usize = 4096;
@@ -142,6 +161,8 @@ const _: () = assert!((WAL_RECORD_PAYLOAD_BYTES_MAX as u64) < WAL_SEGMENT_BYTES_
 const _: () = assert!(NEIGHBORS_PER_VERTEX_DEFAULT <= NEIGHBORS_PER_VERTEX_MAX);
 const _: () = assert!(EXPAND_EDGES_DEFAULT <= EXPAND_EDGES_MAX);
 const _: () = assert!(VECTOR_DIM_DEFAULT <= VECTOR_DIM_MAX);
+const _: () = assert!(REASON_DEPTH_DEFAULT <= SEARCH_DEPTH_MAX && REASON_PATHS_DEFAULT <= SEARCH_PATHS_MAX);
+const _: () = assert!(VECTOR_SEARCH_K_DEFAULT <= VECTOR_SEARCH_K_MAX);
 const _: () = assert!(BATCH_BYTES_MAX < RPC_MESSAGE_BYTES_MAX);
 const _: () = assert!(GOSSIP_PING_TIMEOUT_MS * 2 < GOSSIP_PERIOD_MS);
 // Down within 3 heartbeat intervals of a machine vanishing, counting the master's tick.

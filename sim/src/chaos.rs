@@ -1285,9 +1285,10 @@ async fn check_edges(st: &pb::StatusResponse, log: &EdgeLog) -> Result<usize, St
 /// Paths equal to a reference BFS over the final graph (DESIGN §7): the distributed search
 /// (bidirectional, batched per shard, both directions) between the ends of some writers' chains
 /// and between some unrelated concepts must find exactly the reference's shortest paths.
+/// Asks the grid for shortest paths through the same API the HTTP server wraps
+/// (`sutra_grid::api`), and compares them with a BFS over the final graph.
 async fn check_paths(edges: &EdgeSet) -> Result<(), String> {
-    use sutra_grid::query::paths::{shortest_paths, Bounds};
-    use sutra_grid::query::router::GridExpander;
+    use sutra_grid::api::{Api, ReasonRequest};
     let mut adj: BTreeMap<ConceptId, BTreeSet<ConceptId>> = BTreeMap::new();
     for (a, b, _) in edges {
         adj.entry(*a).or_default().insert(*b);
@@ -1298,9 +1299,9 @@ async fn check_paths(edges: &EdgeSet) -> Result<(), String> {
         return Ok(());
     }
     let c = MasterClient::connect(&plan::master_addr().to_string()).await.map_err(|e| e.to_string())?;
-    let router = Router::new(c, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
-    let grid = GridExpander { router, consistency: Consistency::Eventual };
-    let bounds = Bounds { max_depth: 6, max_paths: 32, ..Default::default() };
+    let router = Router::new(c.clone(), Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
+    let api = Api::new(router, c, sutra_grid::limits::VECTOR_DIM_DEFAULT);
+    let (max_depth, max_paths) = (6, 32);
     let n = vertices.len();
     for k in 0..12 {
         let start = vertices[(k * 7919) % n];
@@ -1313,15 +1314,25 @@ async fn check_paths(edges: &EdgeSet) -> Result<(), String> {
         } else {
             end = vertices[(k * 104_729 + 1) % n];
         }
-        let want = reference_paths(&adj, start, end, bounds.max_depth);
-        let (got, _) = shortest_paths(&grid, start, end, &EdgeFilter::default(), &bounds)
-            .await
-            .map_err(|e| format!("paths: {start} -> {end}: {e}"))?;
-        let got: BTreeSet<Vec<ConceptId>> = got.into_iter().map(|p| p.vertices).collect();
+        let want = reference_paths(&adj, start, end, max_depth);
+        let req = ReasonRequest {
+            start: start.to_string(),
+            end: end.to_string(),
+            max_depth: Some(max_depth),
+            max_paths: Some(max_paths),
+            consistency: Some("eventual".into()),
+            ..Default::default()
+        };
+        let r = api.reason(&req).await.map_err(|e| format!("paths: {start} -> {end}: {e}"))?;
+        let got: BTreeSet<Vec<ConceptId>> = r
+            .paths
+            .iter()
+            .map(|p| p.concepts.iter().map(|c| ConceptId::parse_hex(&c.id).unwrap_or_default()).collect())
+            .collect();
         let ok = match &want {
-            None => got.is_empty(),
-            Some(all) if all.len() <= bounds.max_paths => got == *all,
-            Some(all) => got.len() == bounds.max_paths && got.is_subset(all),
+            None => got.is_empty() && !r.found,
+            Some(all) if all.len() <= max_paths => got == *all,
+            Some(all) => got.len() == max_paths && got.is_subset(all),
         };
         if !ok {
             return Err(format!(

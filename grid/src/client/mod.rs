@@ -172,6 +172,15 @@ impl StorageClient {
         .await
     }
 
+    pub async fn search(&self, shard: u32, vector: &[f32], k: u32) -> Result<pb::SearchResponse, ClientError> {
+        let req = pb::SearchRequest { shard, vector: vector.to_vec(), k, consistency: self.consistency as i32 };
+        self.idempotent("search", |mut c| {
+            let req = req.clone();
+            async move { c.search(req).await }
+        })
+        .await
+    }
+
     pub async fn create_shard(&self, shard: u32, key_start: u64, key_end: u64) -> Result<pb::ShardInfo, ClientError> {
         self.idempotent("create_shard", |mut c| async move {
             c.create_shard(pb::CreateShardRequest { shard, key_start, key_end }).await

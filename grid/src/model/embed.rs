@@ -10,7 +10,8 @@ use crate::limits;
 pub fn embed(text: &str, dim: usize) -> Vec<f32> {
     let dim = dim.clamp(1, limits::VECTOR_DIM_MAX);
     let mut v = vec![0f32; dim];
-    let norm: String = text.to_lowercase().split_whitespace().collect::<Vec<_>>().join(" ");
+    // Words are runs of letters and digits: "Eiffel_Tower" and "wrought-iron" are two words each.
+    let norm: String = text.to_lowercase().split(|c: char| !c.is_alphanumeric()).collect::<Vec<_>>().join(" ");
     let mut add = |feature: &[u8], weight: f32| {
         let h = xxhash_rust::xxh3::xxh3_64(feature);
         // One bit of the hash picks the sign, so unrelated features cancel out on average.

@@ -230,6 +230,30 @@ impl pb::storage_server::Storage for StorageService {
         Ok(Response::new(pb::ExpandResponse { lists, edges_scanned, truncated }))
     }
 
+    async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
+        let req = req.into_inner();
+        if req.vector.is_empty() || req.vector.len() > limits::VECTOR_DIM_MAX {
+            return Err(Status::invalid_argument(format!(
+                "a search vector needs 1 to {} components, not {}",
+                limits::VECTOR_DIM_MAX,
+                req.vector.len()
+            )));
+        }
+        let k = clamp_limit(req.k, limits::VECTOR_SEARCH_K_DEFAULT, limits::VECTOR_SEARCH_K_MAX);
+        let shard = self.node.shard(req.shard)?;
+        let st = shard.read_at(consistency_from_pb(req.consistency))?;
+        let hits = st
+            .nearest(&req.vector, k)
+            .into_iter()
+            .map(|(score, mut c)| {
+                // The caller asked for neighbours, not for the vectors back.
+                c.vector = Vec::new();
+                pb::SearchHit { concept: Some(concept_to_pb(c)), score }
+            })
+            .collect();
+        Ok(Response::new(pb::SearchResponse { hits }))
+    }
+
     async fn create_shard(&self, req: Request<pb::CreateShardRequest>) -> Result<Response<pb::ShardInfo>, Status> {
         let req = req.into_inner();
         let range = KeyRange { start: req.key_start, end: req.key_end };

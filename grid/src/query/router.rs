@@ -1,9 +1,7 @@
 //! The router: a cached copy of the master's shard map, used to send each key to its shard's
-//! primary. A write batch is split per shard (concepts by their placement key; an association
-//! to its source's shard and, when the target lives elsewhere, to the target's shard for the
-//! in-edge), and the per-shard batches go out in parallel. Each per-shard batch is atomic; a
-//! batch spanning shards is not (the in-edge outbox of DESIGN.md §5.7 is not built yet). A
-//! part refused because its node is not (yet) primary, or that could not be sent at all, was
+//! primary. A write batch is split per shard (concepts by their placement key, an association
+//! to its source's shard, whose outbox delivers the in-edge), and the per-shard batches go out
+//! in parallel. Each per-shard batch is atomic; a batch spanning shards is not. A part refused because its node is not (yet) primary, or that could not be sent at all, was
 //! never logged: it is retried against the re-read map until the router's deadline. Eventual
 //! reads try every replica; strong reads go to the primary and retry the same way.
 
@@ -127,6 +125,13 @@ impl Router {
         Ok(v)
     }
 
+    /// A router made before the grid was initialised re-reads the map before its first use.
+    async fn ensure_map(&self) {
+        if self.map_version() == 0 {
+            let _ = self.refresh().await;
+        }
+    }
+
     pub fn map_version(&self) -> u64 {
         self.table.read().unwrap_or_else(|p| p.into_inner()).map.version
     }
@@ -174,6 +179,7 @@ impl Router {
     /// may or may not have committed, and the caller knows whether repeating it is safe
     /// (upserts by label are).
     pub async fn write(self: &Arc<Self>, batch: &WriteBatch) -> Result<Vec<ShardWrite>, RouterError> {
+        self.ensure_map().await;
         let parts = self.split(batch)?;
         let mut tasks = Vec::with_capacity(parts.len());
         for (shard, addr, part) in parts {
@@ -231,6 +237,7 @@ impl Router {
         source_shard: u32,
         items: Vec<(u64, Association)>,
     ) -> Result<Vec<u64>, RouterError> {
+        self.ensure_map().await;
         let mut by_shard: BTreeMap<u32, Vec<(u64, Association)>> = BTreeMap::new();
         {
             let t = self.table.read().unwrap_or_else(|p| p.into_inner());
@@ -286,6 +293,7 @@ impl Router {
         filter: &EdgeFilter,
         consistency: Consistency,
     ) -> Result<Expansion, RouterError> {
+        self.ensure_map().await;
         let mut by_shard: BTreeMap<u32, Vec<ConceptId>> = BTreeMap::new();
         {
             let t = self.table.read().unwrap_or_else(|p| p.into_inner());
@@ -362,6 +370,7 @@ impl Router {
         ids: &[ConceptId],
         consistency: Consistency,
     ) -> Result<Vec<pb::Concept>, RouterError> {
+        self.ensure_map().await;
         let mut by_shard: BTreeMap<u32, Vec<ConceptId>> = BTreeMap::new();
         {
             let t = self.table.read().unwrap_or_else(|p| p.into_inner());
@@ -369,43 +378,122 @@ impl Router {
                 by_shard.entry(t.shard_for(id.placement_key())?.shard).or_default().push(*id);
             }
         }
+        let mut found = Vec::new();
+        for (shard, ids) in by_shard {
+            let r = self
+                .read_shard(shard, consistency, |c| {
+                    let ids = ids.clone();
+                    async move { c.get_concepts(shard, &ids).await }
+                })
+                .await?;
+            found.extend(r.found);
+        }
+        found.sort_by_key(|c| c.id.as_ref().map(|i| id_from_pb(i).0));
+        Ok(found)
+    }
+
+    /// The edges of one vertex that pass `filter` (at most `limit`, 0 = the server default),
+    /// or None when no shard knows the vertex.
+    pub async fn neighbors(
+        self: &Arc<Self>,
+        id: ConceptId,
+        filter: &EdgeFilter,
+        limit: u32,
+        consistency: Consistency,
+    ) -> Result<Option<pb::NeighborList>, RouterError> {
+        self.ensure_map().await;
+        let shard = self.table.read().unwrap_or_else(|p| p.into_inner()).shard_for(id.placement_key())?.shard;
+        let r = self
+            .read_shard(shard, consistency, |c| {
+                let filter = filter.clone();
+                async move { c.neighbors(shard, &[id], &filter, limit, true).await }
+            })
+            .await?;
+        Ok(r.lists.into_iter().next().filter(|l| !l.missing))
+    }
+
+    /// Vector search: every shard's top `k` by cosine, in parallel, merged (best first, ties
+    /// by id). Returns the hits and the shards asked.
+    pub async fn search(
+        self: &Arc<Self>,
+        vector: &[f32],
+        k: usize,
+        consistency: Consistency,
+    ) -> Result<(Vec<pb::SearchHit>, usize), RouterError> {
+        self.ensure_map().await;
+        let shards: Vec<u32> = {
+            let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+            if t.map.version == 0 {
+                return Err(RouterError::NotInitialised);
+            }
+            t.map.shards.iter().map(|s| s.shard).collect()
+        };
+        let vector = Arc::new(vector.to_vec());
+        let mut tasks = Vec::with_capacity(shards.len());
+        for shard in shards.iter().copied() {
+            let (me, vector) = (self.clone(), vector.clone());
+            tasks.push(tokio::spawn(async move {
+                me.read_shard(shard, consistency, |c| {
+                    let vector = vector.clone();
+                    async move { c.search(shard, &vector, k as u32).await }
+                })
+                .await
+            }));
+        }
+        let mut hits = Vec::new();
+        for t in tasks {
+            hits.extend(t.await.map_err(|e| RouterError::Task(e.to_string()))??.hits);
+        }
+        let key = |h: &pb::SearchHit| h.concept.as_ref().and_then(|c| c.id.as_ref()).map(|i| id_from_pb(i).0);
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| key(a).cmp(&key(b))));
+        hits.truncate(k);
+        Ok((hits, shards.len()))
+    }
+
+    /// One read on `shard`: the primary, then (eventual) the other replicas; the whole round
+    /// is retried against a re-read map until the router's deadline.
+    async fn read_shard<T, Fut>(
+        &self,
+        shard: u32,
+        consistency: Consistency,
+        call: impl Fn(StorageClient) -> Fut,
+    ) -> Result<T, RouterError>
+    where
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
         let level = match consistency {
             Consistency::Strong => pb::Consistency::Strong,
             Consistency::Eventual => pb::Consistency::Eventual,
         };
-        let mut found = Vec::new();
         let start = tokio::time::Instant::now();
-        for (shard, ids) in by_shard {
-            let mut attempt = 0u32;
-            'shard: loop {
-                let addrs = self.table.read().unwrap_or_else(|p| p.into_inner()).read_addrs(shard, consistency);
-                let mut last = None;
-                for addr in addrs {
-                    let r = match self.client(&addr).await {
-                        Ok(c) => c.with_consistency(level).get_concepts(shard, &ids).await,
-                        Err(e) => Err(e),
-                    };
-                    match r {
-                        Ok(r) => {
-                            found.extend(r.found);
-                            break 'shard;
+        let mut attempt = 0u32;
+        loop {
+            let addrs = self.table.read().unwrap_or_else(|p| p.into_inner()).read_addrs(shard, consistency);
+            let mut last = None;
+            for addr in addrs {
+                let r = match self.client(&addr).await {
+                    Ok(c) => call(c.with_consistency(level)).await,
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(v) => return Ok(v),
+                    Err(source) => {
+                        // A bad request is the caller's: another replica would say the same.
+                        if source.code() == Some(tonic::Code::InvalidArgument) {
+                            return Err(RouterError::Shard { shard, addr, source });
                         }
-                        Err(source) => {
-                            self.forget(&addr);
-                            last = Some(RouterError::Shard { shard, addr, source });
-                        }
+                        self.forget(&addr);
+                        last = Some(RouterError::Shard { shard, addr, source });
                     }
                 }
-                let _ = self.refresh().await;
-                if start.elapsed() >= self.deadline {
-                    return Err(last.unwrap_or(RouterError::NoAddress { shard, node: 0 }));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20u64 << attempt.min(3))).await;
-                attempt += 1;
             }
+            let _ = self.refresh().await;
+            if start.elapsed() >= self.deadline {
+                return Err(last.unwrap_or(RouterError::NoAddress { shard, node: 0 }));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20u64 << attempt.min(3))).await;
+            attempt += 1;
         }
-        found.sort_by_key(|c| c.id.as_ref().map(|i| id_from_pb(i).0));
-        Ok(found)
     }
 }
 

@@ -271,6 +271,41 @@ impl ShardStore {
         cp.concept(cp.find(id)?)
     }
 
+    /// The `k` concepts whose vectors are nearest `query` by cosine, best first (ties by id).
+    /// A brute-force scan: vector search is an occasional query, not the hot path.
+    pub fn nearest(&self, query: &[f32], k: usize) -> Vec<(f32, Concept)> {
+        let mut best: Vec<(f32, ConceptId)> = Vec::new();
+        let consider = |score: f32, id: ConceptId, best: &mut Vec<(f32, ConceptId)>| {
+            if !score.is_finite() {
+                return;
+            }
+            best.push((score, id));
+            if best.len() >= 2 * k.max(16) {
+                best.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                best.truncate(k);
+            }
+        };
+        for c in self.concepts.values() {
+            if c.vector.len() == query.len() {
+                consider(crate::model::embed::cosine(query, &c.vector), c.id, &mut best);
+            }
+        }
+        if let Some(cp) = &self.checkpoint {
+            for i in 0..cp.vertices() as u32 {
+                let id = cp.id_at(i);
+                if self.concepts.contains_key(&id) {
+                    continue;
+                }
+                if let Some(c) = cp.concept(i).filter(|c| c.vector.len() == query.len()) {
+                    consider(crate::model::embed::cosine(query, &c.vector), id, &mut best);
+                }
+            }
+        }
+        best.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        best.truncate(k);
+        best.into_iter().filter_map(|(s, id)| Some((s, self.concept(id)?))).collect()
+    }
+
     /// Calls `f` for every edge of `v` on the chosen side(s) that passes `filter`, until `f`
     /// returns false. Checkpoint edges superseded by an overlay upsert are skipped.
     pub fn for_each_edge<'a>(&'a self, v: ConceptId, filter: &EdgeFilter, mut f: impl FnMut(Edge<'a>) -> bool) {

@@ -1,0 +1,218 @@
+//! The HTTP API and the CLI verbs on a real local grid (`sutra dev`: master + agent + 3 storage
+//! processes, 3 shards × 3 replicas): every route, the documented error codes, garbage input
+//! that must not take a node down, and NDJSON streaming.
+
+mod common;
+
+use common::{call, http, DevGrid};
+use serde_json::{json, Value};
+
+fn assert_error(r: (u16, Value), status: u16, code: &str, mentions: &str) {
+    assert_eq!(r.0, status, "{}", r.1);
+    assert_eq!(r.1["error"]["code"], code, "{}", r.1);
+    let msg = r.1["error"]["message"].as_str().unwrap_or("");
+    assert!(msg.contains(mentions), "message {msg:?} should mention {mentions:?}");
+}
+
+#[test]
+fn the_api_and_the_cli_on_a_local_grid() {
+    let g = DevGrid::start();
+    let api = g.api.clone();
+
+    // Learning from text: triples extracted, unmatched sentences kept as concepts.
+    let (s, v) = call(
+        &api,
+        "POST",
+        "/learn",
+        json!({"content": "Lyon is located in France. Smog causes asthma. Is Paris big? Blue skies."}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["associations_created"], 2);
+    assert_eq!(v["triples"][0]["relation"], "located_in");
+    assert_eq!(v["triples"][1]["kind"], "causal");
+    assert_eq!(v["unmatched"], json!(["Is Paris big?", "Blue skies."]));
+    // Structured learning, and the CLI reading it back.
+    let (s, v) = call(
+        &api,
+        "POST",
+        "/learn",
+        json!({"concepts": [{"label": "Asthma", "content": "A chronic disease of the airways."}],
+               "associations": [{"source": "Asthma", "target": "Lung", "relation": "affects", "kind": "causal", "confidence": 0.8}]}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let c = g.json(&["concept", "asthma"]);
+    assert_eq!(c["content"], "A chronic disease of the airways.");
+    let (s, by_label) = call(&api, "GET", "/concepts?label=ASTHMA", Value::Null);
+    assert_eq!((s, &by_label["id"]), (200, &c["id"]));
+    let (s, by_id) = call(&api, "GET", &format!("/concepts/{}", c["id"].as_str().unwrap()), Value::Null);
+    // The first-seen spelling ("Smog causes asthma.") stays the display label.
+    assert_eq!((s, &by_id["label"]), (200, &json!("asthma")));
+
+    // Neighbours with filters (in-edges arrive through the outbox a moment after the write).
+    let mut n = Value::Null;
+    for _ in 0..50 {
+        n = g.json(&["neighbors", "Lung", "--direction", "in", "--kind", "causal"]);
+        if n["neighbors"].as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(n["neighbors"][0]["label"], "asthma", "{n}");
+    assert_eq!(n["neighbors"][0]["direction"], "in");
+    let (_, n) = call(&api, "GET", "/concepts/Paris/neighbors?direction=out&relation=capital_of", Value::Null);
+    assert_eq!(n["neighbors"].as_array().map(Vec::len), Some(1), "{n}");
+    assert_eq!(n["neighbors"][0]["label"], "France");
+
+    // Reasoning: the design's chain, both modes, and the CLI.
+    let r = g.json(&["reason", "Medical_Diagnosis", "Financial_Fraud"]);
+    assert_eq!(r["found"], true, "{r}");
+    assert_eq!(r["paths"][0]["hops"], 3);
+    assert_eq!(r["paths"][0]["concepts"][0]["label"], "Medical_Diagnosis");
+    assert!(r["reasoning"][0].as_str().unwrap().contains("Anomaly_Detection detects Financial_Fraud"), "{r}");
+    let want = 0.85 * 0.8 * 0.75;
+    assert!((r["confidence"].as_f64().unwrap() - want).abs() < 1e-4, "{r}");
+    assert!(r["shards_accessed"].as_u64().unwrap() >= 1 && r["rpcs"].as_u64().unwrap() >= 2);
+    // Confident mode walks forward only, so it needs the in-edges the outbox delivers a
+    // moment after the sample's write (Asia → Continent, seen from Continent).
+    let mut r = Value::Null;
+    for _ in 0..50 {
+        let (s, v) = call(
+            &api,
+            "POST",
+            "/reason",
+            json!({"start": "Paris", "end": "Tokyo", "mode": "confident", "max_depth": 8}),
+        );
+        assert_eq!(s, 200, "{v}");
+        r = v;
+        if r["found"] == true {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(r["found"], true, "{r}");
+    assert_eq!(r["paths"].as_array().map(Vec::len), Some(1));
+    assert!((r["confidence"].as_f64().unwrap() - 0.99f64.powi(6)).abs() < 1e-3, "{r}");
+    let (_, r) = call(&api, "POST", "/reason", json!({"start": "Paris", "end": "Tokyo", "max_depth": 2}));
+    assert_eq!((&r["found"], &r["confidence"]), (&json!(false), &json!(0.0)));
+    let out = g.sutra(&["reason", "Paris", "Tokyo"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Tokyo capital of Japan"));
+
+    // Vector search by text and by vector.
+    let s = g.json(&["search", "the lattice tower of Paris on the Champ de Mars", "--k", "3"]);
+    assert_eq!(s["hits"][0]["label"], "Eiffel_Tower", "{s}");
+    assert_eq!(s["shards_accessed"], 3);
+    let (st, v) = call(&api, "POST", "/search", json!({"vector": vec![0.5f32; 768], "k": 2}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["hits"].as_array().map(Vec::len), Some(2));
+
+    // Status, health, metrics.
+    let (s, st) = call(&api, "GET", "/cluster/status", Value::Null);
+    assert_eq!((s, &st["healthy"], st["shards"].as_array().map(Vec::len)), (200, &json!(true), Some(3)), "{st}");
+    assert_eq!(call(&api, "GET", "/healthz", Value::Null).0, 200);
+    assert_eq!(call(&api, "GET", "/readyz", Value::Null).0, 200);
+    let (s, m) = http(&api, "GET", "/metrics", b"");
+    assert_eq!(s, 200);
+    assert!(String::from_utf8_lossy(&m).contains("sutra_api_requests_total{route=\"/reason\",status=\"200\"}"));
+
+    // Errors: each with its status, code and the field at fault.
+    assert_error(
+        call(&api, "POST", "/reason", json!({"start": "Paris", "end": "Tokyo", "max_depth": 11})),
+        400,
+        "bad_request",
+        "max_depth",
+    );
+    assert_error(
+        call(&api, "POST", "/reason", json!({"start": "Paris", "end": "Tokyo", "max_paths": "5"})),
+        400,
+        "bad_request",
+        "max_paths",
+    );
+    assert_error(
+        call(&api, "POST", "/reason", json!({"start": "Paris", "end": "Tokyo", "mood": "x"})),
+        400,
+        "bad_request",
+        "mood",
+    );
+    assert_error(
+        call(&api, "POST", "/reason", json!({"start": "Paris", "end": "Atlantis"})),
+        404,
+        "not_found",
+        "Atlantis",
+    );
+    assert_error(call(&api, "GET", "/concepts/Atlantis", Value::Null), 404, "not_found", "Atlantis");
+    assert_error(call(&api, "GET", "/concepts/Paris/neighbors?limit=0", Value::Null), 400, "bad_request", "limit");
+    assert_error(call(&api, "POST", "/search", json!({"vector": [1.0, 2.0]})), 400, "bad_request", "vector");
+    assert_error(
+        call(
+            &api,
+            "POST",
+            "/learn",
+            json!({"associations": [{"source": "a", "target": "b", "relation": "r", "confidence": 2}]}),
+        ),
+        400,
+        "bad_request",
+        "associations[0].confidence",
+    );
+    assert_error(call(&api, "DELETE", "/learn", Value::Null), 405, "method_not_allowed", "method");
+    assert_error(call(&api, "GET", "/nowhere", Value::Null), 404, "not_found", "route");
+    let big = vec![b' '; 17 * 1024 * 1024];
+    let (s, b) = http(&api, "POST", "/learn", &big);
+    assert_eq!(s, 413, "{}", String::from_utf8_lossy(&b));
+    let e = g.sutra(&["concept", "Atlantis"]);
+    assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("no concept 'Atlantis'"));
+
+    // Garbage to every JSON route: a 4xx each time, and the grid keeps answering.
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let shapes: [&[u8]; 6] = [b"", b"{", b"[]", b"null", b"{\"start\": {}}", b"\xff\xfe{\"a\":1}"];
+    for i in 0..120 {
+        let body: Vec<u8> = if i < shapes.len() * 3 {
+            shapes[i % shapes.len()].to_vec()
+        } else {
+            (0..(next() % 200)).map(|_| (next() % 256) as u8).collect()
+        };
+        for path in ["/learn", "/reason", "/search"] {
+            let (s, b) = http(&api, "POST", path, &body);
+            assert!((400..500).contains(&s), "{path} answered {s} to {body:?}: {}", String::from_utf8_lossy(&b));
+            let v: Value = serde_json::from_slice(&b).expect("a JSON error body");
+            assert!(v["error"]["message"].is_string());
+        }
+    }
+    assert!(g.sutra(&["concept", "Paris"]).status.success(), "the grid stopped answering");
+
+    // NDJSON: one result per line, errors in place.
+    let lines =
+        b"{\"content\": \"Oslo is located in Norway.\"}\n\n{\"bad\": 1}\n{\"concepts\": [{\"label\": \"Norway\"}]}\n";
+    let (s, b) = http(&api, "POST", "/learn/batch", lines);
+    assert_eq!(s, 200);
+    let out: Vec<Value> =
+        b.split(|c| *c == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!((&out[0]["line"], &out[0]["result"]["associations_created"]), (&json!(1), &json!(1)));
+    assert_eq!(out[1]["line"], 3);
+    assert_eq!(out[1]["error"]["code"], "bad_request");
+    assert_eq!(out[2]["line"], 4);
+    assert!(out[2]["result"].is_object());
+
+    // The importers: csv and jsonl, twice each (idempotent).
+    let csv = g.dir.path().join("facts.csv");
+    std::fs::write(&csv, "subject,relation,object,kind,confidence\nOslo,capital_of,Norway,hierarchical,0.99\n\"Bergen, Norway\",located_in,Norway\nbad line\n").unwrap();
+    let jsonl = g.dir.path().join("facts.jsonl");
+    std::fs::write(&jsonl, "{\"label\": \"Fjord\", \"content\": \"A long, narrow inlet.\"}\n{\"source\": \"Fjord\", \"target\": \"Norway\", \"relation\": \"found_in\"}\n").unwrap();
+    for _ in 0..2 {
+        let out = g.sutra(&["import", "--format", "csv", csv.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((&v["associations"], &v["skipped"]), (&json!(2), &json!(1)), "{v}");
+        let out = g.sutra(&["import", "--format", "jsonl", jsonl.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let n = g.json(&["neighbors", "Bergen, Norway"]);
+    assert_eq!(n["neighbors"].as_array().map(Vec::len), Some(1), "{n}");
+    assert_eq!(g.json(&["concept", "fjord"])["content"], "A long, narrow inlet.");
+}

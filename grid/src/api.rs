@@ -1,0 +1,884 @@
+//! The plain query and learning API (DESIGN §1, §8): what `bin/` serves over HTTP and what the
+//! simulator and tests call directly. Requests and answers are serde types, validated here, so
+//! every front end rejects the same inputs with the same messages; errors carry a code that
+//! maps to one HTTP status.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sutra_proto as pb;
+
+use crate::ids::ConceptId;
+use crate::limits;
+use crate::model::{self, AssocKind, Association, ConceptWrite, Direction, EdgeFilter, WriteBatch};
+use crate::node::convert::{id_from_pb, kind_from_pb};
+use crate::node::Consistency;
+use crate::query::paths::{self, Bounds, PathError, Stats};
+use crate::query::router::GridExpander;
+use crate::query::{Router, RouterError};
+use crate::store::search::Path;
+
+/// What went wrong, as a front end reports it. `status` is the HTTP status it maps to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApiError {
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip)]
+    pub status: u16,
+    /// Extra structured facts (a budget error's partial statistics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl ApiError {
+    pub fn bad_request(field: &str, why: impl std::fmt::Display) -> ApiError {
+        ApiError { code: "bad_request", message: format!("{field}: {why}"), status: 400, details: None }
+    }
+    pub fn not_found(what: impl std::fmt::Display) -> ApiError {
+        ApiError { code: "not_found", message: what.to_string(), status: 404, details: None }
+    }
+    pub fn too_large(what: impl std::fmt::Display) -> ApiError {
+        ApiError { code: "too_large", message: what.to_string(), status: 413, details: None }
+    }
+    pub fn timeout(what: impl std::fmt::Display) -> ApiError {
+        ApiError { code: "timeout", message: what.to_string(), status: 504, details: None }
+    }
+    pub fn unavailable(what: impl std::fmt::Display) -> ApiError {
+        ApiError { code: "unavailable", message: what.to_string(), status: 503, details: None }
+    }
+
+    /// The JSON body every front end sends: `{"error": {"code", "message", ...}}`.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "error": self })
+    }
+}
+
+impl From<RouterError> for ApiError {
+    fn from(e: RouterError) -> ApiError {
+        match &e {
+            RouterError::Shard { source, .. } if source.code() == Some(tonic::Code::InvalidArgument) => {
+                ApiError { code: "bad_request", message: e.to_string(), status: 400, details: None }
+            }
+            RouterError::Truncated { .. } => {
+                ApiError { code: "budget_exceeded", message: e.to_string(), status: 422, details: None }
+            }
+            _ => ApiError::unavailable(e),
+        }
+    }
+}
+
+fn stats_json(s: &Stats) -> serde_json::Value {
+    serde_json::json!({ "visited": s.visited, "rpcs": s.rpcs, "shards_accessed": s.shards.len() })
+}
+
+impl From<PathError> for ApiError {
+    fn from(e: PathError) -> ApiError {
+        match &e {
+            PathError::Budget { stats, .. } => ApiError {
+                code: "budget_exceeded",
+                message: e.to_string(),
+                status: 422,
+                details: Some(stats_json(stats)),
+            },
+            PathError::Expand { stats, .. } => {
+                ApiError { code: "unavailable", message: e.to_string(), status: 503, details: Some(stats_json(stats)) }
+            }
+        }
+    }
+}
+
+/// Parses a JSON request body; a bad one is a 400 naming the field (its path) at fault.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let v: T = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path == "?" || path.is_empty() { "body".to_string() } else { path };
+        ApiError::bad_request(&field, e.into_inner())
+    })?;
+    Ok(v)
+}
+
+/// A concept named by a 32-hex-char id or by a label (any spelling of it).
+pub fn resolve(key: &str) -> ConceptId {
+    ConceptId::parse_hex(key.trim()).unwrap_or_else(|| ConceptId::from_label(key))
+}
+
+/// `strong` (the default) or `eventual`.
+pub fn parse_consistency(field: &str, s: Option<&str>) -> Result<Consistency, ApiError> {
+    match s.unwrap_or("strong") {
+        "strong" => Ok(Consistency::Strong),
+        "eventual" => Ok(Consistency::Eventual),
+        other => Err(ApiError::bad_request(field, format!("'{other}' is not one of strong, eventual"))),
+    }
+}
+
+fn parse_kinds(field: &str, kinds: &[String]) -> Result<Vec<AssocKind>, ApiError> {
+    kinds
+        .iter()
+        .map(|k| {
+            AssocKind::parse(k).ok_or_else(|| {
+                ApiError::bad_request(
+                    field,
+                    format!("'{k}' is not one of semantic, causal, temporal, hierarchical, compositional"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn check_confidence(field: &str, c: f32) -> Result<f32, ApiError> {
+    if (0.0..=1.0).contains(&c) {
+        Ok(c)
+    } else {
+        Err(ApiError::bad_request(field, format!("{c} is outside [0, 1]")))
+    }
+}
+
+fn direction_name(outgoing: bool) -> &'static str {
+    if outgoing {
+        "out"
+    } else {
+        "in"
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests and answers.
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConceptIn {
+    pub label: String,
+    #[serde(default)]
+    pub content: String,
+    /// Client-supplied embedding (the grid's dimension); absent: the built-in embedder's.
+    #[serde(default)]
+    pub vector: Option<Vec<f32>>,
+    #[serde(default)]
+    pub confidence: Option<f32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssociationIn {
+    /// Label or 32-hex-char id.
+    pub source: String,
+    pub target: String,
+    /// semantic (default), causal, temporal, hierarchical, compositional.
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub relation: String,
+    #[serde(default)]
+    pub confidence: Option<f32>,
+    #[serde(default)]
+    pub evidence: String,
+}
+
+/// `POST /learn`: sentences in `content`, or structured `concepts` and `associations` (or both).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearnRequest {
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub concepts: Vec<ConceptIn>,
+    #[serde(default)]
+    pub associations: Vec<AssociationIn>,
+    /// Fill missing vectors with the built-in embedder (default true).
+    #[serde(default)]
+    pub embed: Option<bool>,
+    /// Create a concept for each association end named by a label that `concepts` does not
+    /// list (default true; it then has no content and no vector, and its confidence is 1).
+    #[serde(default)]
+    pub create_concepts: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConceptRef {
+    pub id: String,
+    pub label: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TripleOut {
+    pub subject: String,
+    pub relation: String,
+    pub object: String,
+    pub kind: String,
+    pub evidence: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearnResponse {
+    pub concepts: Vec<ConceptRef>,
+    pub triples: Vec<TripleOut>,
+    pub associations_created: usize,
+    /// Sentences that matched no pattern: stored as concepts, no association extracted.
+    pub unmatched: Vec<String>,
+    pub shards: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConceptOut {
+    pub id: String,
+    pub label: String,
+    pub content: String,
+    pub confidence: f32,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub vector_dim: usize,
+}
+
+/// `GET /concepts/{id}/neighbors` filters.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeighborsQuery {
+    /// Comma-separated kinds.
+    pub kind: Option<String>,
+    /// Comma-separated relation names.
+    pub relation: Option<String>,
+    /// out, in or both (default).
+    pub direction: Option<String>,
+    pub limit: Option<u32>,
+    pub min_confidence: Option<f32>,
+    pub consistency: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NeighborOut {
+    pub id: String,
+    pub label: String,
+    pub kind: String,
+    pub relation: String,
+    pub confidence: f32,
+    pub direction: String,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub evidence: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NeighborsOut {
+    pub id: String,
+    pub label: String,
+    pub neighbors: Vec<NeighborOut>,
+    pub truncated: bool,
+}
+
+/// `POST /reason`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonRequest {
+    pub start: String,
+    pub end: String,
+    pub max_depth: Option<usize>,
+    pub max_paths: Option<usize>,
+    /// shortest (default) or confident.
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    #[serde(default)]
+    pub relations: Vec<String>,
+    /// out or both (default).
+    pub direction: Option<String>,
+    pub min_confidence: Option<f32>,
+    pub consistency: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EdgeOut {
+    pub kind: String,
+    pub relation: String,
+    pub confidence: f32,
+    /// forward: walked source → target; backward: walked along an in-edge.
+    pub direction: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathOut {
+    pub concepts: Vec<ConceptRef>,
+    pub edges: Vec<EdgeOut>,
+    pub hops: usize,
+    pub confidence: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReasonResponse {
+    pub found: bool,
+    pub paths: Vec<PathOut>,
+    /// Noisy-OR of the paths' confidences: 1 − Π(1 − cᵢ).
+    pub confidence: f64,
+    pub reasoning: Vec<String>,
+    pub shards_accessed: usize,
+    pub rpcs: usize,
+    pub visited: usize,
+    pub latency_ms: f64,
+}
+
+/// `POST /search`: `text` (embedded here) or `vector`, and `k`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    pub text: Option<String>,
+    pub vector: Option<Vec<f32>>,
+    pub k: Option<usize>,
+    pub consistency: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchHitOut {
+    pub id: String,
+    pub label: String,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchResponse {
+    pub hits: Vec<SearchHitOut>,
+    pub shards_accessed: usize,
+    pub latency_ms: f64,
+}
+
+/// A validated `/reason` request.
+#[derive(Debug, Clone)]
+pub struct ReasonPlan {
+    pub start: ConceptId,
+    pub end: ConceptId,
+    pub confident: bool,
+    pub filter: EdgeFilter,
+    pub bounds: Bounds,
+    pub consistency: Consistency,
+}
+
+impl ReasonRequest {
+    /// Checks every field; the error names the first bad one.
+    pub fn plan(&self) -> Result<ReasonPlan, ApiError> {
+        for (field, v) in [("start", &self.start), ("end", &self.end)] {
+            if model::label_is_blank(v) {
+                return Err(ApiError::bad_request(field, "must name a concept (a label or a 32-hex-char id)"));
+            }
+            if v.len() > limits::LABEL_BYTES_MAX {
+                return Err(ApiError::bad_request(field, format!("longer than {} bytes", limits::LABEL_BYTES_MAX)));
+            }
+        }
+        let max_depth = self.max_depth.unwrap_or(limits::REASON_DEPTH_DEFAULT);
+        if !(1..=limits::SEARCH_DEPTH_MAX).contains(&max_depth) {
+            return Err(ApiError::bad_request("max_depth", format!("must be 1 to {}", limits::SEARCH_DEPTH_MAX)));
+        }
+        let max_paths = self.max_paths.unwrap_or(limits::REASON_PATHS_DEFAULT);
+        if !(1..=limits::SEARCH_PATHS_MAX).contains(&max_paths) {
+            return Err(ApiError::bad_request("max_paths", format!("must be 1 to {}", limits::SEARCH_PATHS_MAX)));
+        }
+        let confident = match self.mode.as_deref().unwrap_or("shortest") {
+            "shortest" => false,
+            "confident" => true,
+            other => return Err(ApiError::bad_request("mode", format!("'{other}' is not one of shortest, confident"))),
+        };
+        let direction = match self.direction.as_deref().unwrap_or("both") {
+            "both" => Direction::Both,
+            "out" => Direction::Out,
+            other => return Err(ApiError::bad_request("direction", format!("'{other}' is not one of out, both"))),
+        };
+        if self.relations.len() > limits::FILTER_RELATIONS_MAX {
+            return Err(ApiError::bad_request("relations", format!("at most {}", limits::FILTER_RELATIONS_MAX)));
+        }
+        if let Some(r) = self.relations.iter().find(|r| r.len() > limits::RELATION_BYTES_MAX) {
+            return Err(ApiError::bad_request(
+                "relations",
+                format!(
+                    "'{}…' is longer than {} bytes",
+                    r.chars().take(16).collect::<String>(),
+                    limits::RELATION_BYTES_MAX
+                ),
+            ));
+        }
+        let filter = EdgeFilter {
+            kinds: parse_kinds("kinds", &self.kinds)?,
+            relations: self.relations.clone(),
+            direction,
+            min_confidence: check_confidence("min_confidence", self.min_confidence.unwrap_or(0.0))?,
+        };
+        Ok(ReasonPlan {
+            start: resolve(&self.start),
+            end: resolve(&self.end),
+            confident,
+            filter,
+            bounds: Bounds { max_depth, max_paths, visited_max: limits::REASON_VISITED_MAX },
+            consistency: parse_consistency("consistency", self.consistency.as_deref())?,
+        })
+    }
+}
+
+impl NeighborsQuery {
+    pub fn filter(&self) -> Result<(EdgeFilter, u32, Consistency), ApiError> {
+        let split = |s: &Option<String>| -> Vec<String> {
+            s.as_deref()
+                .map(|s| s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect())
+                .unwrap_or_default()
+        };
+        let relations = split(&self.relation);
+        if relations.len() > limits::FILTER_RELATIONS_MAX {
+            return Err(ApiError::bad_request("relation", format!("at most {}", limits::FILTER_RELATIONS_MAX)));
+        }
+        let direction = match self.direction.as_deref().unwrap_or("both") {
+            "both" => Direction::Both,
+            "out" => Direction::Out,
+            "in" => Direction::In,
+            other => return Err(ApiError::bad_request("direction", format!("'{other}' is not one of out, in, both"))),
+        };
+        let limit = self.limit.unwrap_or(limits::NEIGHBORS_PER_VERTEX_DEFAULT as u32);
+        if limit == 0 || limit as usize > limits::NEIGHBORS_PER_VERTEX_MAX {
+            return Err(ApiError::bad_request("limit", format!("must be 1 to {}", limits::NEIGHBORS_PER_VERTEX_MAX)));
+        }
+        let filter = EdgeFilter {
+            kinds: parse_kinds("kind", &split(&self.kind))?,
+            relations,
+            direction,
+            min_confidence: check_confidence("min_confidence", self.min_confidence.unwrap_or(0.0))?,
+        };
+        Ok((filter, limit, parse_consistency("consistency", self.consistency.as_deref())?))
+    }
+}
+
+/// A validated `/learn` request: the write batch plus what the answer reports about it.
+#[derive(Debug, Clone)]
+pub struct LearnPlan {
+    pub batch: WriteBatch,
+    pub triples: Vec<TripleOut>,
+    pub unmatched: Vec<String>,
+}
+
+impl LearnRequest {
+    /// Extracts triples, resolves labels, embeds and validates: everything but the write.
+    pub fn plan(&self, vector_dim: usize) -> Result<LearnPlan, ApiError> {
+        let req = self;
+        let embed = req.embed.unwrap_or(true);
+        let mut batch = WriteBatch::default();
+        let mut index: HashMap<ConceptId, usize> = HashMap::new();
+        // Per concept write: whether the embedder may fill its vector. A concept named only as
+        // a structured association's end gets no vector, so that naming a known concept never
+        // replaces the vector learned from its content.
+        let mut fill: Vec<bool> = Vec::new();
+        let mut triples = Vec::new();
+        let mut unmatched = Vec::new();
+        let mut add = |batch: &mut WriteBatch, label: &str, content: &str, vector: Vec<f32>, conf: f32, embed: bool| {
+            let id = ConceptId::from_label(label);
+            match index.get(&id) {
+                Some(&i) => {
+                    let c = &mut batch.concepts[i];
+                    if c.content.is_empty() && !content.is_empty() {
+                        c.content = content.to_string();
+                    }
+                    if c.vector.is_empty() {
+                        c.vector = vector;
+                    }
+                    fill[i] |= embed;
+                }
+                None => {
+                    index.insert(id, batch.concepts.len());
+                    batch.concepts.push(ConceptWrite {
+                        label: label.to_string(),
+                        content: content.to_string(),
+                        vector,
+                        confidence: conf,
+                    });
+                    fill.push(embed);
+                }
+            }
+            id
+        };
+        if let Some(text) = &req.content {
+            let sentences: Vec<&str> = model::extract::sentences(text).collect();
+            if sentences.len() > limits::LEARN_SENTENCES_MAX {
+                return Err(ApiError::too_large(format!(
+                    "content: {} sentences; at most {} per request (use /learn/batch)",
+                    sentences.len(),
+                    limits::LEARN_SENTENCES_MAX
+                )));
+            }
+            for s in sentences {
+                match model::extract::extract_sentence(s) {
+                    Some(t) => {
+                        let s = add(&mut batch, &t.subject, "", Vec::new(), 1.0, true);
+                        let o = add(&mut batch, &t.object, "", Vec::new(), 1.0, true);
+                        batch.associations.push(Association {
+                            source: s,
+                            target: o,
+                            kind: t.kind,
+                            relation: t.relation.clone(),
+                            confidence: 1.0,
+                            evidence: t.evidence.clone(),
+                        });
+                        triples.push(TripleOut {
+                            subject: t.subject,
+                            relation: t.relation,
+                            object: t.object,
+                            kind: t.kind.name().to_string(),
+                            evidence: t.evidence,
+                        });
+                    }
+                    None => {
+                        // Stored as a concept of its own, labelled by the sentence (cut to fit).
+                        let mut end = s.len().min(limits::LABEL_BYTES_MAX);
+                        while !s.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        add(&mut batch, &s[..end], s, Vec::new(), 1.0, true);
+                        unmatched.push(s.to_string());
+                    }
+                }
+            }
+        }
+        for (i, c) in req.concepts.iter().enumerate() {
+            let conf = check_confidence(&format!("concepts[{i}].confidence"), c.confidence.unwrap_or(1.0))?;
+            if model::label_is_blank(&c.label) {
+                return Err(ApiError::bad_request(&format!("concepts[{i}].label"), "must not be blank"));
+            }
+            add(&mut batch, &c.label, &c.content, c.vector.clone().unwrap_or_default(), conf, true);
+        }
+        let create = req.create_concepts.unwrap_or(true);
+        for (i, a) in req.associations.iter().enumerate() {
+            let field = |f: &str| format!("associations[{i}].{f}");
+            let kind = match a.kind.as_deref() {
+                None => AssocKind::Semantic,
+                Some(k) => parse_kinds(&field("kind"), &[k.to_string()])?[0],
+            };
+            let confidence = check_confidence(&field("confidence"), a.confidence.unwrap_or(1.0))?;
+            let mut end_id = |key: &str, f: &str| -> Result<ConceptId, ApiError> {
+                if model::label_is_blank(key) {
+                    return Err(ApiError::bad_request(&field(f), "must name a concept"));
+                }
+                Ok(match ConceptId::parse_hex(key) {
+                    Some(id) => id,
+                    None if create => add(&mut batch, key, "", Vec::new(), 1.0, false),
+                    None => ConceptId::from_label(key),
+                })
+            };
+            let source = end_id(&a.source, "source")?;
+            let target = end_id(&a.target, "target")?;
+            batch.associations.push(Association {
+                source,
+                target,
+                kind,
+                relation: a.relation.clone(),
+                confidence,
+                evidence: a.evidence.clone(),
+            });
+        }
+        if batch.is_empty() {
+            return Err(ApiError::bad_request("content", "nothing to learn: give content, concepts or associations"));
+        }
+        if batch.items() > limits::BATCH_ITEMS_MAX {
+            return Err(ApiError::too_large(format!(
+                "{} items in one request; at most {}",
+                batch.items(),
+                limits::BATCH_ITEMS_MAX
+            )));
+        }
+        if embed {
+            for (c, _) in batch.concepts.iter_mut().zip(&fill).filter(|(c, f)| **f && c.vector.is_empty()) {
+                c.vector = model::embed::embed(&format!("{} {}", c.label, c.content), vector_dim);
+            }
+        }
+        model::validate_batch(&batch, vector_dim).map_err(|e| ApiError {
+            code: "bad_request",
+            message: e.to_string(),
+            status: 400,
+            details: None,
+        })?;
+        Ok(LearnPlan { batch, triples, unmatched })
+    }
+}
+
+/// Noisy-OR: the chance at least one of independent supports holds.
+pub fn noisy_or(confidences: impl IntoIterator<Item = f64>) -> f64 {
+    1.0 - confidences.into_iter().fold(1.0, |acc, c| acc * (1.0 - c.clamp(0.0, 1.0)))
+}
+
+/// One readable sentence for a path: each fact in its stored direction.
+pub fn explain(path: &PathOut) -> String {
+    let name = |i: usize| path.concepts.get(i).map(|c| c.label.as_str()).unwrap_or("?");
+    if path.edges.is_empty() {
+        return format!("{} is the concept itself.", name(0));
+    }
+    let facts: Vec<String> = path
+        .edges
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let rel = e.relation.replace('_', " ");
+            if e.direction == "forward" {
+                format!("{} {rel} {}", name(i), name(i + 1))
+            } else {
+                format!("{} {rel} {}", name(i + 1), name(i))
+            }
+        })
+        .collect();
+    format!(
+        "{} connects to {} in {} hop{} (confidence {:.3}): {}.",
+        name(0),
+        name(path.concepts.len() - 1),
+        path.hops,
+        if path.hops == 1 { "" } else { "s" },
+        path.confidence,
+        facts.join("; ")
+    )
+}
+
+fn concept_out(c: pb::Concept) -> ConceptOut {
+    ConceptOut {
+        id: c.id.as_ref().map(id_from_pb).unwrap_or_default().to_string(),
+        label: c.label,
+        content: c.content,
+        confidence: c.confidence,
+        created_ms: c.created_ms,
+        updated_ms: c.updated_ms,
+        vector_dim: c.vector.len(),
+    }
+}
+
+fn kind_name(k: i32) -> String {
+    kind_from_pb(k).map(|k| k.name()).unwrap_or("unknown").to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The API over one grid: a router plus the grid's vector width.
+pub struct Api {
+    router: Arc<Router>,
+    master: crate::client::MasterClient,
+    vector_dim: usize,
+}
+
+impl Api {
+    pub fn new(router: Arc<Router>, master: crate::client::MasterClient, vector_dim: usize) -> Api {
+        Api { router, master, vector_dim: vector_dim.clamp(1, limits::VECTOR_DIM_MAX) }
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    pub fn vector_dim(&self) -> usize {
+        self.vector_dim
+    }
+
+    /// Learns sentences and/or structured items as one routed write.
+    pub async fn learn(&self, req: LearnRequest) -> Result<LearnResponse, ApiError> {
+        let LearnPlan { batch, triples, unmatched } = req.plan(self.vector_dim)?;
+        let written = self.router.write(&batch).await?;
+        Ok(LearnResponse {
+            concepts: batch
+                .concepts
+                .iter()
+                .map(|c| ConceptRef { id: ConceptId::from_label(&c.label).to_string(), label: c.label.clone() })
+                .collect(),
+            triples,
+            associations_created: batch.associations.len(),
+            unmatched,
+            shards: written.iter().map(|w| w.shard).collect::<BTreeSet<_>>().into_iter().collect(),
+        })
+    }
+
+    /// One concept by id or label.
+    pub async fn concept(&self, key: &str, consistency: Consistency) -> Result<ConceptOut, ApiError> {
+        if model::label_is_blank(key) || key.len() > limits::LABEL_BYTES_MAX {
+            return Err(ApiError::bad_request("id", "must be a label or a 32-hex-char id"));
+        }
+        let id = resolve(key);
+        let found = self.router.get_concepts_at(&[id], consistency).await?;
+        found.into_iter().next().map(concept_out).ok_or_else(|| ApiError::not_found(format!("no concept '{key}'")))
+    }
+
+    async fn labels(
+        &self,
+        ids: &[ConceptId],
+        consistency: Consistency,
+    ) -> Result<HashMap<ConceptId, String>, ApiError> {
+        let mut uniq: Vec<ConceptId> = ids.to_vec();
+        uniq.sort_unstable();
+        uniq.dedup();
+        let found = self.router.get_concepts_at(&uniq, consistency).await?;
+        Ok(found.into_iter().filter_map(|c| Some((id_from_pb(c.id.as_ref()?), c.label))).collect())
+    }
+
+    pub async fn neighbors(&self, key: &str, q: &NeighborsQuery) -> Result<NeighborsOut, ApiError> {
+        let (filter, limit, consistency) = q.filter()?;
+        let id = resolve(key);
+        let list = self
+            .router
+            .neighbors(id, &filter, limit, consistency)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no concept '{key}'")))?;
+        let mut ids: Vec<ConceptId> = list.edges.iter().filter_map(|e| e.other.as_ref().map(id_from_pb)).collect();
+        ids.push(id);
+        let names = self.labels(&ids, consistency).await?;
+        let label = |i: ConceptId| names.get(&i).cloned().unwrap_or_else(|| i.to_string());
+        Ok(NeighborsOut {
+            id: id.to_string(),
+            label: label(id),
+            neighbors: list
+                .edges
+                .into_iter()
+                .map(|e| {
+                    let other = e.other.as_ref().map(id_from_pb).unwrap_or_default();
+                    NeighborOut {
+                        id: other.to_string(),
+                        label: label(other),
+                        kind: kind_name(e.kind),
+                        relation: e.relation,
+                        confidence: e.confidence,
+                        direction: direction_name(e.outgoing).to_string(),
+                        evidence: e.evidence,
+                    }
+                })
+                .collect(),
+            truncated: list.truncated,
+        })
+    }
+
+    /// Path finding (DESIGN §6), bounded by `REASON_TIMEOUT_MS` and the request's bounds.
+    pub async fn reason(&self, req: &ReasonRequest) -> Result<ReasonResponse, ApiError> {
+        let plan = req.plan()?;
+        let t0 = tokio::time::Instant::now();
+        let budget = Duration::from_millis(limits::REASON_TIMEOUT_MS);
+        match tokio::time::timeout(budget, self.reason_plan(req, &plan)).await {
+            Ok(r) => r.map(|mut r| {
+                r.latency_ms = t0.elapsed().as_secs_f64() * 1e3;
+                r
+            }),
+            Err(_) => Err(ApiError::timeout(format!(
+                "the search did not finish within {} ms; narrow it with filters or a lower max_depth",
+                limits::REASON_TIMEOUT_MS
+            ))),
+        }
+    }
+
+    async fn reason_plan(&self, req: &ReasonRequest, plan: &ReasonPlan) -> Result<ReasonResponse, ApiError> {
+        let e = GridExpander { router: self.router.clone(), consistency: plan.consistency };
+        let (found, stats): (Vec<Path>, Stats) = if plan.confident {
+            let (p, s) = paths::most_confident_path(&e, plan.start, plan.end, &plan.filter, &plan.bounds).await?;
+            (p.into_iter().collect(), s)
+        } else {
+            paths::shortest_paths(&e, plan.start, plan.end, &plan.filter, &plan.bounds).await?
+        };
+        if found.is_empty() || plan.start == plan.end {
+            // No path: say so only if both ends exist (a concept, or a vertex with edges).
+            for (field, id, key) in [("start", plan.start, &req.start), ("end", plan.end, &req.end)] {
+                let known = !self.router.get_concepts_at(&[id], plan.consistency).await?.is_empty()
+                    || self.router.neighbors(id, &EdgeFilter::default(), 1, plan.consistency).await?.is_some();
+                if !known {
+                    return Err(ApiError::not_found(format!("{field}: no concept '{key}'")));
+                }
+            }
+        }
+        let ids: Vec<ConceptId> = found.iter().flat_map(|p| p.vertices.iter().copied()).collect();
+        let names = if ids.is_empty() { HashMap::new() } else { self.labels(&ids, plan.consistency).await? };
+        let label = |i: &ConceptId| names.get(i).cloned().unwrap_or_else(|| i.to_string());
+        let paths: Vec<PathOut> = found
+            .iter()
+            .map(|p| PathOut {
+                concepts: p.vertices.iter().map(|v| ConceptRef { id: v.to_string(), label: label(v) }).collect(),
+                edges: p
+                    .steps
+                    .iter()
+                    .map(|s| EdgeOut {
+                        kind: s.kind.name().to_string(),
+                        relation: s.relation.clone(),
+                        confidence: s.confidence,
+                        direction: if s.outgoing { "forward" } else { "backward" }.to_string(),
+                    })
+                    .collect(),
+                hops: p.hops(),
+                confidence: p.confidence,
+            })
+            .collect();
+        Ok(ReasonResponse {
+            found: !paths.is_empty(),
+            confidence: if paths.is_empty() { 0.0 } else { noisy_or(paths.iter().map(|p| p.confidence)) },
+            reasoning: paths.iter().map(explain).collect(),
+            paths,
+            shards_accessed: stats.shards.len(),
+            rpcs: stats.rpcs,
+            visited: stats.visited,
+            latency_ms: 0.0,
+        })
+    }
+
+    /// Vector search: scatter to every shard, each answers its top k by cosine, merged here.
+    pub async fn search(&self, req: &SearchRequest) -> Result<SearchResponse, ApiError> {
+        let t0 = tokio::time::Instant::now();
+        let k = req.k.unwrap_or(limits::VECTOR_SEARCH_K_DEFAULT);
+        if !(1..=limits::VECTOR_SEARCH_K_MAX).contains(&k) {
+            return Err(ApiError::bad_request("k", format!("must be 1 to {}", limits::VECTOR_SEARCH_K_MAX)));
+        }
+        let consistency = parse_consistency("consistency", req.consistency.as_deref())?;
+        let vector = match (&req.text, &req.vector) {
+            (Some(_), Some(_)) => return Err(ApiError::bad_request("text", "give text or vector, not both")),
+            (None, None) => return Err(ApiError::bad_request("text", "give text or vector")),
+            (Some(t), None) => {
+                if t.trim().is_empty() || t.len() > limits::CONTENT_BYTES_MAX {
+                    return Err(ApiError::bad_request(
+                        "text",
+                        format!("must be 1 to {} bytes of text", limits::CONTENT_BYTES_MAX),
+                    ));
+                }
+                model::embed::embed(t, self.vector_dim)
+            }
+            (None, Some(v)) => {
+                if v.len() != self.vector_dim {
+                    return Err(ApiError::bad_request(
+                        "vector",
+                        format!("has {} components; this grid's vectors have {}", v.len(), self.vector_dim),
+                    ));
+                }
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(ApiError::bad_request("vector", "components must be finite numbers"));
+                }
+                v.clone()
+            }
+        };
+        let (hits, shards) = self.router.search(&vector, k, consistency).await?;
+        Ok(SearchResponse {
+            hits: hits
+                .into_iter()
+                .filter_map(|h| {
+                    let c = h.concept?;
+                    Some(SearchHitOut { id: id_from_pb(c.id.as_ref()?).to_string(), label: c.label, score: h.score })
+                })
+                .collect(),
+            shards_accessed: shards,
+            latency_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// The master's view of the grid.
+    pub async fn status(&self) -> Result<pb::StatusResponse, ApiError> {
+        self.master.status().await.map_err(|e| ApiError::unavailable(format!("master: {e}")))
+    }
+
+    /// Ready: the grid is initialised and every shard has a primary with a known address.
+    pub async fn ready(&self) -> Result<(), ApiError> {
+        let map = self.master.shard_map().await.map_err(|e| ApiError::unavailable(format!("master: {e}")))?;
+        if map.version == 0 || map.shards.is_empty() {
+            return Err(ApiError::unavailable("the grid is not initialised"));
+        }
+        let addrs: BTreeMap<u64, &str> = map.nodes.iter().map(|n| (n.node_id, n.storage_addr.as_str())).collect();
+        if let Some(s) = map.shards.iter().find(|s| s.primary == 0 || !addrs.contains_key(&s.primary)) {
+            return Err(ApiError::unavailable(format!("shard {} has no serving primary", s.shard)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
