@@ -78,7 +78,9 @@ impl From<RouterError> for ApiError {
 }
 
 fn stats_json(s: &Stats) -> serde_json::Value {
-    serde_json::json!({ "visited": s.visited, "rpcs": s.rpcs, "shards_accessed": s.shards.len() })
+    serde_json::json!({
+        "visited": s.visited, "rpcs": s.rpcs, "local_levels": s.local_levels, "shards_accessed": s.shards.len(),
+    })
 }
 
 impl From<PathError> for ApiError {
@@ -320,6 +322,8 @@ pub struct ReasonResponse {
     pub reasoning: Vec<String>,
     pub shards_accessed: usize,
     pub rpcs: usize,
+    /// Levels served from lists a shard sent ahead (the local fast path), with no call.
+    pub local_levels: usize,
     pub visited: usize,
     pub latency_ms: f64,
 }
@@ -642,7 +646,7 @@ fn concept_out(c: pb::Concept) -> ConceptOut {
         confidence: c.confidence,
         created_ms: c.created_ms,
         updated_ms: c.updated_ms,
-        vector_dim: c.vector.len(),
+        vector_dim: c.vector_len as usize,
     }
 }
 
@@ -695,7 +699,7 @@ impl Api {
             return Err(ApiError::bad_request("id", "must be a label or a 32-hex-char id"));
         }
         let id = resolve(key);
-        let found = self.router.get_concepts_at(&[id], consistency).await?;
+        let found = self.router.get_concepts_with(&[id], consistency, true).await?;
         found.into_iter().next().map(concept_out).ok_or_else(|| ApiError::not_found(format!("no concept '{key}'")))
     }
 
@@ -707,7 +711,7 @@ impl Api {
         let mut uniq: Vec<ConceptId> = ids.to_vec();
         uniq.sort_unstable();
         uniq.dedup();
-        let found = self.router.get_concepts_at(&uniq, consistency).await?;
+        let found = self.router.get_concepts_with(&uniq, consistency, true).await?;
         Ok(found.into_iter().filter_map(|c| Some((id_from_pb(c.id.as_ref()?), c.label))).collect())
     }
 
@@ -774,7 +778,7 @@ impl Api {
         if found.is_empty() || plan.start == plan.end {
             // No path: say so only if both ends exist (a concept, or a vertex with edges).
             for (field, id, key) in [("start", plan.start, &req.start), ("end", plan.end, &req.end)] {
-                let known = !self.router.get_concepts_at(&[id], plan.consistency).await?.is_empty()
+                let known = !self.router.get_concepts_with(&[id], plan.consistency, true).await?.is_empty()
                     || self.router.neighbors(id, &EdgeFilter::default(), 1, plan.consistency).await?.is_some();
                 if !known {
                     return Err(ApiError::not_found(format!("{field}: no concept '{key}'")));
@@ -809,6 +813,7 @@ impl Api {
             paths,
             shards_accessed: stats.shards.len(),
             rpcs: stats.rpcs,
+            local_levels: stats.local_levels,
             visited: stats.visited,
             latency_ms: 0.0,
         })

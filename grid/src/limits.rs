@@ -58,6 +58,11 @@ pub const EXPAND_EDGES_MAX: usize = 1_000_000;
 pub const VECTOR_SEARCH_K_DEFAULT: usize = 10;
 pub const VECTOR_SEARCH_K_MAX: usize = 1_000;
 
+/// An expand's local fast path: levels a shard lists beyond the frontier while they stay on
+/// it, and the vertices it lists that way at most (bounded so a hub cannot balloon an answer).
+pub const EXPAND_PREFETCH_LEVELS: usize = 3;
+pub const EXPAND_PREFETCH_VERTICES_MAX: usize = 1_024;
+
 /// Hops a path search may take.
 pub const SEARCH_DEPTH_MAX: usize = 10;
 /// Paths one search may return.

@@ -119,10 +119,20 @@ impl StorageClient {
     }
 
     pub async fn get_concepts(&self, shard: u32, ids: &[ConceptId]) -> Result<pb::GetConceptsResponse, ClientError> {
+        self.get_concepts_with(shard, ids, false).await
+    }
+
+    /// `skip_vectors`: answer without the vectors (their lengths still come back).
+    pub async fn get_concepts_with(
+        &self,
+        shard: u32,
+        ids: &[ConceptId],
+        skip_vectors: bool,
+    ) -> Result<pb::GetConceptsResponse, ClientError> {
         let ids: Vec<pb::Id> = ids.iter().map(|i| id_to_pb(*i)).collect();
         let consistency = self.consistency as i32;
         self.idempotent("get_concepts", |mut c| {
-            let req = pb::GetConceptsRequest { shard, ids: ids.clone(), consistency };
+            let req = pb::GetConceptsRequest { shard, ids: ids.clone(), consistency, skip_vectors };
             async move { c.get_concepts(req).await }
         })
         .await
@@ -158,12 +168,26 @@ impl StorageClient {
         filter: &EdgeFilter,
         max_edges: u32,
     ) -> Result<pb::ExpandResponse, ClientError> {
+        self.expand_prefetching(shard, frontier, filter, max_edges, 0).await
+    }
+
+    /// An expand that may also list up to `prefetch_levels` further levels while they stay
+    /// on the shard (lists marked `prefetched`).
+    pub async fn expand_prefetching(
+        &self,
+        shard: u32,
+        frontier: &[ConceptId],
+        filter: &EdgeFilter,
+        max_edges: u32,
+        prefetch_levels: u32,
+    ) -> Result<pb::ExpandResponse, ClientError> {
         let req = pb::ExpandRequest {
             shard,
             frontier: frontier.iter().map(|i| id_to_pb(*i)).collect(),
             filter: Some(filter_to_pb(filter)),
             max_edges,
             consistency: self.consistency as i32,
+            prefetch_levels,
         };
         self.idempotent("expand", |mut c| {
             let req = req.clone();

@@ -41,6 +41,7 @@ pub fn concept_to_pb(c: Concept) -> pb::Concept {
         id: Some(id_to_pb(c.id)),
         label: c.label,
         content: c.content,
+        vector_len: c.vector.len() as u32,
         vector: c.vector,
         confidence: c.confidence,
         created_ms: c.created_ms,

@@ -135,7 +135,7 @@ fn neighbor_lists(
             true
         });
         truncated_any |= truncated;
-        lists.push(pb::NeighborList { id: Some(*pid), edges, truncated, missing: !st.knows(id) });
+        lists.push(pb::NeighborList { id: Some(*pid), edges, truncated, missing: !st.knows(id), prefetched: false });
     }
     Ok((lists, scanned, truncated_any))
 }
@@ -189,7 +189,13 @@ impl pb::storage_server::Storage for StorageService {
         let mut resp = pb::GetConceptsResponse::default();
         for pid in req.ids {
             match st.concept(id_from_pb(&pid)) {
-                Some(c) => resp.found.push(concept_to_pb(c)),
+                Some(c) => {
+                    let mut c = concept_to_pb(c);
+                    if req.skip_vectors {
+                        c.vector = Vec::new();
+                    }
+                    resp.found.push(c)
+                }
                 None => resp.missing.push(pid),
             }
         }
@@ -217,16 +223,46 @@ impl pb::storage_server::Storage for StorageService {
         let req = req.into_inner();
         too_many("frontier vertices", req.frontier.len(), limits::EXPAND_FRONTIER_MAX)?;
         let total = clamp_limit(req.max_edges, limits::EXPAND_EDGES_DEFAULT, limits::EXPAND_EDGES_MAX);
-        let (lists, edges_scanned, truncated) = neighbor_lists(
+        let (mut lists, edges_scanned, truncated) = neighbor_lists(
             &self.node,
             req.shard,
             req.consistency,
             &req.frontier,
-            req.filter,
+            req.filter.clone(),
             usize::MAX,
             total,
             false,
         )?;
+        let levels = (req.prefetch_levels as usize).min(limits::EXPAND_PREFETCH_LEVELS);
+        if levels > 0 && !truncated {
+            let filter = filter_from_pb(req.filter.clone()).map_err(Status::invalid_argument)?;
+            let frontier: Vec<_> = req.frontier.iter().map(id_from_pb).collect();
+            let extra: Vec<pb::Id> = {
+                let shard = self.node.shard(req.shard)?;
+                let st = shard.read_at(consistency_from_pb(req.consistency))?;
+                st.local_levels(&frontier, &filter, levels, limits::EXPAND_PREFETCH_VERTICES_MAX)
+            }
+            .into_iter()
+            .map(id_to_pb)
+            .collect();
+            let used: usize = lists.iter().map(|l| l.edges.len()).sum();
+            if !extra.is_empty() && used < total {
+                let (more, _, cut) = neighbor_lists(
+                    &self.node,
+                    req.shard,
+                    req.consistency,
+                    &extra,
+                    req.filter,
+                    usize::MAX,
+                    total - used,
+                    false,
+                )?;
+                // Prefetching is an optimisation: a level that does not fit is simply not sent.
+                if !cut {
+                    lists.extend(more.into_iter().map(|l| pb::NeighborList { prefetched: true, ..l }));
+                }
+            }
+        }
         Ok(Response::new(pb::ExpandResponse { lists, edges_scanned, truncated }))
     }
 

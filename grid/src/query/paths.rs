@@ -22,6 +22,9 @@ pub trait Expander {
 #[derive(Debug, Default)]
 pub struct Expansion {
     pub edges: Vec<(ConceptId, Vec<Step>)>,
+    /// Complete edge lists of vertices beyond the frontier, sent ahead by a shard when the
+    /// next levels stayed on it (the local fast path); the search asks no one for them again.
+    pub prefetched: Vec<(ConceptId, Vec<Step>)>,
     pub rpcs: usize,
     pub shards: BTreeSet<u32>,
 }
@@ -32,6 +35,8 @@ pub struct Stats {
     pub shards: BTreeSet<u32>,
     /// Distinct vertices reached, both directions together.
     pub visited: usize,
+    /// Levels served wholly from lists a shard sent ahead (no call made).
+    pub local_levels: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -74,6 +79,49 @@ impl Side {
     }
 }
 
+/// Lists sent ahead by shards, per walk direction (the only part of the filter that differs
+/// between the two sides of one search).
+#[derive(Default)]
+struct Prefetched(BTreeMap<u8, BTreeMap<ConceptId, Vec<Step>>>);
+
+fn direction_key(d: Direction) -> u8 {
+    match d {
+        Direction::Out => 0,
+        Direction::In => 1,
+        Direction::Both => 2,
+    }
+}
+
+/// Expands one level: vertices whose lists were sent ahead are served from them; the rest
+/// (if any) take one batched expansion.
+async fn expand_level<E: Expander>(
+    e: &E,
+    ahead: &mut Prefetched,
+    frontier: &[ConceptId],
+    filter: &EdgeFilter,
+    stats: &mut Stats,
+) -> Result<Vec<(ConceptId, Vec<Step>)>, String> {
+    let cache = ahead.0.entry(direction_key(filter.direction)).or_default();
+    let mut edges = Vec::new();
+    let mut missing = Vec::new();
+    for v in frontier {
+        match cache.get(v) {
+            Some(steps) => edges.push((*v, steps.clone())),
+            None => missing.push(*v),
+        }
+    }
+    if missing.is_empty() {
+        stats.local_levels += 1;
+        return Ok(edges);
+    }
+    let x = e.expand(&missing, filter).await?;
+    stats.rpcs += x.rpcs;
+    stats.shards.extend(x.shards);
+    edges.extend(x.edges);
+    cache.extend(x.prefetched);
+    Ok(edges)
+}
+
 fn reversed(filter: &EdgeFilter) -> EdgeFilter {
     let direction = match filter.direction {
         Direction::Out => Direction::In,
@@ -98,20 +146,18 @@ pub async fn shortest_paths<E: Expander>(
         return Ok((vec![Path { vertices: vec![start], steps: vec![], confidence: 1.0 }], stats));
     }
     let back_filter = reversed(filter);
+    let mut ahead = Prefetched::default();
     let (mut fwd, mut bwd) = (Side::new(start), Side::new(end));
     while fwd.depth + bwd.depth < bounds.max_depth && !fwd.frontier.is_empty() && !bwd.frontier.is_empty() {
         let forward = fwd.frontier.len() <= bwd.frontier.len();
         let (side, f) = if forward { (&mut fwd, filter) } else { (&mut bwd, &back_filter) };
-        let x = match e.expand(&side.frontier, f).await {
+        let mut edges = match expand_level(e, &mut ahead, &side.frontier, f, &mut stats).await {
             Ok(x) => x,
             Err(reason) => return Err(PathError::Expand { reason, stats }),
         };
-        stats.rpcs += x.rpcs;
-        stats.shards.extend(x.shards);
         side.depth += 1;
         let depth = side.depth;
         let mut next = Vec::new();
-        let mut edges = x.edges;
         edges.sort_by_key(|(v, _)| *v);
         for (u, steps) in edges {
             if side.dist.get(&u) != Some(&(depth - 1)) {
@@ -238,19 +284,17 @@ pub async fn most_confident_path<E: Expander>(
     // most 1, so no cycle ever improves on its own start.
     let mut best: BTreeMap<ConceptId, (f64, usize)> = BTreeMap::from([(start, (1.0, 0))]);
     let mut layer: BTreeMap<ConceptId, usize> = BTreeMap::from([(start, 0)]);
+    let mut ahead = Prefetched::default();
     for _ in 0..bounds.max_depth {
         if layer.is_empty() {
             break;
         }
         let frontier: Vec<ConceptId> = layer.keys().copied().collect();
-        let x = match e.expand(&frontier, filter).await {
+        let mut edges = match expand_level(e, &mut ahead, &frontier, filter, &mut stats).await {
             Ok(x) => x,
             Err(reason) => return Err(PathError::Expand { reason, stats }),
         };
-        stats.rpcs += x.rpcs;
-        stats.shards.extend(x.shards);
         let mut improved = BTreeMap::new();
-        let mut edges = x.edges;
         edges.sort_by_key(|(v, _)| *v);
         for (u, steps) in edges {
             let Some(&si) = layer.get(&u) else { continue };

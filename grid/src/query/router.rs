@@ -305,6 +305,13 @@ impl Router {
             Consistency::Strong => pb::Consistency::Strong,
             Consistency::Eventual => pb::Consistency::Eventual,
         };
+        // Local fast path: a frontier wholly on one shard lets that shard list further levels
+        // while they stay on it; the search then needs no call for those levels.
+        let prefetch = if by_shard.len() == 1 && frontier.len() <= limits::EXPAND_FRONTIER_MAX {
+            limits::EXPAND_PREFETCH_LEVELS as u32
+        } else {
+            0
+        };
         let mut tasks = Vec::new();
         for (shard, ids) in by_shard {
             for chunk in ids.chunks(limits::EXPAND_FRONTIER_MAX) {
@@ -316,7 +323,9 @@ impl Router {
                     for addr in addrs {
                         rpcs += 1;
                         let r = match me.client(&addr).await {
-                            Ok(c) => c.with_consistency(level).expand(shard, &chunk, &filter, 0).await,
+                            Ok(c) => {
+                                c.with_consistency(level).expand_prefetching(shard, &chunk, &filter, 0, prefetch).await
+                            }
                             Err(e) => Err(e),
                         };
                         match r {
@@ -339,6 +348,7 @@ impl Router {
             x.shards.insert(shard);
             for list in r.lists {
                 let v = id_from_pb(&list.id.unwrap_or_default());
+                let prefetched = list.prefetched;
                 let steps = list
                     .edges
                     .into_iter()
@@ -352,7 +362,11 @@ impl Router {
                         })
                     })
                     .collect();
-                x.edges.push((v, steps));
+                if prefetched {
+                    x.prefetched.push((v, steps));
+                } else {
+                    x.edges.push((v, steps));
+                }
             }
         }
         Ok(x)
@@ -370,6 +384,16 @@ impl Router {
         ids: &[ConceptId],
         consistency: Consistency,
     ) -> Result<Vec<pb::Concept>, RouterError> {
+        self.get_concepts_with(ids, consistency, false).await
+    }
+
+    /// As [`Router::get_concepts_at`]; `skip_vectors` leaves the vectors out of the answer.
+    pub async fn get_concepts_with(
+        self: &Arc<Self>,
+        ids: &[ConceptId],
+        consistency: Consistency,
+        skip_vectors: bool,
+    ) -> Result<Vec<pb::Concept>, RouterError> {
         self.ensure_map().await;
         let mut by_shard: BTreeMap<u32, Vec<ConceptId>> = BTreeMap::new();
         {
@@ -383,7 +407,7 @@ impl Router {
             let r = self
                 .read_shard(shard, consistency, |c| {
                     let ids = ids.clone();
-                    async move { c.get_concepts(shard, &ids).await }
+                    async move { c.get_concepts_with(shard, &ids, skip_vectors).await }
                 })
                 .await?;
             found.extend(r.found);

@@ -306,6 +306,47 @@ impl ShardStore {
         best.into_iter().filter_map(|(s, id)| Some((s, self.concept(id)?))).collect()
     }
 
+    /// The local fast path of an expansion (DESIGN §6): the vertices of the next levels after
+    /// `frontier` (up to `levels` of them) for as long as every vertex a level reaches lives
+    /// on this shard, so listing their edges too spares the search a call per level. Stops
+    /// before a level that would pass `vertices_max` vertices.
+    pub fn local_levels(
+        &self,
+        frontier: &[ConceptId],
+        filter: &EdgeFilter,
+        levels: usize,
+        vertices_max: usize,
+    ) -> Vec<ConceptId> {
+        let mut seen: std::collections::HashSet<ConceptId> = frontier.iter().copied().collect();
+        let mut out = Vec::new();
+        let mut level: Vec<ConceptId> = frontier.to_vec();
+        for _ in 0..levels {
+            let mut next = Vec::new();
+            let mut leaves_shard = false;
+            for v in &level {
+                self.for_each_edge(*v, filter, |e| {
+                    if !self.range.contains(e.other) {
+                        leaves_shard = true;
+                        return false;
+                    }
+                    if seen.insert(e.other) {
+                        next.push(e.other);
+                    }
+                    true
+                });
+                if leaves_shard || out.len() + next.len() > vertices_max {
+                    return out;
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            out.extend_from_slice(&next);
+            level = next;
+        }
+        out
+    }
+
     /// Calls `f` for every edge of `v` on the chosen side(s) that passes `filter`, until `f`
     /// returns false. Checkpoint edges superseded by an overlay upsert are skipped.
     pub fn for_each_edge<'a>(&'a self, v: ConceptId, filter: &EdgeFilter, mut f: impl FnMut(Edge<'a>) -> bool) {

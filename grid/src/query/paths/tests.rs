@@ -18,7 +18,15 @@ struct Sharded(Vec<ShardStore>);
 impl Sharded {
     fn new(edges: &[(usize, usize, f32)]) -> Sharded {
         let third = u64::MAX / 3;
-        let ranges = [(0, third), (third + 1, 2 * third), (2 * third + 1, u64::MAX)];
+        Sharded::over(edges, &[(0, third), (third + 1, 2 * third), (2 * third + 1, u64::MAX)])
+    }
+
+    /// Every vertex on one shard: every frontier takes the local fast path.
+    fn single(edges: &[(usize, usize, f32)]) -> Sharded {
+        Sharded::over(edges, &[(0, u64::MAX)])
+    }
+
+    fn over(edges: &[(usize, usize, f32)], ranges: &[(u64, u64)]) -> Sharded {
         let mut shards: Vec<ShardStore> =
             ranges.iter().map(|(s, e)| ShardStore::new(KeyRange { start: *s, end: *e }, None)).collect();
         let batch = WriteBatch {
@@ -51,6 +59,23 @@ impl Sharded {
     }
 }
 
+fn steps_of(s: &ShardStore, v: ConceptId, filter: &EdgeFilter) -> Vec<Step> {
+    let mut steps = Vec::new();
+    s.for_each_edge(v, filter, |e| {
+        steps.push(Step {
+            to: e.other,
+            kind: e.kind,
+            relation: e.relation.to_string(),
+            confidence: e.confidence,
+            outgoing: e.outgoing,
+        });
+        true
+    });
+    steps
+}
+
+/// Groups each frontier by shard, as the router does; a frontier wholly on one shard gets that
+/// shard's local fast path (further levels sent ahead while they stay on it), as the node does.
 impl Expander for Sharded {
     async fn expand(&self, frontier: &[ConceptId], filter: &EdgeFilter) -> Result<Expansion, String> {
         let mut x = Expansion::default();
@@ -61,19 +86,15 @@ impl Expander for Sharded {
             }
             x.rpcs += 1;
             x.shards.insert(i as u32);
+            if mine.len() == frontier.len() {
+                for v in
+                    s.local_levels(&mine, filter, limits::EXPAND_PREFETCH_LEVELS, limits::EXPAND_PREFETCH_VERTICES_MAX)
+                {
+                    x.prefetched.push((v, steps_of(s, v, filter)));
+                }
+            }
             for v in mine {
-                let mut steps = Vec::new();
-                s.for_each_edge(v, filter, |e| {
-                    steps.push(Step {
-                        to: e.other,
-                        kind: e.kind,
-                        relation: e.relation.to_string(),
-                        confidence: e.confidence,
-                        outgoing: e.outgoing,
-                    });
-                    true
-                });
-                x.edges.push((v, steps));
+                x.edges.push((v, steps_of(s, v, filter)));
             }
         }
         Ok(x)
@@ -182,10 +203,10 @@ proptest! {
 
     #[test]
     fn shortest_paths_match_a_reference_bfs(
-        (n, edges) in graph(), s in 0usize..24, t in 0usize..24, both: bool, max_paths in 1usize..6,
+        (n, edges) in graph(), s in 0usize..24, t in 0usize..24, both: bool, max_paths in 1usize..6, one_shard: bool,
     ) {
         let (s, t) = (s % n, t % n);
-        let g = Sharded::new(&edges);
+        let g = if one_shard { Sharded::single(&edges) } else { Sharded::new(&edges) };
         let filter = EdgeFilter { direction: if both { Direction::Both } else { Direction::Out }, ..Default::default() };
         let bounds = Bounds { max_depth: 8, max_paths, ..Default::default() };
         let (paths, stats) = run(shortest_paths(&g, id(s), id(t), &filter, &bounds)).unwrap();
@@ -211,10 +232,12 @@ proptest! {
     }
 
     #[test]
-    fn the_confident_path_has_the_best_product((n, edges) in graph(), s in 0usize..24, t in 0usize..24, both: bool) {
+    fn the_confident_path_has_the_best_product(
+        (n, edges) in graph(), s in 0usize..24, t in 0usize..24, both: bool, one_shard: bool,
+    ) {
         let (s, t) = (s % n, t % n);
         prop_assume!(s != t);
-        let g = Sharded::new(&edges);
+        let g = if one_shard { Sharded::single(&edges) } else { Sharded::new(&edges) };
         let filter = EdgeFilter { direction: if both { Direction::Both } else { Direction::Out }, ..Default::default() };
         let bounds = Bounds { max_depth: 5, ..Default::default() };
         let (path, _) = run(most_confident_path(&g, id(s), id(t), &filter, &bounds)).unwrap();
@@ -246,4 +269,22 @@ fn a_search_over_budget_stops_with_its_statistics() {
         }
         e => panic!("{e:?}"),
     }
+}
+
+#[test]
+fn a_frontier_on_one_shard_takes_the_local_fast_path() {
+    let chain: Vec<(usize, usize, f32)> = (0..12).map(|i| (i, i + 1, 0.9)).collect();
+    let out = EdgeFilter { direction: Direction::Out, ..Default::default() };
+    let bounds = Bounds { max_depth: 12, ..Default::default() };
+    // One shard: each call also sends the next levels, so most levels cost no call.
+    let (paths, stats) = run(shortest_paths(&Sharded::single(&chain), id(0), id(12), &out, &bounds)).unwrap();
+    assert_eq!(paths[0].hops(), 12);
+    assert!(stats.local_levels > 0 && stats.rpcs + stats.local_levels == 12, "{stats:?}");
+    assert!(stats.rpcs <= 12 / (limits::EXPAND_PREFETCH_LEVELS + 1) + 2, "{stats:?}");
+    let (path, stats) = run(most_confident_path(&Sharded::single(&chain), id(0), id(12), &out, &bounds)).unwrap();
+    assert_eq!(path.unwrap().hops(), 12);
+    assert!(stats.local_levels > 0, "{stats:?}");
+    // Three shards by hash: the chain leaves the shard at almost every step.
+    let (_, stats) = run(shortest_paths(&Sharded::new(&chain), id(0), id(12), &out, &bounds)).unwrap();
+    assert!(stats.rpcs >= 6, "{stats:?}");
 }
