@@ -11,7 +11,7 @@ use sutra_grid::agent::{run_agent, AgentConfig};
 use sutra_grid::client::MasterClient;
 use sutra_grid::io::{Disk, ProcessSpawner, ProcessSpec, RealDisk};
 use sutra_grid::limits;
-use sutra_grid::master::{Master, NodeState};
+use sutra_grid::master::{Master, MembershipConfig, NodeState};
 use sutra_grid::node::cluster::{run_storage_process, Membership};
 use sutra_grid::node::NodeConfig;
 use sutra_proto as pb;
@@ -39,12 +39,21 @@ pub struct MasterArgs {
     /// Width of concept vectors (the storage processes' --vector-dim).
     #[arg(long, default_value_t = limits::VECTOR_DIM_DEFAULT)]
     vector_dim: usize,
+    /// Replace a shard replica whose storage process has been Down this long: a new replica
+    /// on a healthy process catches up, joins, and the lost one is removed.
+    #[arg(long, default_value_t = limits::REPLACE_DOWN_AFTER_MS / 1000)]
+    replace_down_after_s: u64,
 }
 
 pub async fn master(a: MasterArgs) -> Result<()> {
     let (stop, _tx) = crate::http::Stop::on_signal();
     let http = if a.no_http { None } else { Some(a.http) };
-    let running = start_master(&a.data_dir, a.listen, http, a.vector_dim, stop).await?;
+    if a.replace_down_after_s == 0 || a.replace_down_after_s > 7 * 24 * 3600 {
+        anyhow::bail!("--replace-down-after-s must be between 1 and 604800 (a week)");
+    }
+    let membership =
+        MembershipConfig { replace_after_ms: a.replace_down_after_s * 1000, ..MembershipConfig::default() };
+    let running = start_master(&a.data_dir, a.listen, http, a.vector_dim, membership, stop).await?;
     running.wait().await
 }
 
@@ -67,6 +76,7 @@ pub async fn start_master(
     listen: SocketAddr,
     http: Option<SocketAddr>,
     vector_dim: usize,
+    membership: MembershipConfig,
     stop: crate::http::Stop,
 ) -> Result<RunningMaster> {
     if vector_dim == 0 || vector_dim > limits::VECTOR_DIM_MAX {
@@ -84,7 +94,7 @@ pub async fn start_master(
     };
     let disk: Arc<dyn Disk> =
         Arc::new(RealDisk::new(data_dir).with_context(|| format!("cannot use data dir {}", data_dir.display()))?);
-    let m = Master::open(disk, "master").await.context("cannot open the master's metadata")?;
+    let m = Master::open_with(disk, "master", membership).await.context("cannot open the master's metadata")?;
     println!("master listening on {listen}");
     let s = stop.clone();
     let mut tasks = vec![tokio::spawn(async move {

@@ -121,6 +121,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         args.master_listen,
         Some(args.listen),
         args.vector_dim,
+        sutra_grid::master::MembershipConfig::default(),
         stop.clone(),
     )
     .await?;

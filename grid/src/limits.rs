@@ -213,3 +213,13 @@ pub const FAILOVER_RETRY_MS: u64 = 200;
 /// A primary named in the map that still does not report leading its epoch this long after
 /// the promotion (say it restarted and lost its role) is replaced by a new epoch.
 pub const PROMOTION_GRACE_MS: u64 = 2 * HEARTBEAT_INTERVAL_MS + 500;
+
+/// A voter Down this long is replaced by a new replica on a healthy node (`sutra master
+/// --replace-down-after-s`). Long enough that a restart or a short partition never moves data.
+pub const REPLACE_DOWN_AFTER_MS: u64 = 5 * 60 * 1000;
+/// A learner that has not caught up this long after it was added is given up.
+pub const LEARNER_CATCH_UP_TIMEOUT_MS: u64 = 30 * 60 * 1000;
+/// A learner this many entries behind the primary's commit point joins the voters.
+pub const LEARNER_CATCH_UP_LAG_ENTRIES: u64 = 1_024;
+/// Shards changing their membership at once, grid-wide (bounds the copying).
+pub const MEMBERSHIP_CHANGES_MAX: usize = 8;

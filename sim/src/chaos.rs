@@ -20,7 +20,7 @@ use sutra_grid::client::MasterClient;
 use sutra_grid::ids::{ConceptId, Epoch, NodeId, ShardId};
 use sutra_grid::io::{seeded_rng, ProcessSpec, SimDisk, SimDiskFaults};
 use sutra_grid::limits;
-use sutra_grid::master::{Master, NodeState};
+use sutra_grid::master::{Master, MembershipConfig, NodeState};
 use sutra_grid::model::{AssocKind, Association, ConceptWrite, EdgeFilter, WriteBatch};
 use sutra_grid::node::{Consistency, NodeConfig};
 use sutra_grid::query::Router;
@@ -91,6 +91,8 @@ struct Observed {
     initial_map: Option<pb::ShardMap>,
     polls_ok: u64,
     polls_failed: u64,
+    /// Voter-set changes seen (a learner joining, a replaced voter leaving).
+    voter_changes: u64,
 }
 
 struct Grid {
@@ -171,6 +173,8 @@ fn map_from_pb(m: &pb::ShardMap) -> ShardMap {
                 replicas: e.replicas.iter().map(|r| NodeId(*r)).collect(),
                 primary: NodeId(e.primary),
                 epoch: Epoch(e.epoch),
+                learner: (e.learner != 0).then_some(NodeId(e.learner)),
+                replacing: (e.replacing != 0).then_some(NodeId(e.replacing)),
             })
             .collect(),
     }
@@ -452,7 +456,7 @@ async fn observe(g: Arc<Grid>, stop: Arc<AtomicBool>) {
                         }
                         Ok(()) => {
                             let prev = o.last.as_ref().and_then(|l| l.map.as_ref());
-                            map_change_problem(o.initial_map.as_ref(), prev, m)
+                            map_change_problem(o.initial_map.as_ref(), prev, m, g.sc.cluster.replication as usize)
                         }
                     };
                     if let Some(p) = problem {
@@ -463,22 +467,39 @@ async fn observe(g: Arc<Grid>, stop: Arc<AtomicBool>) {
                 }
             }
         }
+        if let (Some(prev), Some(m)) = (o.last.as_ref().and_then(|l| l.map.as_ref()), st.map.as_ref()) {
+            let changes = prev.shards.iter().zip(&m.shards).filter(|(a, b)| a.replicas != b.replicas).count();
+            if changes > 0 && o.log.len() < LOG_MAX {
+                o.log.push(format!("{t:.3}s map v{}: {changes} voter set(s) changed", m.version));
+            }
+            o.voter_changes += changes as u64;
+        }
         o.last = Some(st);
         o.last_at = Some(now);
     }
 }
 
-/// The map may change only by elections: the same ranges and replica sets as at `init`, the
-/// version never going back, and each shard's epoch growing with a new primary, never the
-/// same epoch naming two primaries.
-fn map_change_problem(init: Option<&pb::ShardMap>, prev: Option<&pb::ShardMap>, m: &pb::ShardMap) -> Option<String> {
+/// The map may change only by elections and one-member-at-a-time membership changes: the
+/// same ranges as at `init`; `replication` voters, or one more while a new one joins; the
+/// version never going back; each shard's epoch growing with a new primary, never the same
+/// epoch naming two primaries; and the voter set changing by at most one member per epoch.
+fn map_change_problem(
+    init: Option<&pb::ShardMap>,
+    prev: Option<&pb::ShardMap>,
+    m: &pb::ShardMap,
+    replication: usize,
+) -> Option<String> {
     let init = init?;
     if init.shards.len() != m.shards.len() {
         return Some(format!("the map went from {} to {} shards", init.shards.len(), m.shards.len()));
     }
     for (a, b) in init.shards.iter().zip(&m.shards) {
-        if (a.shard, a.key_start, a.key_end, &a.replicas) != (b.shard, b.key_start, b.key_end, &b.replicas) {
-            return Some(format!("shard {}'s range or replica set changed", b.shard));
+        if (a.shard, a.key_start, a.key_end) != (b.shard, b.key_start, b.key_end) {
+            return Some(format!("shard {}'s range changed", b.shard));
+        }
+        let joining = (b.replacing != 0) as usize;
+        if b.replicas.len() != replication + joining && b.replicas.len() != replication {
+            return Some(format!("shard {} has {} voters {:?}", b.shard, b.replicas.len(), b.replicas));
         }
     }
     let prev = prev?;
@@ -492,8 +513,39 @@ fn map_change_problem(init: Option<&pb::ShardMap>, prev: Option<&pb::ShardMap>, 
                 b.shard, a.epoch, a.primary, b.epoch, b.primary
             ));
         }
+        let before: BTreeSet<u64> = a.replicas.iter().copied().collect();
+        let after: BTreeSet<u64> = b.replicas.iter().copied().collect();
+        let changed = before.symmetric_difference(&after).count() as u64;
+        if changed > b.epoch - a.epoch {
+            return Some(format!(
+                "shard {}: voters {:?} became {:?} in {} epoch(s) (one member per epoch at most)",
+                b.shard,
+                a.replicas,
+                b.replicas,
+                b.epoch - a.epoch
+            ));
+        }
     }
     None
+}
+
+/// Ok when the latest map keeps no replica on machine `agent`, and every shard has
+/// `replication` voters and no membership change in progress.
+fn replaced_off(g: &Grid, agent: u8) -> Result<(), String> {
+    let o = g.obs.lock().unwrap();
+    let st = o.last.as_ref().ok_or("no status yet")?;
+    let map = st.map.as_ref().ok_or("no map yet")?;
+    let on_agent: BTreeSet<u64> =
+        st.nodes.iter().filter(|n| proc_of(n).is_some_and(|p| p.0 == agent)).map(|n| n.node_id).collect();
+    for e in &map.shards {
+        if let Some(r) = e.replicas.iter().find(|r| on_agent.contains(r)) {
+            return Err(format!("shard {} still has a voter on node {r} (epoch {})", e.shard, e.epoch));
+        }
+        if e.learner != 0 || e.replacing != 0 || e.replicas.len() != g.sc.cluster.replication as usize {
+            return Err(format!("shard {} is still changing its membership: voters {:?}", e.shard, e.replicas));
+        }
+    }
+    Ok(())
 }
 
 /// Waits until the observer shows `p` in `state`; returns the wait in ms.
@@ -516,6 +568,8 @@ fn observed(g: &Grid, p: Proc) -> Option<NodeState> {
 
 #[derive(Default)]
 struct Measured {
+    /// From an `expect-replaced` step to the map showing the machine's replicas replaced.
+    replaced_ms: Vec<f64>,
     exit_detect_ms: Vec<f64>,
     silent_detect_ms: Vec<f64>,
     restart_ms: Vec<f64>,
@@ -571,7 +625,10 @@ fn resolve(sc: &Scenario, rng: &mut sutra_grid::io::Rng) -> Vec<Planned> {
                 }
                 (vec![f, t], None)
             }
-            Action::KillAgent { agent } | Action::KillMachine { agent } | Action::RestartAgent { agent } => {
+            Action::KillAgent { agent }
+            | Action::KillMachine { agent }
+            | Action::RestartAgent { agent }
+            | Action::ExpectReplaced { agent, .. } => {
                 let a = match agent.as_str() {
                     "random" => rng.random_range(0..c.agents),
                     "same" => last_agent,
@@ -831,7 +888,9 @@ fn perform(
                             // Node states are live, not metadata. The map may only have moved on by
                             // elections (one may land between the last poll and the crash).
                             let lost = match (before.map.as_ref(), after.map.as_ref()) {
-                                (Some(b), Some(a)) => map_change_problem(Some(b), Some(b), a).is_some(),
+                                (Some(b), Some(a)) => {
+                                    map_change_problem(Some(b), Some(b), a, g2.sc.cluster.replication as usize).is_some()
+                                }
                                 (b, a) => b.is_some() != a.is_some(),
                             };
                             if lost || reg(&after) != reg(&before) {
@@ -955,6 +1014,29 @@ fn perform(
         Action::Heal => {
             g.heal_all(false);
             g.note("nemesis: heal the network, resume paused processes".into());
+        }
+        Action::ExpectReplaced { within_s, .. } => {
+            let a = step.agent.unwrap_or(0);
+            let (g, m, within) = (g.clone(), measured.clone(), Duration::from_secs_f64(*within_s));
+            let at = step.at.as_secs_f64();
+            tasks.push(checker.spawn(async move {
+                let start = Instant::now();
+                let mut left = String::from("no status yet");
+                while start.elapsed() <= within {
+                    match replaced_off(&g, a) {
+                        Ok(()) => {
+                            let ms = start.elapsed().as_secs_f64() * 1000.0;
+                            m.lock().unwrap().replaced_ms.push(ms);
+                            return;
+                        }
+                        Err(why) => left = why,
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
+                m.lock().unwrap().failures.push(format!(
+                    "expected every replica on machine {a} replaced within {within:?} of {at:.2}s: {left}"
+                ));
+            }));
         }
         Action::Expect { state, within_s, .. } => {
             let p = step.procs[0];
@@ -1505,14 +1587,21 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
 
     let master_disk = SimDisk::new(rng.random());
     let md = master_disk.clone();
+    let membership = MembershipConfig {
+        replace_after_ms: c
+            .replace_down_after_s
+            .map_or(MembershipConfig::default().replace_after_ms, |s| (s * 1000.0) as u64),
+        learner_timeout_ms: 30_000,
+        ..MembershipConfig::default()
+    };
     let master = h
         .create_node()
         .name(plan::MASTER_NAME)
         .ip(master_addr.ip())
         .init(move || {
-            let disk = md.clone();
+            let (disk, membership) = (md.clone(), membership.clone());
             async move {
-                match Master::open(Arc::new(disk), "master").await {
+                match Master::open_with(Arc::new(disk), "master", membership.clone()).await {
                     Ok(m) => {
                         if let Err(e) = sutra_grid::master::serve(m, master_addr, std::future::pending()).await {
                             tracing::error!(error = %e, "master stopped");
@@ -1604,6 +1693,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
             initial_map: None,
             polls_ok: 0,
             polls_failed: 0,
+            voter_changes: 0,
         })),
         checker: checker.clone(),
         t0: now,
@@ -1762,6 +1852,8 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
             "silent_detect_ms": {"median": median(&m.silent_detect_ms), "max": max(&m.silent_detect_ms), "n": m.silent_detect_ms.len()},
             "restart_ms": {"median": median(&m.restart_ms), "max": max(&m.restart_ms)},
             "expects": m.expects,
+            "replaced_ms": {"median": median(&m.replaced_ms), "max": max(&m.replaced_ms), "n": m.replaced_ms.len()},
+            "voter_changes": o.voter_changes,
             "writes_acked": acked_n,
             "write_failures": write_failures,
             "heal_s": (heal_s * 1000.0).round() / 1000.0,

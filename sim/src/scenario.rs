@@ -32,6 +32,10 @@ pub struct Shape {
     pub shards: u32,
     #[serde(default = "three")]
     pub replication: u32,
+    /// The master replaces a replica whose node has been Down this long (default: the
+    /// production setting, 300 s, so only scenarios that lower it see replacements).
+    #[serde(default)]
+    pub replace_down_after_s: Option<f64>,
 }
 
 fn three() -> u32 {
@@ -156,6 +160,12 @@ pub enum Action {
         state: ExpectState,
         within_s: f64,
     },
+    /// Within `within_s`, no shard may keep a replica on the machine's processes: each has
+    /// `replication` voters elsewhere and no membership change in progress.
+    ExpectReplaced {
+        agent: AgentRef,
+        within_s: f64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -216,8 +226,9 @@ pub enum SwarmKind {
 #[serde(rename_all = "kebab-case")]
 pub enum Check {
     /// Every poll: the map is valid (each key range owned exactly once, replicas on distinct
-    /// registered nodes), ranges and replica sets are as `init` made them, and only elections
-    /// moved it (version and epochs never go back; one epoch never names two primaries).
+    /// registered nodes), ranges are as `init` made them, and only elections and one-member
+    /// membership changes moved it (version and epochs never go back; one epoch never names
+    /// two primaries; a voter set changes by at most one member per epoch).
     ShardMap,
     /// No node is Down or Degraded while it has been healthy and fully connected for a while,
     /// and `expect` steps hold.
@@ -274,6 +285,9 @@ fn validate(s: &Scenario) -> Result<(), String> {
     if c.replication == 0 || c.replication > nodes {
         return Err(format!("cluster.replication must be 1 to the node count ({nodes}); got {}", c.replication));
     }
+    if c.replace_down_after_s.is_some_and(|t| !(0.5..=600.0).contains(&t)) {
+        return Err("cluster.replace_down_after_s must be 0.5 to 600".into());
+    }
     if c.shards == 0 || c.shards > 1024 {
         return Err(format!("cluster.shards must be 1 to 1024; got {}", c.shards));
     }
@@ -315,7 +329,12 @@ fn validate(s: &Scenario) -> Result<(), String> {
             Action::SlowLinks { min_ms, max_ms } if min_ms > max_ms || *max_ms > 5_000 => {
                 return at("slow-links needs min_ms <= max_ms <= 5000".into())
             }
-            Action::Expect { within_s, .. } if !(*within_s > 0.0 && *within_s <= 120.0) => {
+            Action::ExpectReplaced { agent, .. } if check_agent_ref(agent, c).is_err() => {
+                check_agent_ref(agent, c).or_else(&at)?
+            }
+            Action::Expect { within_s, .. } | Action::ExpectReplaced { within_s, .. }
+                if !(*within_s > 0.0 && *within_s <= 120.0) =>
+            {
                 return at(format!("expect within_s must be in (0, 120]; got {within_s}"))
             }
             Action::RestartMaster { down_s } if !(0.0..=60.0).contains(down_s) => {

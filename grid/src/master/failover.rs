@@ -3,6 +3,9 @@
 //! `(last_epoch, last_lsn)`, records the choice (compare-and-set on the shard's epoch), and
 //! tells the new primary. The new primary waits out the old primary's lease unless the old
 //! one is known to hold none: its agent reported it exited, or it answered the fence itself.
+//!
+//! Membership changes (rule 8) run through the same loop: a learner is recorded in the map,
+//! and each voter-set change is an election whose new epoch carries the new voter set.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,15 +13,19 @@ use std::time::Duration;
 
 use sutra_proto as pb;
 
-use super::Master;
+use super::{Master, MemberChange};
 use crate::client::StorageClient;
 use crate::ids::NodeId;
 use crate::limits;
-use crate::replication::{choose_primary, EntryId};
+use crate::replication::{choose_primary_among, EntryId};
 
 /// Watches for shards needing a primary, one election per shard at a time, until dropped.
 pub async fn run_failovers(master: Arc<Master>) {
-    let mut running: BTreeMap<u32, tokio::task::JoinHandle<Result<u64, String>>> = BTreeMap::new();
+    // Per shard, at most one election or membership step at a time; each ends with the epoch
+    // it moved the shard into, if it did.
+    let mut running: BTreeMap<u32, tokio::task::JoinHandle<Result<Option<u64>, String>>> = BTreeMap::new();
+    // When each shard's current learner was first seen (for the catch-up timeout).
+    let mut learner_since: BTreeMap<u32, u64> = BTreeMap::new();
     // When each shard's current primary was named; before any election since this master
     // started, its start (so restarted masters give nodes a grace period to report in).
     let mut named_at: BTreeMap<u32, u64> = BTreeMap::new();
@@ -30,10 +37,11 @@ pub async fn run_failovers(master: Arc<Master>) {
         for s in finished {
             let Some(h) = running.remove(&s) else { continue };
             match h.await {
-                Ok(Ok(epoch)) => {
+                Ok(Ok(Some(epoch))) => {
                     named_at.insert(s, master.now_ms());
                     tracing::info!(shard = s, epoch, "primary elected");
                 }
+                Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(shard = s, error = %e, "election failed; retrying");
                     not_before.insert(s, master.now_ms() + limits::FAILOVER_RETRY_MS);
@@ -46,21 +54,73 @@ pub async fn run_failovers(master: Arc<Master>) {
             if running.contains_key(&s) || not_before.get(&s).is_some_and(|t| *t > now) {
                 continue;
             }
-            running.insert(s, tokio::spawn(elect(master.clone(), s)));
+            let m = master.clone();
+            running.insert(s, tokio::spawn(async move { elect(m, s, None).await.map(Some) }));
+        }
+        let changes = master.with(|st, now| {
+            learner_since.retain(|s, _| st.map().shards.iter().any(|e| e.id.0 == *s && e.learner.is_some()));
+            for e in st.map().shards.iter().filter(|e| e.learner.is_some()) {
+                learner_since.entry(e.id.0).or_insert(now);
+            }
+            st.membership_due(now, &master.membership, &learner_since)
+        });
+        for change in changes {
+            let s = change.shard();
+            if running.contains_key(&s) || not_before.get(&s).is_some_and(|t| *t > now) {
+                continue;
+            }
+            running.insert(s, tokio::spawn(change_membership(master.clone(), change)));
         }
     }
 }
 
-/// One election for `shard`; returns the new epoch.
-pub async fn elect(master: Arc<Master>, shard: u32) -> Result<u64, String> {
+/// One step of a membership change; the new epoch when it moved the shard into one.
+async fn change_membership(master: Arc<Master>, change: MemberChange) -> Result<Option<u64>, String> {
+    tracing::info!(?change, "membership change");
+    match change {
+        MemberChange::AddLearner { shard, learner, replacing } => {
+            master
+                .mutate(move |st, _| {
+                    let epoch = st.map().shards.iter().find(|e| e.id.0 == shard).map_or(0, |e| e.epoch.0);
+                    Ok(((), Some(st.set_learner(shard, Some((learner, replacing)), epoch)?)))
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(None)
+        }
+        MemberChange::DropLearner { shard, why } => {
+            tracing::warn!(shard, reason = %why, "giving up a learner");
+            master
+                .mutate(move |st, _| {
+                    let epoch = st.map().shards.iter().find(|e| e.id.0 == shard).map_or(0, |e| e.epoch.0);
+                    Ok(((), Some(st.set_learner(shard, None, epoch)?)))
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(None)
+        }
+        MemberChange::Reconfigure { shard, voters } => {
+            elect(master, shard, Some(voters.into_iter().map(NodeId).collect())).await.map(Some)
+        }
+    }
+}
+
+/// One election for `shard`; returns the new epoch. With `next_voters`, the new epoch has that
+/// voter set (one member added or removed): the current voters are fenced as always, and the
+/// new primary is the most up-to-date fenced member of the new set.
+pub async fn elect(master: Arc<Master>, shard: u32, next_voters: Option<Vec<NodeId>>) -> Result<u64, String> {
     let (entry, addrs, old_exited) = master.with(|st, _| {
         let e = st.map().shards.iter().find(|e| e.id.0 == shard).cloned();
-        let addrs: BTreeMap<NodeId, String> =
-            e.iter().flat_map(|e| e.replicas.iter()).map(|r| (*r, st.storage_addr(r.0))).collect();
+        let addrs: BTreeMap<NodeId, String> = e
+            .iter()
+            .flat_map(|e| e.replicas.iter().chain(next_voters.iter().flatten()))
+            .map(|r| (*r, st.storage_addr(r.0)))
+            .collect();
         let exited = e.as_ref().is_some_and(|e| st.exited(e.primary.0));
         (e, addrs, exited)
     });
     let entry = entry.ok_or_else(|| format!("no shard {shard}"))?;
+    let voters = next_voters.unwrap_or_else(|| entry.replicas.clone());
     let epoch = entry.epoch.0 + 1;
     let deadline = Duration::from_millis(limits::REPL_RPC_DEADLINE_MS / 2);
     // Fence everyone in parallel; go on once a majority answered and the rest had a moment
@@ -115,12 +175,13 @@ pub async fn elect(master: Arc<Master>, shard: u32) -> Result<u64, String> {
             .filter(|(n, _)| matches!(st.state_of(n.0), super::NodeState::Up | super::NodeState::Draining))
             .collect()
     });
-    let pick = choose_primary(&entry.replicas, &healthy)
-        .or_else(|_| choose_primary(&entry.replicas, &replies))
+    let pick = choose_primary_among(&entry.replicas, &healthy, &voters)
+        .or_else(|_| choose_primary_among(&entry.replicas, &replies, &voters))
         .map(|best| {
             // On a tie keep the placement's primary (placement spreads primaries over nodes).
             let best_log = replies.iter().find(|(n, _)| *n == best).map(|(_, l)| *l);
-            let keep = healthy.iter().any(|(n, l)| *n == entry.primary && Some(*l) == best_log);
+            let keep = voters.contains(&entry.primary)
+                && healthy.iter().any(|(n, l)| *n == entry.primary && Some(*l) == best_log);
             if keep {
                 entry.primary
             } else {
@@ -130,7 +191,15 @@ pub async fn elect(master: Arc<Master>, shard: u32) -> Result<u64, String> {
         .map_err(|e| format!("shard {shard} epoch {epoch}: {e}"))?;
     let old_answered = replies.iter().any(|(n, _)| *n == entry.primary);
     let fast = entry.epoch.0 <= 1 || old_exited || old_answered;
-    master.mutate(move |st, _| Ok(((), Some(st.elect(shard, pick.0, epoch)?)))).await.map_err(|e| e.to_string())?;
+    let same = voters == entry.replicas;
+    let ids: Vec<u64> = voters.iter().map(|v| v.0).collect();
+    master
+        .mutate(move |st, _| {
+            let op = if same { st.elect(shard, pick.0, epoch)? } else { st.reconfigure(shard, pick.0, epoch, &ids)? };
+            Ok(((), Some(op)))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
     let wait = if fast {
         Duration::ZERO
     } else {
@@ -141,8 +210,8 @@ pub async fn elect(master: Arc<Master>, shard: u32) -> Result<u64, String> {
         shard,
         epoch,
         node_id: pick.0,
-        replicas: entry.replicas.iter().map(|r| r.0).collect(),
-        replica_addrs: entry.replicas.iter().map(|r| addrs.get(r).cloned().unwrap_or_default()).collect(),
+        replicas: voters.iter().map(|r| r.0).collect(),
+        replica_addrs: voters.iter().map(|r| addrs.get(r).cloned().unwrap_or_default()).collect(),
         lease_wait_ms: wait.as_millis() as u64,
     };
     // Best effort: the heartbeat's assignment carries the promotion too.

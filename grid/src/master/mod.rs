@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use service::{serve, MasterService};
-pub use state::{MasterError, MasterState, Meta, MetaOp, NodeRecord, NodeState, Transition};
+pub use state::{
+    MasterError, MasterState, MemberChange, MembershipConfig, Meta, MetaOp, NodeRecord, NodeState, Transition,
+};
 
 use crate::io::{blocking, Disk};
 use crate::limits;
@@ -39,6 +41,7 @@ pub struct Master {
     /// means the log can no longer be trusted).
     failed: AtomicBool,
     pub failure: tokio::sync::Notify,
+    pub membership: MembershipConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,15 @@ pub enum MasterFailure {
 impl Master {
     /// Opens the metadata under `dir` on `disk` (creating it on first start).
     pub async fn open(disk: Arc<dyn Disk>, dir: &str) -> Result<Arc<Master>, MetaError> {
+        Master::open_with(disk, dir, MembershipConfig::default()).await
+    }
+
+    /// As [`Master::open`], with its own membership-change settings.
+    pub async fn open_with(
+        disk: Arc<dyn Disk>,
+        dir: &str,
+        membership: MembershipConfig,
+    ) -> Result<Arc<Master>, MetaError> {
         let dir = dir.to_string();
         let (log, meta) = blocking(move || MetaLog::open(disk, &dir)).await?;
         tracing::info!(
@@ -65,6 +77,7 @@ impl Master {
             start: tokio::time::Instant::now(),
             failed: AtomicBool::new(false),
             failure: tokio::sync::Notify::new(),
+            membership,
         }))
     }
 

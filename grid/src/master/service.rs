@@ -100,6 +100,7 @@ impl pb::master_server::Master for MasterService {
                 assignments: if req.map_version != version { s.assignments(req.node_id) } else { Vec::new() },
                 peers: if req.peers_known != peers_total { s.peers() } else { Vec::new() },
                 reregister: false,
+                retired: s.retired(req.node_id),
             }
         });
         Ok(Response::new(r))

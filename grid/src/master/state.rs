@@ -133,10 +133,24 @@ struct NodeLive {
     exited: Option<(u64, String)>,
     /// The node's latest report of peers it cannot reach.
     unreachable: BTreeSet<u64>,
-    /// The node's latest report of the replicas it hosts: shard → (serving, epoch it leads).
-    shards: BTreeMap<u32, (bool, u64)>,
+    /// The node's latest report of the replicas it hosts.
+    shards: BTreeMap<u32, ShardLive>,
     state: NodeState,
     reason: String,
+    /// Since when the node has been Down (the master's clock), for replacing it.
+    down_since_ms: Option<u64>,
+}
+
+/// One hosted replica, as the node's latest heartbeat reported it.
+#[derive(Clone, Copy, Debug, Default)]
+struct ShardLive {
+    serving: bool,
+    /// The epoch it leads (0: none).
+    led: u64,
+    /// Leads with a lease: its epoch-start entry committed.
+    leading: bool,
+    last_lsn: u64,
+    commit_lsn: u64,
 }
 
 impl Default for NodeLive {
@@ -149,6 +163,7 @@ impl Default for NodeLive {
             shards: BTreeMap::new(),
             state: NodeState::Down,
             reason: "no heartbeat since the master started".into(),
+            down_since_ms: Some(0),
         }
     }
 }
@@ -157,6 +172,51 @@ impl Default for NodeLive {
 struct AgentLive {
     last_heartbeat_ms: Option<u64>,
     processes: Vec<pb::ProcessStatus>,
+}
+
+/// When and how the master replaces replicas (DESIGN.md §5 rule 8).
+#[derive(Clone, Debug)]
+pub struct MembershipConfig {
+    /// A voter Down this long is replaced.
+    pub replace_after_ms: u64,
+    /// A learner not caught up this long after it was added is given up (another is tried).
+    pub learner_timeout_ms: u64,
+    /// A learner this many entries behind the primary's commit point counts as caught up.
+    pub catch_up_lag: u64,
+    /// Shards changing membership at once, grid-wide.
+    pub changes_max: usize,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            replace_after_ms: limits::REPLACE_DOWN_AFTER_MS,
+            learner_timeout_ms: limits::LEARNER_CATCH_UP_TIMEOUT_MS,
+            catch_up_lag: limits::LEARNER_CATCH_UP_LAG_ENTRIES,
+            changes_max: limits::MEMBERSHIP_CHANGES_MAX,
+        }
+    }
+}
+
+/// One step of a shard's membership change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    /// Start replacing voter `replacing`: `learner` receives the log without voting.
+    AddLearner { shard: u32, learner: u64, replacing: u64 },
+    /// Give the learner up.
+    DropLearner { shard: u32, why: String },
+    /// Fence the current voters and lead the next epoch with `voters`.
+    Reconfigure { shard: u32, voters: Vec<u64> },
+}
+
+impl MemberChange {
+    pub fn shard(&self) -> u32 {
+        match self {
+            MemberChange::AddLearner { shard, .. }
+            | MemberChange::DropLearner { shard, .. }
+            | MemberChange::Reconfigure { shard, .. } => *shard,
+        }
+    }
 }
 
 /// A node state change, kept for `status`, traces and detection-time measurements.
@@ -327,8 +387,20 @@ impl MasterState {
         Self::hear_from(live, generation);
         live.last_heartbeat_ms = Some(now_ms);
         live.unreachable = unreachable.iter().copied().filter(|p| *p != node).take(limits::MASTER_NODES_MAX).collect();
-        live.shards =
-            shards.iter().take(limits::SHARDS_PER_NODE_MAX).map(|s| (s.shard, (s.serving, s.primary_epoch))).collect();
+        live.shards = shards
+            .iter()
+            .take(limits::SHARDS_PER_NODE_MAX)
+            .map(|s| {
+                let live = ShardLive {
+                    serving: s.serving,
+                    led: s.primary_epoch,
+                    leading: s.leading,
+                    last_lsn: s.last_lsn,
+                    commit_lsn: s.commit_lsn,
+                };
+                (s.shard, live)
+            })
+            .collect();
         Ok(())
     }
 
@@ -428,6 +500,11 @@ impl MasterState {
         }
         for t in changes {
             let live = self.nodes.get_mut(&t.node).expect("node listed above");
+            if t.to == NodeState::Down {
+                live.down_since_ms = Some(now_ms);
+            } else {
+                live.down_since_ms = None;
+            }
             live.state = t.to;
             live.reason = t.reason.clone();
             tracing::info!(node = t.node, from = t.from.name(), to = t.to.name(), reason = %t.reason, "node state");
@@ -458,7 +535,7 @@ impl MasterState {
             .map
             .shards
             .iter()
-            .filter(|s| s.replicas.contains(&NodeId(node)))
+            .filter(|s| s.replicas.contains(&NodeId(node)) || s.learner == Some(NodeId(node)))
             .map(|s| pb::Assignment {
                 shard: s.id.0,
                 key_start: s.range.start,
@@ -467,6 +544,8 @@ impl MasterState {
                 primary: s.primary == NodeId(node),
                 replicas: s.replicas.iter().map(|r| r.0).collect(),
                 replica_addrs: s.replicas.iter().map(|r| self.storage_addr(r.0)).collect(),
+                learners: s.learner.iter().map(|r| r.0).collect(),
+                learner_addrs: s.learner.iter().map(|r| self.storage_addr(r.0)).collect(),
             })
             .collect()
     }
@@ -499,8 +578,8 @@ impl MasterState {
             let needs = s.epoch.0 <= 1
                 || self.state_of(p) == NodeState::Down
                 || degraded
-                || live.and_then(|l| l.shards.get(&s.id.0)).is_some_and(|(serving, _)| !serving)
-                || (live.and_then(|l| l.shards.get(&s.id.0)).is_none_or(|(_, led)| *led != s.epoch.0)
+                || live.and_then(|l| l.shards.get(&s.id.0)).is_some_and(|r| !r.serving)
+                || (live.and_then(|l| l.shards.get(&s.id.0)).is_none_or(|r| r.led != s.epoch.0)
                     && since_named > grace_ms);
             if needs {
                 due.push(s.id.0);
@@ -533,6 +612,183 @@ impl MasterState {
         Ok(MetaOp::Map { map, replication: self.meta.replication })
     }
 
+    /// Replicas `node` reported hosting that the map no longer gives it, with the shard's
+    /// epoch (membership changes removed them).
+    pub fn retired(&self, node: u64) -> Vec<pb::RetiredReplica> {
+        let Some(live) = self.nodes.get(&node) else { return Vec::new() };
+        if self.meta.map.version == 0 {
+            return Vec::new();
+        }
+        live.shards
+            .keys()
+            .filter_map(|id| self.meta.map.shards.iter().find(|s| s.id.0 == *id))
+            .filter(|s| !s.replicas.contains(&NodeId(node)) && s.learner != Some(NodeId(node)))
+            .map(|s| pb::RetiredReplica { shard: s.id.0, epoch: s.epoch.0 })
+            .collect()
+    }
+
+    /// Whether voter `node` should be replaced: Down for `replace_after_ms`, or drained by an
+    /// operator.
+    fn replaceable(&self, node: u64, now_ms: u64, replace_after_ms: u64) -> bool {
+        let Some(live) = self.nodes.get(&node) else { return true };
+        let down_long = live.state == NodeState::Down
+            && live.down_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= replace_after_ms);
+        down_long || self.meta.nodes.get(&node).is_some_and(|r| r.draining)
+    }
+
+    /// The next step of each shard's membership change (DESIGN.md §5 rule 8), one member at a
+    /// time: a voter to replace gets a learner on a healthy node (preferring a machine the
+    /// shard does not use); a caught-up learner joins the voters in a new epoch; then the
+    /// replaced voter leaves in the next. Only shards whose primary leads the map's epoch with
+    /// a lease move on (so each configuration committed its epoch-start entry before the next,
+    /// and every majority of the next one holds every committed entry).
+    pub fn membership_due(
+        &self,
+        now_ms: u64,
+        cfg: &MembershipConfig,
+        learner_since: &BTreeMap<u32, u64>,
+    ) -> Vec<MemberChange> {
+        let mut out = Vec::new();
+        if self.meta.map.version == 0 {
+            return out;
+        }
+        let mut in_flight = self.meta.map.shards.iter().filter(|s| s.replacing.is_some()).count();
+        let mut load: BTreeMap<u64, usize> = BTreeMap::new();
+        for s in &self.meta.map.shards {
+            for n in s.replicas.iter().chain(s.learner.iter()) {
+                *load.entry(n.0).or_default() += 1;
+            }
+        }
+        for s in &self.meta.map.shards {
+            let shard = s.id.0;
+            let Some(primary) = self.nodes.get(&s.primary.0).and_then(|l| l.shards.get(&shard)) else { continue };
+            if !(primary.leading && primary.led == s.epoch.0) {
+                continue;
+            }
+            let voters: Vec<u64> = s.replicas.iter().map(|r| r.0).collect();
+            match (s.learner, s.replacing) {
+                (Some(l), Some(old)) => {
+                    let learner = self.nodes.get(&l.0).and_then(|n| n.shards.get(&shard));
+                    let since = learner_since.get(&shard).copied().unwrap_or(now_ms);
+                    let why = if !matches!(self.state_of(l.0), NodeState::Up) {
+                        Some(format!("learner node {} is {}", l.0, self.state_of(l.0).name()))
+                    } else if !self.replaceable(old.0, now_ms, cfg.replace_after_ms) {
+                        Some(format!("node {} no longer needs replacing", old.0))
+                    } else if now_ms.saturating_sub(since) > cfg.learner_timeout_ms {
+                        Some(format!("learner node {} did not catch up within {} ms", l.0, cfg.learner_timeout_ms))
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        out.push(MemberChange::DropLearner { shard, why });
+                    } else if learner.is_some_and(|r| r.serving && r.last_lsn + cfg.catch_up_lag >= primary.commit_lsn)
+                    {
+                        let mut next = voters.clone();
+                        next.push(l.0);
+                        out.push(MemberChange::Reconfigure { shard, voters: next });
+                    }
+                }
+                (None, Some(old)) => {
+                    let next = voters.iter().copied().filter(|v| *v != old.0).collect();
+                    out.push(MemberChange::Reconfigure { shard, voters: next });
+                }
+                (Some(_), None) => {}
+                (None, None) => {
+                    if in_flight >= cfg.changes_max || s.replicas.len() != self.meta.replication as usize {
+                        continue;
+                    }
+                    let Some(old) = voters.iter().copied().find(|v| self.replaceable(*v, now_ms, cfg.replace_after_ms))
+                    else {
+                        continue;
+                    };
+                    let agent_of = |n: u64| self.meta.nodes.get(&n).map(|r| r.agent.as_str());
+                    let used: BTreeSet<&str> =
+                        voters.iter().filter(|v| **v != old).filter_map(|v| agent_of(*v)).collect();
+                    let pick = self
+                        .meta
+                        .nodes
+                        .iter()
+                        .filter(|(id, r)| !voters.contains(id) && !r.draining && self.state_of(**id) == NodeState::Up)
+                        .min_by_key(|(id, r)| {
+                            (used.contains(r.agent.as_str()), load.get(id).copied().unwrap_or(0), **id)
+                        })
+                        .map(|(id, _)| *id);
+                    if let Some(learner) = pick {
+                        *load.entry(learner).or_default() += 1;
+                        in_flight += 1;
+                        out.push(MemberChange::AddLearner { shard, learner, replacing: old });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The op that records (or, with `None`, abandons) a learner for `shard`, keeping its epoch.
+    pub fn set_learner(&self, shard: u32, change: Option<(u64, u64)>, epoch: u64) -> Result<MetaOp, MasterError> {
+        let mut map = self.meta.map.clone();
+        let Some(e) = map.shards.iter_mut().find(|e| e.id.0 == shard) else {
+            return Err(MasterError::Invalid(format!("no shard {shard}")));
+        };
+        if e.epoch.0 != epoch {
+            return Err(MasterError::Invalid(format!("shard {shard} moved to epoch {} meanwhile", e.epoch.0)));
+        }
+        match change {
+            Some((learner, replacing)) => {
+                if e.learner.is_some() || e.replacing.is_some() {
+                    return Err(MasterError::Invalid(format!("shard {shard} is already changing its membership")));
+                }
+                if !self.meta.nodes.contains_key(&learner) {
+                    return Err(MasterError::UnknownNode(learner));
+                }
+                e.learner = Some(NodeId(learner));
+                e.replacing = Some(NodeId(replacing));
+            }
+            None => {
+                if e.learner.is_none() {
+                    return Err(MasterError::Invalid(format!("shard {shard} has no learner")));
+                }
+                e.learner = None;
+                e.replacing = None;
+            }
+        }
+        map.validate()?;
+        map.version += 1;
+        Ok(MetaOp::Map { map, replication: self.meta.replication })
+    }
+
+    /// The op that moves `shard` into `epoch` led by `primary` with the voter set `voters`,
+    /// which must differ from the current one by at most one member (compare-and-set on the
+    /// shard's epoch, as [`Self::elect`]).
+    pub fn reconfigure(&self, shard: u32, primary: u64, epoch: u64, voters: &[u64]) -> Result<MetaOp, MasterError> {
+        let mut map = self.meta.map.clone();
+        let Some(e) = map.shards.iter_mut().find(|e| e.id.0 == shard) else {
+            return Err(MasterError::Invalid(format!("no shard {shard}")));
+        };
+        if e.epoch.0 + 1 != epoch {
+            return Err(MasterError::Invalid(format!("shard {shard} moved to epoch {} meanwhile", e.epoch.0)));
+        }
+        let old: BTreeSet<u64> = e.replicas.iter().map(|r| r.0).collect();
+        let new: BTreeSet<u64> = voters.iter().copied().collect();
+        if new.len() != voters.len() || old.symmetric_difference(&new).count() > 1 || !new.contains(&primary) {
+            return Err(MasterError::Invalid(format!(
+                "shard {shard}: voters {old:?} cannot become {voters:?} led by {primary} in one step"
+            )));
+        }
+        e.replicas = voters.iter().map(|v| NodeId(*v)).collect();
+        if e.learner.is_some_and(|l| new.contains(&l.0)) {
+            e.learner = None;
+        }
+        if e.replacing.is_some_and(|r| !new.contains(&r.0)) {
+            e.replacing = None;
+        }
+        e.primary = NodeId(primary);
+        e.epoch = crate::ids::Epoch(epoch);
+        map.validate()?;
+        map.version += 1;
+        Ok(MetaOp::Map { map, replication: self.meta.replication })
+    }
+
     /// Every registered node's gossip address: the seed list for SWIM.
     pub fn peers(&self) -> Vec<pb::Peer> {
         self.meta.nodes.iter().map(|(id, r)| pb::Peer { node_id: *id, gossip_addr: r.gossip_addr.clone() }).collect()
@@ -552,6 +808,8 @@ impl MasterState {
                     replicas: s.replicas.iter().map(|r| r.0).collect(),
                     primary: s.primary.0,
                     epoch: s.epoch.0,
+                    learner: s.learner.map_or(0, |n| n.0),
+                    replacing: s.replacing.map_or(0, |n| n.0),
                 })
                 .collect(),
             nodes: self
@@ -586,7 +844,7 @@ impl MasterState {
 
     /// Whether `node`'s latest heartbeat says it hosts `shard` and serves it.
     fn hosts(&self, node: u64, shard: u32) -> bool {
-        self.nodes.get(&node).and_then(|l| l.shards.get(&shard)).is_some_and(|(serving, _)| *serving)
+        self.nodes.get(&node).and_then(|l| l.shards.get(&shard)).is_some_and(|r| r.serving)
     }
 
     fn serves(&self, node: u64) -> bool {
@@ -661,13 +919,23 @@ impl MasterState {
             for r in &s.replicas {
                 if self.serves(r.0) && !self.hosts(r.0, s.id.0) {
                     let what = match self.nodes.get(&r.0).and_then(|l| l.shards.get(&s.id.0)) {
-                        Some((false, _)) => "is not serving it",
+                        Some(r) if !r.serving => "is not serving it",
                         _ => "does not host it yet",
                     };
                     problems.push(format!("shard {}: replica node {} {what}", s.id, r.0));
                 }
             }
-            let led = self.nodes.get(&s.primary.0).and_then(|l| l.shards.get(&s.id.0)).map_or(0, |(_, e)| *e);
+            match (s.learner, s.replacing) {
+                (Some(l), Some(old)) => problems.push(format!(
+                    "shard {}: replacing node {} with node {} (a learner catching up)",
+                    s.id, old.0, l.0
+                )),
+                (None, Some(old)) => {
+                    problems.push(format!("shard {}: replacing node {} (the new voter has joined)", s.id, old.0))
+                }
+                _ => {}
+            }
+            let led = self.nodes.get(&s.primary.0).and_then(|l| l.shards.get(&s.id.0)).map_or(0, |r| r.led);
             if led != s.epoch.0 {
                 problems.push(format!(
                     "shard {}: primary node {} does not lead epoch {} yet",

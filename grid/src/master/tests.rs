@@ -266,3 +266,121 @@ fn elections_follow_the_primary_and_are_compare_and_set_on_the_epoch() {
     assert!(s.exited(p0));
     assert!(s.elections_due(2_150, &named, 1_000).contains(&0));
 }
+
+/// Heartbeats from `nodes`: each reports its assigned replicas, the primaries leading their
+/// epoch with a lease at commit 5,000, everyone else holding `lsn`.
+fn beat_leading(s: &mut MasterState, nodes: &[u64], now: u64, lsn: u64) {
+    for n in nodes {
+        let shards: Vec<pb::ShardStat> = s
+            .assignments(*n)
+            .iter()
+            .map(|a| pb::ShardStat {
+                shard: a.shard,
+                serving: true,
+                primary_epoch: if a.primary { a.epoch } else { 0 },
+                leading: a.primary,
+                last_lsn: if a.primary { 5_000 } else { lsn },
+                commit_lsn: 5_000,
+                ..Default::default()
+            })
+            .collect();
+        s.heartbeat(*n, &[], &shards, 0, now).unwrap();
+    }
+    s.evaluate(now);
+}
+
+#[test]
+fn a_long_down_voter_is_replaced_one_member_at_a_time() {
+    use super::state::{MemberChange, MembershipConfig};
+    let (mut s, nodes) = grid(3, 2);
+    let op = s.init(1, 3).unwrap().unwrap();
+    s.commit(&op);
+    let e = s.map().shards[0].clone();
+    let op = s.elect(0, e.primary.0, 2).unwrap();
+    s.commit(&op);
+    let lost = *e.replicas.iter().find(|r| **r != e.primary).unwrap();
+    let alive: Vec<u64> = nodes.iter().copied().filter(|n| *n != lost.0).collect();
+    let cfg = MembershipConfig { replace_after_ms: 5_000, learner_timeout_ms: 60_000, ..MembershipConfig::default() };
+    let since = std::collections::BTreeMap::new();
+    let mut t = 0;
+    while t < 4_000 {
+        t += HEARTBEAT_INTERVAL_MS;
+        beat_leading(&mut s, &alive, t, 0);
+    }
+    assert_eq!(s.state_of(lost.0), NodeState::Down);
+    assert!(s.membership_due(t, &cfg, &since).is_empty(), "Down, but not for the threshold yet");
+    while t < 9_000 {
+        t += HEARTBEAT_INTERVAL_MS;
+        beat_leading(&mut s, &alive, t, 0);
+    }
+    let due = s.membership_due(t, &cfg, &since);
+    let [MemberChange::AddLearner { shard: 0, learner, replacing }] = due.as_slice() else { panic!("{due:?}") };
+    assert_eq!(*replacing, lost.0);
+    assert!(!e.replicas.contains(&crate::ids::NodeId(*learner)));
+    let agent = |n: u64| s.meta().nodes[&n].agent.clone();
+    assert_eq!(agent(*learner), agent(lost.0), "the lost node's machine is the one the other voters leave free");
+    let op = s.set_learner(0, Some((*learner, *replacing)), 2).unwrap();
+    s.commit(&op);
+    assert!(s.set_learner(0, Some((*learner, *replacing)), 2).is_err(), "one change at a time");
+    assert!(s.assignments(*learner).iter().any(|a| a.shard == 0), "the learner hosts the shard");
+    let p = s.assignments(e.primary.0).into_iter().find(|a| a.shard == 0).unwrap();
+    assert_eq!(p.learners, vec![*learner], "the primary ships to it");
+    let replacing = |s: &MasterState| s.status(t).problems.iter().any(|p| p.contains("replacing node"));
+    assert!(replacing(&s), "a change in progress is a problem in status");
+
+    // Far behind: nothing yet. Caught up: it joins the voters (four of them for one epoch).
+    beat_leading(&mut s, &alive, t, 0);
+    assert!(s.membership_due(t, &cfg, &since).is_empty());
+    beat_leading(&mut s, &alive, t, 4_500);
+    let due = s.membership_due(t, &cfg, &since);
+    let [MemberChange::Reconfigure { shard: 0, voters }] = due.as_slice() else { panic!("{due:?}") };
+    assert_eq!(voters.len(), 4);
+    let mut two_at_once = voters.clone();
+    two_at_once.retain(|v| *v != lost.0 && *v != e.primary.0);
+    assert!(s.reconfigure(0, e.primary.0, 3, &two_at_once).is_err(), "voters change one at a time");
+    let op = s.reconfigure(0, e.primary.0, 3, voters).unwrap();
+    s.commit(&op);
+    assert_eq!(s.map().shards[0].learner, None);
+
+    // The new epoch's primary must lead before the next step; then the lost node leaves.
+    let due = s.membership_due(t, &cfg, &since);
+    assert!(due.is_empty(), "{due:?}");
+    beat_leading(&mut s, &alive, t, 5_000);
+    let due = s.membership_due(t, &cfg, &since);
+    let [MemberChange::Reconfigure { shard: 0, voters }] = due.as_slice() else { panic!("{due:?}") };
+    assert!(!voters.contains(&lost.0) && voters.len() == 3);
+    let op = s.reconfigure(0, e.primary.0, 4, voters).unwrap();
+    s.commit(&op);
+    assert_eq!(s.map().shards[0].replacing, None);
+    beat_leading(&mut s, &alive, t, 5_000);
+    assert!(s.membership_due(t, &cfg, &since).is_empty());
+    assert!(!replacing(&s), "{:?}", s.status(t).problems);
+
+    // The lost node comes back reporting its old replica: it is told to delete it.
+    let stale = [pb::ShardStat { shard: 0, serving: true, ..Default::default() }];
+    s.heartbeat(lost.0, &[], &stale, 0, t).unwrap();
+    assert_eq!(s.retired(lost.0), vec![pb::RetiredReplica { shard: 0, epoch: 4 }]);
+    assert!(s.retired(e.primary.0).is_empty());
+}
+
+#[test]
+fn a_learner_is_given_up_when_the_voter_it_replaces_comes_back() {
+    use super::state::{MemberChange, MembershipConfig};
+    let (mut s, nodes) = grid(3, 2);
+    let op = s.init(1, 3).unwrap().unwrap();
+    s.commit(&op);
+    let e = s.map().shards[0].clone();
+    let op = s.elect(0, e.primary.0, 2).unwrap();
+    s.commit(&op);
+    let lost = *e.replicas.iter().find(|r| **r != e.primary).unwrap();
+    let learner = *nodes.iter().find(|n| !e.replicas.contains(&crate::ids::NodeId(**n))).unwrap();
+    let op = s.set_learner(0, Some((learner, lost.0)), 2).unwrap();
+    s.commit(&op);
+    let cfg = MembershipConfig { replace_after_ms: 5_000, ..MembershipConfig::default() };
+    beat_leading(&mut s, &nodes, 100, 0);
+    let due = s.membership_due(100, &cfg, &std::collections::BTreeMap::new());
+    assert!(matches!(due.as_slice(), [MemberChange::DropLearner { shard: 0, .. }]), "{due:?}");
+    let op = s.set_learner(0, None, 2).unwrap();
+    s.commit(&op);
+    assert_eq!((s.map().shards[0].learner, s.map().shards[0].replacing), (None, None));
+}

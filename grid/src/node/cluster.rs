@@ -135,6 +135,7 @@ async fn stay_registered(node: Arc<StorageNode>, m: Membership, socket: tokio::n
                     map_version = r.map_version;
                     assigned = r.assignments;
                 }
+                retire(&node, &r.retired).await;
             }
             Err(e) => {
                 failures += 1;
@@ -180,7 +181,9 @@ fn heartbeat_request(
         .iter()
         .map(|(id, slot)| {
             let i = super::service::shard_info(*id, slot);
+            let leading = matches!(slot, super::ShardSlot::Serving(s) if s.replication().leading);
             pb::ShardStat {
+                leading,
                 shard: i.shard,
                 last_lsn: i.last_lsn,
                 concepts: i.concepts,
@@ -192,6 +195,26 @@ fn heartbeat_request(
         })
         .collect();
     pb::HeartbeatRequest { node_id: me, unreachable, shards, peers_known, map_version, generation: 0 }
+}
+
+/// Deletes replicas a membership change removed from their replica sets. One that promised
+/// an epoch beyond the map's is kept: the master's map cannot be newer than what fenced it
+/// (an operator may have wiped and re-initialised the master).
+async fn retire(node: &StorageNode, retired: &[pb::RetiredReplica]) {
+    for r in retired.iter().take(limits::SHARDS_PER_NODE_MAX) {
+        let promised = match node.slot(r.shard) {
+            Ok(super::ShardSlot::Serving(s)) => s.replication().promised,
+            Ok(super::ShardSlot::Failed { .. }) => 0,
+            Err(_) => continue,
+        };
+        if promised > r.epoch {
+            tracing::warn!(shard = r.shard, promised, epoch = r.epoch, "not deleting a replica newer than the map");
+            continue;
+        }
+        if let Err(e) = node.remove_shard(r.shard).await {
+            tracing::warn!(shard = r.shard, error = %e, "cannot delete a removed replica");
+        }
+    }
 }
 
 /// Creates every assigned replica this node lacks, and takes up the primary role where the
@@ -232,6 +255,11 @@ async fn host(node: &StorageNode, me: u64, assignments: &[pb::Assignment], take_
             }
         };
         let r = shard.replication();
+        if take_up_roles && a.primary && r.primary_epoch == a.epoch && a.learners.len() == a.learner_addrs.len() {
+            let learners: Vec<(NodeId, String)> =
+                a.learners.iter().map(|n| NodeId(*n)).zip(a.learner_addrs.iter().cloned()).collect();
+            shard.set_learners(a.epoch, &learners);
+        }
         if take_up_roles
             && a.primary
             && r.primary_epoch != a.epoch

@@ -147,7 +147,8 @@ pub(crate) struct Lead {
     pub epoch: u64,
     pub activate_at: Instant,
     pub acks: BTreeMap<NodeId, Instant>,
-    _shippers: Vec<AbortOnDrop>,
+    /// One per peer: the voters, and a learner while a membership change adds one.
+    shippers: BTreeMap<NodeId, AbortOnDrop>,
 }
 
 pub(crate) struct Core {
@@ -211,7 +212,8 @@ impl Core {
             return false;
         }
         let lease = Duration::from_millis(limits::LEASE_MS);
-        let fresh = lead.acks.values().filter(|sent| **sent + lease > now).count();
+        // Voters only: a learner's acknowledgement grants no lease.
+        let fresh = lead.acks.iter().filter(|(n, sent)| p.voters.contains(n) && **sent + lease > now).count();
         fresh + 1 > p.voters.len() / 2
     }
 
@@ -655,7 +657,7 @@ fn handle(
                 epoch: pr.epoch,
                 activate_at: Instant::now() + pr.lease_wait,
                 acks: BTreeMap::new(),
-                _shippers: Vec::new(),
+                shippers: BTreeMap::new(),
             });
             step.promoted = Some((pr, start.lsn));
             step.replies.push(Deferred::Done(tx));
@@ -719,13 +721,39 @@ fn start_shipping(sh: &Arc<Shared>, pr: &Promotion, epoch_start: u64) {
     if lead.epoch != pr.epoch {
         return;
     }
-    lead._shippers = pr
-        .voters
-        .iter()
-        .filter(|(n, _)| *n != pr.me)
-        .map(|(n, addr)| AbortOnDrop(tokio::spawn(super::ship::ship(sh.clone(), pr.epoch, *n, addr.clone()))))
-        .collect();
-    tracing::debug!(shard = sh.shard, epoch = pr.epoch, epoch_start, peers = lead._shippers.len(), "shipping");
+    for (n, addr) in pr.voters.iter().filter(|(n, _)| *n != pr.me) {
+        let task = AbortOnDrop(tokio::spawn(super::ship::ship(sh.clone(), pr.epoch, *n, addr.clone())));
+        lead.shippers.insert(*n, task);
+    }
+    tracing::debug!(shard = sh.shard, epoch = pr.epoch, epoch_start, peers = lead.shippers.len(), "shipping");
+}
+
+impl Shared {
+    /// While this node leads `epoch`: ship to exactly these learners too (non-voting members
+    /// catching up; their acknowledgements count neither for commit nor for the lease).
+    pub(crate) fn set_learners(self: &Arc<Self>, epoch: u64, learners: &[(NodeId, String)]) {
+        let mut core = self.core();
+        let Core { role: Role::Primary(p), lead: Some(lead), .. } = &mut *core else { return };
+        if p.epoch != epoch || lead.epoch != epoch {
+            return;
+        }
+        let wanted: Vec<NodeId> = learners.iter().map(|(n, _)| *n).filter(|n| !p.voters.contains(n)).collect();
+        let gone: Vec<NodeId> =
+            p.peers.keys().copied().filter(|n| !p.voters.contains(n) && !wanted.contains(n)).collect();
+        for n in gone {
+            tracing::info!(shard = self.shard, epoch, learner = n.0, "no longer shipping to a learner");
+            p.peers.remove(&n);
+            lead.shippers.remove(&n);
+            lead.acks.remove(&n);
+        }
+        for (n, addr) in learners.iter().filter(|(n, _)| wanted.contains(n)) {
+            if p.add_learner(*n) {
+                tracing::info!(shard = self.shard, epoch, learner = n.0, "shipping to a learner");
+                let task = AbortOnDrop(tokio::spawn(super::ship::ship(self.clone(), epoch, *n, addr.clone())));
+                lead.shippers.insert(*n, task);
+            }
+        }
+    }
 }
 
 /// Shipper side: what to send `peer` next.

@@ -118,6 +118,25 @@ fn shard_dir(id: u32) -> String {
     format!("shards/{id:06}")
 }
 
+/// Marks a shard directory whose replica was removed from its replica set: ignored at open,
+/// wiped before the directory is used again. Written first, so a crash midway through the
+/// deletion leaves nothing that could be mistaken for a replica.
+const RETIRED: &str = "retired";
+
+/// Deletes every file of a retired replica except its marker.
+fn purge(disk: &dyn Disk, dir: &str) -> io::Result<()> {
+    let wal_dir = format!("{dir}/wal");
+    for name in disk.list(&wal_dir)? {
+        disk.remove(&format!("{wal_dir}/{name}"))?;
+    }
+    for name in disk.list(dir)? {
+        if name != RETIRED && name != "wal" {
+            disk.remove(&format!("{dir}/{name}"))?;
+        }
+    }
+    disk.sync_dir(dir)
+}
+
 fn encode_meta(range: KeyRange) -> Vec<u8> {
     let mut w = Writer::default();
     w.buf.extend_from_slice(b"SUTRASHD");
@@ -158,6 +177,13 @@ impl StorageNode {
                 continue;
             };
             let dir = shard_dir(id);
+            if disk.exists(&format!("{dir}/{RETIRED}")) {
+                // Removed from its replica set; finish deleting what a crash left behind.
+                if let Err(e) = purge(&*disk, &dir) {
+                    tracing::warn!(shard = id, error = %e, "cannot finish deleting a retired replica");
+                }
+                continue;
+            }
             let read_meta = || disk.read(&format!("{dir}/shard.meta")).ok().as_deref().and_then(decode_meta);
             // Read twice before giving up: a read error in transit is not a damaged file.
             let Some(range) = read_meta().or_else(read_meta) else {
@@ -245,6 +271,20 @@ impl StorageNode {
         Ok(shard)
     }
 
+    /// Deletes a replica the master removed from the shard's replica set (a membership change
+    /// replaced this node). Its data lives on in the new replica set.
+    pub async fn remove_shard(&self, id: u32) -> Result<(), NodeError> {
+        let _guard = self.create_lock.lock().await;
+        if self.shards.write().unwrap_or_else(|p| p.into_inner()).remove(&id).is_none() {
+            return Err(NodeError::ShardNotFound(id));
+        }
+        let dir = shard_dir(id);
+        write_atomic(&*self.disk, &dir, RETIRED, b"removed from its replica set\n")?;
+        purge(&*self.disk, &dir)?;
+        tracing::info!(shard = id, "deleted a replica removed from the replica set");
+        Ok(())
+    }
+
     /// Creates an empty shard replica. Idempotent for the same range.
     pub async fn create_shard(&self, id: u32, range: KeyRange) -> Result<Arc<Shard>, NodeError> {
         if range.start > range.end {
@@ -262,6 +302,12 @@ impl StorageNode {
         }
         let dir = shard_dir(id);
         self.disk.create_dir_all(&dir)?;
+        let retired = format!("{dir}/{RETIRED}");
+        if self.disk.exists(&retired) {
+            purge(&*self.disk, &dir)?;
+            self.disk.remove(&retired)?;
+            self.disk.sync_dir(&dir)?;
+        }
         write_atomic(&*self.disk, &dir, "shard.meta", &encode_meta(range))?;
         self.disk.sync_dir("shards")?;
         let shard = start_shard(&self.disk, id, range, &self.config).await?;

@@ -64,6 +64,8 @@ pub struct ReplicationInfo {
     pub promised: u64,
     pub commit: u64,
     pub last: EntryId,
+    /// Leads with a lease (its epoch-start entry committed): a membership change may go on.
+    pub leading: bool,
 }
 
 /// (epoch, lsn, lsn_epoch, bytes so far).
@@ -253,7 +255,13 @@ impl Shard {
             promised: c.role.promised(),
             commit: c.applied,
             last: c.role.log().last(),
+            leading: c.leads_with_lease(tokio::time::Instant::now()),
         }
+    }
+
+    /// While leading `epoch`, ship to exactly these learners as well (membership changes).
+    pub fn set_learners(&self, epoch: u64, learners: &[(crate::ids::NodeId, String)]) {
+        self.sh.set_learners(epoch, learners);
     }
 
     /// crc32c of the applied state's canonical image: equal on replicas that applied the same

@@ -40,5 +40,28 @@ pub fn choose_primary(voters: &[NodeId], replies: &[(NodeId, EntryId)]) -> Resul
     Ok(best.0)
 }
 
+/// Rule 4 across a membership change: the fence still needs a majority of the current
+/// `voters`, but the new primary must belong to the next voter set `eligible`. The greatest log
+/// among the eligible repliers still holds every committed entry as long as the current
+/// configuration committed its epoch-start entry (so every committed entry sits on a majority
+/// that a one-member change leaves an eligible holder in); the master only changes a
+/// configuration whose primary leads with a lease.
+pub fn choose_primary_among(
+    voters: &[NodeId],
+    replies: &[(NodeId, EntryId)],
+    eligible: &[NodeId],
+) -> Result<NodeId, PromoteError> {
+    choose_primary(voters, replies)?;
+    let candidates: Vec<(NodeId, EntryId)> =
+        replies.iter().copied().filter(|(n, _)| voters.contains(n) && eligible.contains(n)).collect();
+    let needed = voters.len() / 2 + 1;
+    let best = candidates.iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))).ok_or(PromoteError::NoMajority {
+        got: 0,
+        voters: voters.len(),
+        needed,
+    })?;
+    Ok(best.0)
+}
+
 #[cfg(test)]
 mod tests;

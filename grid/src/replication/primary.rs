@@ -56,6 +56,18 @@ impl Primary {
         Primary { epoch, me, voters, log, durable, peers, commit: replica.commit, epoch_start: start.lsn }
     }
 
+    /// Starts shipping to a non-voting `peer` (a learner): it is sent every entry but counts
+    /// for nothing until a new epoch makes it a voter. False if it is already a peer.
+    pub fn add_learner(&mut self, peer: NodeId) -> bool {
+        if peer == self.me || self.peers.contains_key(&peer) {
+            return false;
+        }
+        // Probe at the end of the log; its mismatch reply moves `next` back to what it holds.
+        let next = self.log.last().lsn + 1;
+        self.peers.insert(peer, Progress { matched: 0, next });
+        true
+    }
+
     /// Steps down: what remains is a replica (after a crash the driver truncates to `durable`).
     pub fn into_replica(self) -> Replica {
         Replica::new(self.log, self.epoch, self.commit)

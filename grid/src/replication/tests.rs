@@ -132,6 +132,36 @@ fn promotion_needs_a_majority_and_picks_the_greatest_log() {
     assert_eq!(choose_primary(&voters, &[(n(2), e(5, 2)), (n(3), e(5, 2))]), Ok(n(2)), "ties go to the lowest id");
 }
 
+#[test]
+fn a_learner_is_shipped_to_but_never_counts_for_commit() {
+    let mut p = Primary::new(n(1), vec![n(1), n(2), n(3)], 2, Replica::new(LogIndex::new(EntryId::default()), 2, 0));
+    assert!(p.add_learner(n(4)));
+    assert!(!p.add_learner(n(4)) && !p.add_learner(n(2)), "already a peer");
+    let w = p.append();
+    p.on_durable(w.lsn);
+    assert!(p.next_append(n(4), 16).unwrap().is_some(), "the learner is sent the log");
+    p.on_reply(n(4), &AppendReply::Ok { epoch: 2, matched: w.lsn });
+    assert_eq!(p.commit, 0, "the primary and a learner are not a majority of three voters");
+    assert_eq!(p.low_water(), 0, "entries are kept for the voters that lag");
+    p.on_reply(n(2), &AppendReply::Ok { epoch: 2, matched: w.lsn });
+    assert_eq!(p.commit, w.lsn);
+}
+
+#[test]
+fn a_membership_change_fences_the_current_voters_and_promotes_from_the_next_set() {
+    let voters = [n(1), n(2), n(3), n(4)];
+    let e = |epoch, lsn| EntryId { epoch, lsn };
+    let replies = [(n(1), e(3, 9)), (n(2), e(3, 8)), (n(4), e(3, 7))];
+    assert_eq!(choose_primary_among(&voters, &replies, &[n(1), n(2), n(3)]), Ok(n(1)));
+    assert_eq!(
+        choose_primary_among(&voters, &replies, &[n(2), n(3), n(4)]),
+        Ok(n(2)),
+        "the leaving node 1 cannot lead"
+    );
+    assert!(choose_primary_among(&voters, &replies[..2], &[n(2), n(3), n(4)]).is_err(), "2 of 4 is no majority");
+    assert!(choose_primary_among(&voters, &replies, &[n(3)]).is_err(), "nobody eligible answered");
+}
+
 // ---- A randomized model: 3 nodes, lost and reordered messages, crashes, failovers ----
 
 enum Role {

@@ -25,6 +25,12 @@ pub struct ShardEntry {
     pub primary: NodeId,
     /// Bumped on every change to this shard's configuration.
     pub epoch: Epoch,
+    /// A membership change in progress (DESIGN.md §5 rule 8): a non-voting member catching up
+    /// from the primary, to join `replicas` and then take `replacing`'s place.
+    #[serde(default)]
+    pub learner: Option<NodeId>,
+    #[serde(default)]
+    pub replacing: Option<NodeId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -101,7 +107,15 @@ pub fn place(shards: u32, replication: usize, nodes: &[NodeInfo]) -> Result<Shar
         }
         let primary = *replicas.iter().min_by_key(|r| (primaries[r], **r)).unwrap_or(&replicas[0]);
         *primaries.entry(primary).or_default() += 1;
-        out.push(ShardEntry { id: ShardId(i as u32), range, replicas, primary, epoch: Epoch(1) });
+        out.push(ShardEntry {
+            id: ShardId(i as u32),
+            range,
+            replicas,
+            primary,
+            epoch: Epoch(1),
+            learner: None,
+            replacing: None,
+        });
     }
     Ok(ShardMap { version: 1, shards: out })
 }
@@ -114,7 +128,8 @@ impl ShardMap {
     }
 
     /// Every invariant a map must hold: ranges sorted, contiguous and covering the whole key
-    /// space exactly once; shard ids unique; replicas distinct; the primary one of them.
+    /// space exactly once; shard ids unique; replicas distinct; the primary one of them; a
+    /// learner not a voter yet, and the voter it replaces still one.
     pub fn validate(&self) -> Result<(), ShardMapError> {
         let bad = |m: String| Err(ShardMapError::Invalid(m));
         let Some(first) = self.shards.first() else { return bad("no shards".into()) };
@@ -142,6 +157,12 @@ impl ShardMap {
             }
             if !s.replicas.contains(&s.primary) {
                 return bad(format!("shard {}'s primary is not one of its replicas", s.id));
+            }
+            if s.learner.is_some_and(|l| s.replicas.contains(&l)) {
+                return bad(format!("shard {}'s learner is already a voter", s.id));
+            }
+            if s.replacing.is_some_and(|r| !s.replicas.contains(&r)) || (s.learner.is_some() && s.replacing.is_none()) {
+                return bad(format!("shard {}'s membership change names a node that is not a voter", s.id));
             }
         }
         Ok(())
