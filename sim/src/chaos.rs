@@ -548,6 +548,26 @@ fn replaced_off(g: &Grid, agent: u8) -> Result<(), String> {
     Ok(())
 }
 
+/// Buggify for one run (`buggify: true` in the scenario), off again when the run ends.
+struct Buggify;
+
+impl Buggify {
+    fn start(on: bool, seed: u64) -> Buggify {
+        if on {
+            sutra_grid::io::buggify::enable(seed);
+        } else {
+            sutra_grid::io::buggify::disable();
+        }
+        Buggify
+    }
+}
+
+impl Drop for Buggify {
+    fn drop(&mut self) {
+        sutra_grid::io::buggify::disable();
+    }
+}
+
 /// Waits until the observer shows `p` in `state`; returns the wait in ms.
 async fn wait_state(g: &Grid, p: Proc, state: NodeState, budget: Duration) -> Option<f64> {
     let start = Instant::now();
@@ -1583,6 +1603,8 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
     let h = Handle::current();
     let mut rng = seeded_rng(madsim::rand::random::<u64>());
     let c = sc.cluster.clone();
+    let buggify_seed: u64 = rng.random();
+    let _buggify = Buggify::start(false, 0);
     let master_addr = plan::master_addr();
 
     let master_disk = SimDisk::new(rng.random());
@@ -1737,7 +1759,8 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
     wait_healthy(&g, BOOT_BUDGET).await.map_err(|e| format!("boot: {e}"))?;
     let boot_s = boot_start.elapsed().as_secs_f64();
 
-    // Fault phase.
+    // Fault phase (buggify fires only here: the heal repairs everything).
+    let _buggify = Buggify::start(sc.buggify, buggify_seed);
     let t0 = Instant::now();
     let acked = Arc::new(Mutex::new(Vec::new()));
     let edge_log = Arc::new(Mutex::new(EdgeLog::default()));
@@ -1779,6 +1802,8 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
     }
 
     // Healing phase.
+    let buggify_points = sutra_grid::io::buggify::enabled_points();
+    sutra_grid::io::buggify::disable();
     g.heal_all(true);
     g.note("heal: every fault undone, dead agents and master booted".into());
     let heal = wait_healthy(&g, Duration::from_secs_f64(sc.heal.budget_s)).await;
@@ -1837,7 +1862,12 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
         failures.extend(check_linearizable(&histories.lock().unwrap()));
     }
     if !failures.is_empty() {
-        return Err(format!("{} check(s) failed: {}", failures.len(), failures.join(" | ")));
+        let buggify = if buggify_points.is_empty() {
+            String::new()
+        } else {
+            format!(" [buggify on: {}]", buggify_points.join(", "))
+        };
+        return Err(format!("{} check(s) failed: {}{buggify}", failures.len(), failures.join(" | ")));
     }
     let last = o.last.clone().unwrap_or_default();
     let end: Vec<(u64, &str)> = last.nodes.iter().map(|n| (n.node_id, state_name(n.state))).collect();
@@ -1864,6 +1894,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
             "edges_checked": edges_checked,
             "status_polls": o.polls_ok,
             "status_polls_failed": o.polls_failed,
+            "buggify_points": buggify_points.len(),
         }),
         end_state_hash: hash,
     })

@@ -22,6 +22,9 @@ pub struct Scenario {
     pub swarm: Option<Swarm>,
     pub checks: Vec<Check>,
     pub heal: Heal,
+    /// Turn on the grid's buggify points (failure-handling branches made to run on purpose).
+    #[serde(default)]
+    pub buggify: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

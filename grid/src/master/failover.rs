@@ -162,7 +162,9 @@ pub async fn elect(master: Arc<Master>, shard: u32, next_voters: Option<Vec<Node
             replies.push(r);
         }
         if replies.len() >= majority && straggle_until.is_none() {
-            straggle_until = Some(tokio::time::Instant::now() + Duration::from_millis(limits::FENCE_STRAGGLER_MS));
+            // Buggify: go on with a bare majority.
+            let wait = if crate::buggify!(0.3) { 0 } else { limits::FENCE_STRAGGLER_MS };
+            straggle_until = Some(tokio::time::Instant::now() + Duration::from_millis(wait));
         }
     }
     let fenced_at = tokio::time::Instant::now();
@@ -215,6 +217,9 @@ pub async fn elect(master: Arc<Master>, shard: u32, next_voters: Option<Vec<Node
         lease_wait_ms: wait.as_millis() as u64,
     };
     // Best effort: the heartbeat's assignment carries the promotion too.
+    if crate::buggify!(0.2) {
+        return Ok(epoch);
+    }
     let addr = addrs.get(&pick).cloned().unwrap_or_default();
     let _ = tokio::time::timeout(deadline, async {
         let c = StorageClient::connect(&addr).await.map_err(|e| e.to_string())?.with_deadline(deadline);

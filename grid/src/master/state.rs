@@ -676,6 +676,8 @@ impl MasterState {
                         Some(format!("node {} no longer needs replacing", old.0))
                     } else if now_ms.saturating_sub(since) > cfg.learner_timeout_ms {
                         Some(format!("learner node {} did not catch up within {} ms", l.0, cfg.learner_timeout_ms))
+                    } else if crate::buggify!(0.02) {
+                        Some("buggify: giving the learner up".to_string())
                     } else {
                         None
                     };

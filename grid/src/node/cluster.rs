@@ -116,6 +116,11 @@ async fn stay_registered(node: Arc<StorageNode>, m: Membership, socket: tokio::n
     let mut next = tokio::time::Instant::now();
     loop {
         next += interval;
+        if crate::buggify!(0.05) {
+            // A heartbeat lost on the way.
+            tokio::time::sleep_until(next.max(tokio::time::Instant::now())).await;
+            continue;
+        }
         let mut req = heartbeat_request(&node, &view, me, known.len() as u64, map_version);
         req.generation = m.generation;
         match client.heartbeat(req).await {
@@ -209,6 +214,9 @@ async fn retire(node: &StorageNode, retired: &[pb::RetiredReplica]) {
         };
         if promised > r.epoch {
             tracing::warn!(shard = r.shard, promised, epoch = r.epoch, "not deleting a replica newer than the map");
+            continue;
+        }
+        if crate::buggify!(0.3) {
             continue;
         }
         if let Err(e) = node.remove_shard(r.shard).await {

@@ -74,7 +74,8 @@ async fn auto_checkpoint(shard: std::sync::Weak<Shard>, config: NodeConfig) {
             return;
         }
         let items = s.read().map(|st| st.overlay_items()).unwrap_or(0);
-        if items >= config.checkpoint_overlay_items {
+        // Buggify: checkpoint early, racing with catch-up, trims and crashes.
+        if items >= config.checkpoint_overlay_items || (items > 0 && crate::buggify!(0.2)) {
             match s.checkpoint().await {
                 Ok(lsn) => tracing::info!(shard = s.id.0, lsn, items, "automatic checkpoint"),
                 Err(e) => tracing::warn!(shard = s.id.0, error = %e, "automatic checkpoint failed"),

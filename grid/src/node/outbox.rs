@@ -74,6 +74,9 @@ async fn deliver_once(node: &StorageNode, router: &Arc<Router>, id: u32) -> Resu
         return Ok(0);
     }
     let delivered = router.deliver_in_edges(id, items).await.map_err(|e| e.to_string())?;
+    if crate::buggify!(0.1) {
+        return Err("buggify: the delivery's acknowledgement was lost".into());
+    }
     shard.mark_delivered(&delivered).await.map_err(|e| e.to_string())?;
     Ok(delivered.len())
 }

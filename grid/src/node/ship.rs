@@ -97,6 +97,8 @@ pub(crate) async fn ship(sh: Arc<Shared>, epoch: u64, peer: NodeId, addr: String
                 .await;
                 let n =
                     read.iter().zip(&a.entries).take_while(|((e, l, _), id)| *e == id.epoch && *l == id.lsn).count();
+                // Buggify: as if the WAL had been trimmed meanwhile.
+                let n = if crate::buggify!(0.3) { 0 } else { n };
                 if n == 0 {
                     // Neither memory nor the WAL holds it any more: send a snapshot.
                     if snapshot(&sh, epoch, peer, &addr, &mut client).await.is_err() {
@@ -132,6 +134,12 @@ pub(crate) async fn ship(sh: Arc<Shared>, epoch: u64, peer: NodeId, addr: String
                 }
             },
         };
+        if crate::buggify!(0.05) {
+            // Buggify: the append is lost on the way.
+            sh.rewind(epoch, peer);
+            tokio::time::sleep(backoff(&mut failures)).await;
+            continue;
+        }
         let sent = Instant::now();
         last_sent = Some(sent);
         match c.append(append_to_pb(sh.shard, &append, &payloads)).await {
