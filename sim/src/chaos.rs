@@ -40,6 +40,8 @@ const POLL: Duration = Duration::from_millis(10);
 /// Targets resolved when the step runs: the primary of some shard, or the one picked last.
 const PICK_PRIMARY: Proc = (254, 0);
 const SAME_PRIMARY: Proc = (254, 1);
+/// The master, as a clock-skew target.
+const MASTER_PROC: Proc = (253, 0);
 /// Quiescence: every replica of every shard at the same commit LSN and state, within this.
 const CONVERGE_BUDGET: Duration = Duration::from_secs(15);
 const BOOT_BUDGET: Duration = Duration::from_secs(30);
@@ -637,6 +639,8 @@ fn resolve(sc: &Scenario, rng: &mut sutra_grid::io::Rng) -> Vec<Planned> {
             | Action::Isolate { node: n }
             | Action::DiskFault { node: n, .. }
             | Action::Expect { node: n, .. } => (vec![node(n, rng)], None),
+            Action::ClockSkew { node: n, .. } if n == "master" => (vec![MASTER_PROC], None),
+            Action::ClockSkew { node: n, .. } => (vec![node(n, rng)], None),
             Action::CutOneWay { from, to } => {
                 let f = node(from, rng);
                 let mut t = node(to, rng);
@@ -728,6 +732,13 @@ fn resolve(sc: &Scenario, rng: &mut sutra_grid::io::Rng) -> Vec<Planned> {
                     // fatal); the agent restarts it.
                     push(repair, Action::DiskFault { node: n.clone(), fault: DiskFaultKind::Clear }, vec![p], None);
                     push(repair, Action::KillProcess { node: n }, vec![p], None);
+                }
+                SwarmKind::ClockSkew => {
+                    let (target, node) =
+                        if rng.random_range(0..7) == 0 { (MASTER_PROC, "master".into()) } else { (p, n) };
+                    let rate = rng.random_range(0.96..1.04);
+                    push(at, Action::ClockSkew { node: node.clone(), rate }, vec![target], None);
+                    push(repair, Action::ClockSkew { node, rate: 1.0 }, vec![target], None);
                 }
                 SwarmKind::SlowLinks => {
                     let max_ms = rng.random_range(20..300);
@@ -1034,6 +1045,15 @@ fn perform(
         Action::Heal => {
             g.heal_all(false);
             g.note("nemesis: heal the network, resume paused processes".into());
+        }
+        Action::ClockSkew { rate, .. } => {
+            let p = step.procs[0];
+            let id = if p == MASTER_PROC { Some(g.master) } else { g.sim_node(p) };
+            if let Some(id) = id {
+                sutra_grid::io::clock::set_rate(id, *rate);
+            }
+            let who = if p == MASTER_PROC { "the master".to_string() } else { name(p) };
+            g.note(format!("nemesis: {who}'s lease clock runs at {rate:.3}x"));
         }
         Action::ExpectReplaced { within_s, .. } => {
             let a = step.agent.unwrap_or(0);
@@ -1601,10 +1621,13 @@ fn max(v: &[f64]) -> Option<f64> {
 
 pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
     let h = Handle::current();
-    let mut rng = seeded_rng(madsim::rand::random::<u64>());
+    let run_seed = madsim::rand::random::<u64>();
+    let mut rng = seeded_rng(run_seed);
     let c = sc.cluster.clone();
-    let buggify_seed: u64 = rng.random();
+    // Derived, not drawn: drawing would shift every later choice of the run.
+    let buggify_seed = run_seed ^ 0x6275_6767_6966_7921;
     let _buggify = Buggify::start(false, 0);
+    sutra_grid::io::clock::clear();
     let master_addr = plan::master_addr();
 
     let master_disk = SimDisk::new(rng.random());
@@ -1805,6 +1828,9 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
     let buggify_points = sutra_grid::io::buggify::enabled_points();
     sutra_grid::io::buggify::disable();
     g.heal_all(true);
+    for id in g.procs().into_iter().filter_map(|p| g.sim_node(p)).chain([g.master]) {
+        sutra_grid::io::clock::set_rate(id, 1.0);
+    }
     g.note("heal: every fault undone, dead agents and master booted".into());
     let heal = wait_healthy(&g, Duration::from_secs_f64(sc.heal.budget_s)).await;
     for t in tasks {

@@ -155,6 +155,13 @@ pub enum Action {
         node: NodeRef,
         fault: DiskFaultKind,
     },
+    /// From now on `node`'s lease clock (or the master's, with `node: master`) runs at `rate`
+    /// seconds per real second (0.5 to 2). Leases tolerate 10% between two clocks; the heal
+    /// sets every rate back to 1.
+    ClockSkew {
+        node: NodeRef,
+        rate: f64,
+    },
     /// Undo every network fault and resume every paused process.
     Heal,
     /// The master's status must show `node` in `state` within `within_s` of this step.
@@ -223,6 +230,8 @@ pub enum SwarmKind {
     PacketLoss,
     SlowLinks,
     DiskFault,
+    /// One process's (or the master's) lease clock runs up to 4% fast or slow.
+    ClockSkew,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -317,6 +326,7 @@ fn validate(s: &Scenario) -> Result<(), String> {
             | Action::DiskFault { node, .. }
             | Action::Expect { node, .. } => vec![node],
             Action::CutOneWay { from, to } => vec![from, to],
+            Action::ClockSkew { node, .. } if node != "master" => vec![node],
             _ => vec![],
         };
         for n in nodes_named {
@@ -339,6 +349,9 @@ fn validate(s: &Scenario) -> Result<(), String> {
                 if !(*within_s > 0.0 && *within_s <= 120.0) =>
             {
                 return at(format!("expect within_s must be in (0, 120]; got {within_s}"))
+            }
+            Action::ClockSkew { rate, .. } if !(0.5..=2.0).contains(rate) => {
+                return at(format!("clock-skew rate must be 0.5 to 2; got {rate}"))
             }
             Action::RestartMaster { down_s } if !(0.0..=60.0).contains(down_s) => {
                 return at(format!("restart-master down_s must be 0 to 60; got {down_s}"))

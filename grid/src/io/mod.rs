@@ -2,6 +2,7 @@
 //! simulator can substitute [`SimDisk`], which models what a real disk does at a crash.
 
 pub mod buggify;
+pub mod clock;
 mod real_disk;
 mod sim_disk;
 mod spawner;

@@ -167,7 +167,8 @@ pub async fn elect(master: Arc<Master>, shard: u32, next_voters: Option<Vec<Node
             straggle_until = Some(tokio::time::Instant::now() + Duration::from_millis(wait));
         }
     }
-    let fenced_at = tokio::time::Instant::now();
+    // The old primary's lease is waited out on this process's lease clock.
+    let fenced_at = crate::io::clock::lease_now();
     // Prefer a healthy majority (its greatest log holds every committed entry too); fall back
     // to everyone who answered.
     let healthy: Vec<(NodeId, EntryId)> = master.with(|st, _| {
@@ -205,7 +206,8 @@ pub async fn elect(master: Arc<Master>, shard: u32, next_voters: Option<Vec<Node
     let wait = if fast {
         Duration::ZERO
     } else {
-        Duration::from_millis(limits::LEASE_MS + limits::LEASE_MARGIN_MS).saturating_sub(fenced_at.elapsed())
+        let since_fence = crate::io::clock::lease_now().saturating_duration_since(fenced_at);
+        Duration::from_millis(limits::LEASE_MS + limits::LEASE_MARGIN_MS).saturating_sub(since_fence)
     };
     tracing::info!(shard, epoch, primary = pick.0, fast, wait_ms = wait.as_millis() as u64, "promoting");
     let req = pb::PromoteRequest {

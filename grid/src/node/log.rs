@@ -529,7 +529,7 @@ fn handle(
     let shard = sh.shard;
     match cmd {
         Cmd::Write(w) => {
-            let active = core.lead.as_ref().is_some_and(|l| Instant::now() >= l.activate_at);
+            let active = core.lead.as_ref().is_some_and(|l| crate::io::clock::lease_now() >= l.activate_at);
             let Role::Primary(p) = &mut core.role else {
                 let _ =
                     w.done.send(Err(ShardError::NotPrimary { shard, reason: "this replica is not primary".into() }));
@@ -655,7 +655,7 @@ fn handle(
             witness::emit(Event::Primary { node: pr.me.0, shard, epoch: pr.epoch });
             core.lead = Some(Lead {
                 epoch: pr.epoch,
-                activate_at: Instant::now() + pr.lease_wait,
+                activate_at: crate::io::clock::lease_now() + pr.lease_wait,
                 acks: BTreeMap::new(),
                 shippers: BTreeMap::new(),
             });

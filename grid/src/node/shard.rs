@@ -241,7 +241,7 @@ impl Shard {
 
     /// Read access at `consistency`: strong reads only on a primary holding its lease.
     pub fn read_at(&self, consistency: Consistency) -> Result<RwLockReadGuard<'_, ShardStore>, ShardError> {
-        if consistency == Consistency::Strong && !self.sh.core().leads_with_lease(tokio::time::Instant::now()) {
+        if consistency == Consistency::Strong && !self.sh.core().leads_with_lease(crate::io::clock::lease_now()) {
             let reason = "strong reads go to the primary while it holds its lease".into();
             return Err(ShardError::NotPrimary { shard: self.id.0, reason });
         }
@@ -255,7 +255,7 @@ impl Shard {
             promised: c.role.promised(),
             commit: c.applied,
             last: c.role.log().last(),
-            leading: c.leads_with_lease(tokio::time::Instant::now()),
+            leading: c.leads_with_lease(crate::io::clock::lease_now()),
         }
     }
 

@@ -140,8 +140,9 @@ pub(crate) async fn ship(sh: Arc<Shared>, epoch: u64, peer: NodeId, addr: String
             tokio::time::sleep(backoff(&mut failures)).await;
             continue;
         }
-        let sent = Instant::now();
-        last_sent = Some(sent);
+        last_sent = Some(Instant::now());
+        // The lease counts from when the append left, on this process's lease clock.
+        let sent = crate::io::clock::lease_now();
         match c.append(append_to_pb(sh.shard, &append, &payloads)).await {
             Ok(r) => {
                 failures = 0;
@@ -190,7 +191,7 @@ async fn snapshot(
     tracing::info!(shard = sh.shard, peer = peer.0, lsn = cp.lsn, bytes = map.len(), "sending a snapshot");
     let total = map.len();
     let mut offset = 0usize;
-    let sent = Instant::now();
+    let sent = crate::io::clock::lease_now();
     loop {
         let end = (offset + limits::SNAPSHOT_CHUNK_BYTES).min(total);
         let chunk = pb::SnapshotChunk {
