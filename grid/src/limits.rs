@@ -187,6 +187,9 @@ pub const REPL_HEARTBEAT_MS: u64 = LEASE_MS / 4;
 /// Bounds on one append RPC.
 pub const REPL_APPEND_ENTRIES_MAX: u64 = 1_024;
 pub const REPL_APPEND_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Appends on their way to one replica at once (pipelining): the next batch leaves before the
+/// last one's fsync on the replica came back.
+pub const REPL_APPENDS_IN_FLIGHT_MAX: usize = 4;
 /// Deadline of one replication RPC (append, fence, promote, snapshot chunk).
 pub const REPL_RPC_DEADLINE_MS: u64 = 1_000;
 /// Outbox items one delivery round takes per shard (DESIGN §5 rule 7).

@@ -1,10 +1,15 @@
 //! Log shipping: one task per replica while this node leads a shard. It sends the entries the
-//! replica lacks (batched: up to `REPL_APPEND_ENTRIES_MAX` per append), an empty append every
+//! replica lacks (batched: up to `REPL_APPEND_ENTRIES_MAX` per append, pipelined: up to
+//! `REPL_APPENDS_IN_FLIGHT_MAX` appends on their way), an empty append every
 //! `REPL_HEARTBEAT_MS` (commit LSN and lease), entries it no longer holds in memory from the
 //! WAL, and a checkpoint snapshot once the WAL no longer has them either.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use sutra_proto as pb;
 use tokio::time::Instant;
@@ -63,27 +68,40 @@ pub(crate) fn reply_from_pb(r: &pb::AppendResponse) -> AppendReply {
     }
 }
 
+/// An append on its way: the lease-clock time it left, and the peer's answer.
+type InFlight = Pin<Box<dyn Future<Output = (Instant, Result<pb::AppendResponse, String>)> + Send>>;
+
 pub(crate) async fn ship(sh: Arc<Shared>, epoch: u64, peer: NodeId, addr: String) {
     let mut client: Option<StorageClient> = None;
     let heartbeat = Duration::from_millis(limits::REPL_HEARTBEAT_MS);
     let deadline = Duration::from_millis(limits::REPL_RPC_DEADLINE_MS);
     let mut last_sent: Option<Instant> = None;
     let mut failures = 0u32;
+    // Pipelining: up to REPL_APPENDS_IN_FLIGHT_MAX appends on their way at once. One that
+    // arrives out of order is refused as a mismatch and sent again; nothing else changes.
+    let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     loop {
         // Registered before looking for work, so a notification in between is not lost.
         let changed = sh.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let due = last_sent.is_none_or(|t| t.elapsed() >= heartbeat);
-        let job = sh.next_job(epoch, peer, due);
+        let full = in_flight.len() >= limits::REPL_APPENDS_IN_FLIGHT_MAX;
+        // An empty append only when nothing is on its way: it would overtake what is.
+        let due = in_flight.is_empty() && last_sent.is_none_or(|t| t.elapsed() >= heartbeat);
+        let job = if full { Job::Wait } else { sh.next_job(epoch, peer, due) };
         let (append, payloads) = match job {
             Job::Stop => return,
             Job::Wait => {
                 let wait = last_sent.map_or(Duration::ZERO, |t| heartbeat.saturating_sub(t.elapsed()));
                 tokio::select! {
                     biased;
-                    _ = changed => {}
-                    _ = tokio::time::sleep(wait) => {}
+                    Some((sent, r)) = in_flight.next(), if !in_flight.is_empty() => {
+                        if !on_answer(&sh, epoch, peer, sent, r, &mut client, &mut failures).await {
+                            return;
+                        }
+                    }
+                    _ = changed, if !full => {}
+                    _ = tokio::time::sleep(wait), if !full => {}
                 }
                 continue;
             }
@@ -143,19 +161,32 @@ pub(crate) async fn ship(sh: Arc<Shared>, epoch: u64, peer: NodeId, addr: String
         last_sent = Some(Instant::now());
         // The lease counts from when the append left, on this process's lease clock.
         let sent = crate::io::clock::lease_now();
-        match c.append(append_to_pb(sh.shard, &append, &payloads)).await {
-            Ok(r) => {
-                failures = 0;
-                if !sh.on_reply(epoch, peer, sent, &reply_from_pb(&r)) {
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::debug!(shard = sh.shard, peer = peer.0, error = %e, "append failed");
-                client = None;
-                sh.rewind(epoch, peer);
-                tokio::time::sleep(backoff(&mut failures)).await;
-            }
+        let req = append_to_pb(sh.shard, &append, &payloads);
+        in_flight.push(Box::pin(async move { (sent, c.append(req).await.map_err(|e| e.to_string())) }));
+    }
+}
+
+/// Handles one append's answer; false when this node no longer leads `epoch`.
+async fn on_answer(
+    sh: &Shared,
+    epoch: u64,
+    peer: NodeId,
+    sent: Instant,
+    answer: Result<pb::AppendResponse, String>,
+    client: &mut Option<StorageClient>,
+    failures: &mut u32,
+) -> bool {
+    match answer {
+        Ok(r) => {
+            *failures = 0;
+            sh.on_reply(epoch, peer, sent, &reply_from_pb(&r))
+        }
+        Err(e) => {
+            tracing::debug!(shard = sh.shard, peer = peer.0, error = %e, "append failed");
+            *client = None;
+            sh.rewind(epoch, peer);
+            tokio::time::sleep(backoff(failures)).await;
+            true
         }
     }
 }
