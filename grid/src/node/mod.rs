@@ -113,6 +113,9 @@ pub struct StorageNode {
     shards: RwLock<BTreeMap<u32, ShardSlot>>,
     /// Serialises shard creation so two racing creates cannot both write a shard directory.
     create_lock: tokio::sync::Mutex<()>,
+    /// Removed replicas whose tasks may still run: their directory is not reused until they
+    /// are gone (a late WAL write must not land in a new replica's files).
+    retiring: std::sync::Mutex<BTreeMap<u32, std::sync::Weak<log::Shared>>>,
 }
 
 fn shard_dir(id: u32) -> String {
@@ -213,6 +216,7 @@ impl StorageNode {
             config,
             shards: RwLock::new(shards),
             create_lock: tokio::sync::Mutex::new(()),
+            retiring: std::sync::Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -276,8 +280,11 @@ impl StorageNode {
     /// replaced this node). Its data lives on in the new replica set.
     pub async fn remove_shard(&self, id: u32) -> Result<(), NodeError> {
         let _guard = self.create_lock.lock().await;
-        if self.shards.write().unwrap_or_else(|p| p.into_inner()).remove(&id).is_none() {
+        let Some(slot) = self.shards.write().unwrap_or_else(|p| p.into_inner()).remove(&id) else {
             return Err(NodeError::ShardNotFound(id));
+        };
+        if let ShardSlot::Serving(s) = slot {
+            self.retiring.lock().unwrap_or_else(|p| p.into_inner()).insert(id, s.liveness());
         }
         let dir = shard_dir(id);
         write_atomic(&*self.disk, &dir, RETIRED, b"removed from its replica set\n")?;
@@ -300,6 +307,15 @@ impl StorageNode {
         }
         if self.slots().len() >= limits::SHARDS_PER_NODE_MAX {
             return Err(NodeError::TooManyShards(limits::SHARDS_PER_NODE_MAX));
+        }
+        {
+            let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
+            if retiring.get(&id).is_some_and(|w| w.strong_count() > 0) {
+                return Err(NodeError::Invalid(format!(
+                    "the removed replica of shard {id} is still shutting down; retry shortly"
+                )));
+            }
+            retiring.remove(&id);
         }
         let dir = shard_dir(id);
         self.disk.create_dir_all(&dir)?;

@@ -259,6 +259,11 @@ impl Shard {
         }
     }
 
+    /// Alive while anything of this replica still runs (its log task, shippers, readers).
+    pub(crate) fn liveness(&self) -> std::sync::Weak<super::log::Shared> {
+        Arc::downgrade(&self.sh)
+    }
+
     /// While leading `epoch`, ship to exactly these learners as well (membership changes).
     pub fn set_learners(&self, epoch: u64, learners: &[(crate::ids::NodeId, String)]) {
         self.sh.set_learners(epoch, learners);
