@@ -227,3 +227,63 @@ async fn master_agent_and_storage_processes_form_a_grid() {
     assert!(!out.status.success(), "status exits non-zero when the grid is not healthy");
     assert!(String::from_utf8_lossy(&out.stdout).contains("Down"));
 }
+
+/// A machine lost for good: its replica is rebuilt on a spare process one member at a time
+/// (learner, voter, old member removed), with `--replace-down-after-s 2`, and no acknowledged
+/// write is lost. The real binaries running the code the `replace-node` scenario simulates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_machines_replica_is_rebuilt_on_a_spare_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let master = format!("127.0.0.1:{}", common::free_port());
+    let m = sutra(&["master", "--listen", &master, "--no-http", "--replace-down-after-s", "2", "--data-dir"])
+        .arg(root.join("master"))
+        .spawn()
+        .unwrap();
+    let agent = |name: &str, n: u16| {
+        let base = common::free_base(n);
+        sutra(&["agent", "--master", &master, "--name", name, "--processes", &n.to_string(), "--vector-dim", "4"])
+            .args(["--base-port", &base.to_string(), "--data-root"])
+            .arg(root.join(name))
+            .spawn()
+            .unwrap()
+    };
+    let (big, small) = (agent("m1", 3), agent("m2", 1));
+    let mut procs = Reap(vec![m, big, small]);
+    until("4 storage processes Up", Duration::from_secs(30), async || {
+        let st = status(&master).await?;
+        (st.nodes.len() == 4 && st.nodes.iter().all(|n| n.state == NodeState::Up.to_pb() as i32)).then_some(())
+    })
+    .await;
+    let out = run(&["init", "--master", &master, "--shards", "1", "--replication", "3"]);
+    assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+    let (st, _) = until("healthy", Duration::from_secs(15), async || status(&master).await.filter(|s| s.healthy)).await;
+    // Placement spreads over machines: m2's only process holds a replica.
+    let lost = st.nodes.iter().find(|n| n.agent == "m2").unwrap().node_id;
+    assert!(st.map.as_ref().unwrap().shards[0].replicas.contains(&lost));
+
+    let router = Router::new(MasterClient::connect(&master).await.unwrap(), Duration::from_secs(5)).await.unwrap();
+    for i in 0..20 {
+        router.write(&common::batch(1, i)).await.unwrap();
+    }
+    // m2 stops for good (its agent takes its process down with it and nobody restarts them).
+    signal(&procs.0[2], libc::SIGTERM);
+    let small = procs.0.remove(2);
+    Reap(vec![small]).0[0].wait().unwrap();
+    let killed = Instant::now();
+    let (st, took) = until("the lost replica replaced", Duration::from_secs(60), async || {
+        let st = status(&master).await?;
+        let e = &st.map.as_ref()?.shards[0];
+        let done = !e.replicas.contains(&lost) && e.replicas.len() == 3 && e.learner == 0 && e.replacing == 0;
+        done.then_some(st)
+    })
+    .await;
+    println!("real mode: replica of a stopped machine replaced {:?} after the stop", killed.elapsed().min(took));
+    assert!(st.map.unwrap().shards[0].epoch >= 4, "two epochs: the learner joins, then the lost node leaves");
+    // Writes after the change commit on the new voter set, and nothing acknowledged is lost.
+    for i in 20..30 {
+        router.write(&common::batch(1, i)).await.unwrap();
+    }
+    let ids: Vec<ConceptId> = (0..30).flat_map(|i| common::ids(1, i)).collect();
+    assert_eq!(router.get_concepts_at(&ids, Consistency::Strong).await.unwrap().len(), 90);
+}
