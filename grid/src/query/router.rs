@@ -87,7 +87,10 @@ fn never_logged(e: &ClientError) -> bool {
         ClientError::Connect { .. } => true,
         ClientError::Rpc { status, .. } => {
             matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::ResourceExhausted)
-                || (status.code() == tonic::Code::Unavailable && status.message().contains("not serving"))
+                // Refused by a replica that does not serve, or a cached channel that could not
+                // reconnect (a dead primary after a failover): the request never left.
+                || (status.code() == tonic::Code::Unavailable
+                    && (status.message().contains("not serving") || status.message().contains("connect error")))
         }
         ClientError::Deadline { .. } => false,
     }
