@@ -101,7 +101,7 @@ pub(crate) async fn ship(sh: Arc<Shared>, epoch: u64, peer: NodeId, addr: String
                         }
                     }
                     _ = changed, if !full => {}
-                    _ = tokio::time::sleep(wait), if !full => {}
+                    _ = tokio::time::sleep(wait), if in_flight.is_empty() => {}
                 }
                 continue;
             }
