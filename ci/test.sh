@@ -79,17 +79,32 @@ replay_check() {
   echo "$scenario: seed 1 replays identically in a fresh process"
 }
 
-step "simulation: control plane (master, agents, storage processes, gossip), $SIM_SEEDS seeds per scenario, determinism check on 3"
+step "simulation: control plane (master, agents, storage processes, gossip), $SIM_SEEDS seeds per scenario, determinism check on 5"
 for scenario in node-crash-restart master-restart gossip-partition control-plane-swarm; do
-  bash ci/sim.sh sweep "$scenario" --seed "$SIM_BASE_SEED" --seeds "$SIM_SEEDS" --jobs 2 --check-determinism 3
+  bash ci/sim.sh sweep "$scenario" --seed "$SIM_BASE_SEED" --seeds "$SIM_SEEDS" --jobs 2 --check-determinism 5
   replay_check "$scenario"
 done
 
-step "simulation: replication (failover, partitions, disk faults, node replacement, swarm), $REPL_SEEDS seeds per scenario, determinism check on 3"
+step "simulation: replication (failover, partitions, disk faults, node replacement, swarm), $REPL_SEEDS seeds per scenario, determinism check on 5"
 for scenario in primary-crash network-partition disk-faults replace-node swarm; do
-  bash ci/sim.sh sweep "$scenario" --seed "$SIM_BASE_SEED" --seeds "$REPL_SEEDS" --jobs 2 --check-determinism 3
+  bash ci/sim.sh sweep "$scenario" --seed "$SIM_BASE_SEED" --seeds "$REPL_SEEDS" --jobs 2 --check-determinism 5
   replay_check "$scenario"
 done
+
+step "simulation: leases under clock skew (within the margin must pass; beyond it the checkers must catch stale strong reads)"
+bash ci/sim.sh sweep skew-within-margin --seed 1 --seeds 20 --jobs 2
+# Fixed seeds 1-10, so this is deterministic: seeds 3 and 6 fail. Every failure must be a
+# linearizability failure, and nothing else may go wrong.
+if out=$(bash ci/sim.sh sweep skew-beyond-margin --seed 1 --seeds 10 --jobs 2 2>&1); then
+  echo "$out"; echo "skew-beyond-margin passed every seed: the checkers missed stale strong reads"; exit 1
+fi
+fails=$(echo "$out" | grep -E '^FAIL ' || true)
+[ -n "$fails" ] || { echo "$out"; echo "skew-beyond-margin failed without a failing seed"; exit 1; }
+if echo "$fails" | sed -E 's/^[^:]*: [0-9]+ check\(s\) failed: //' | tr '|' '\n' | grep -vqE '^ *register-[0-9]+: not linearizable: '; then
+  echo "$fails"; echo "skew-beyond-margin failed a check other than linearizability"; exit 1
+fi
+echo "$fails" | cut -c1-160
+echo "skew-beyond-margin: $(echo "$fails" | wc -l) of 10 seeds caught with stale strong reads, as expected"
 
 step "smoke: the README's main command (sutra dev --no-wait), on free ports"
 smoke_dir=$(mktemp -d)

@@ -637,6 +637,7 @@ fn resolve(sc: &Scenario, rng: &mut sutra_grid::io::Rng) -> Vec<Planned> {
             | Action::Resume { node: n }
             | Action::IsolateFromPeers { node: n }
             | Action::Isolate { node: n }
+            | Action::IsolateFromServers { node: n }
             | Action::DiskFault { node: n, .. }
             | Action::Expect { node: n, .. } => (vec![node(n, rng)], None),
             Action::ClockSkew { node: n, .. } if n == "master" => (vec![MASTER_PROC], None),
@@ -780,7 +781,10 @@ fn perform(
     };
     // Faults that take primaries away start an RTO measurement for each of their shards.
     let lost: Vec<Proc> = match &step.action {
-        Action::KillProcess { .. } | Action::Isolate { .. } | Action::IsolateFromPeers { .. } => step.procs.clone(),
+        Action::KillProcess { .. }
+        | Action::Isolate { .. }
+        | Action::IsolateFromPeers { .. }
+        | Action::IsolateFromServers { .. } => step.procs.clone(),
         Action::KillAgent { .. } | Action::KillMachine { .. } => {
             step.agent.map(|a| (0..g.sc.cluster.processes_per_agent).map(|s| (a, s)).collect()).unwrap_or_default()
         }
@@ -973,6 +977,18 @@ fn perform(
             // master's majority rule ignores `p` reporting everyone unreachable).
             g.truth.lock().unwrap().cut.insert(p);
             g.note(format!("nemesis: isolate {} from its peers (the master still reaches it)", name(p)));
+        }
+        Action::IsolateFromServers { .. } => {
+            let p = step.procs[0];
+            if let Some(x) = g.sim_node(p) {
+                let servers = g.procs().into_iter().filter(|q| *q != p).filter_map(|q| g.sim_node(q));
+                for y in servers.chain([g.master]) {
+                    g.clog_link(x, y);
+                    g.clog_link(y, x);
+                }
+            }
+            g.truth.lock().unwrap().cut.insert(p);
+            g.note(format!("nemesis: isolate {} from the master and its peers (clients still reach it)", name(p)));
         }
         Action::Isolate { .. } => {
             let p = step.procs[0];

@@ -134,6 +134,11 @@ pub enum Action {
     Isolate {
         node: NodeRef,
     },
+    /// Cut a process off from the master and every other storage process, both ways; clients
+    /// still reach it. A deposed primary clients can read from: its lease is all that stops it.
+    IsolateFromServers {
+        node: NodeRef,
+    },
     /// Split the storage processes into two halves that cannot reach each other.
     PartitionHalves,
     /// Drop everything `from` sends to `to`.
@@ -156,7 +161,7 @@ pub enum Action {
         fault: DiskFaultKind,
     },
     /// From now on `node`'s lease clock (or the master's, with `node: master`) runs at `rate`
-    /// seconds per real second (0.5 to 2). Leases tolerate 10% between two clocks; the heal
+    /// seconds per real second (0.1 to 10). Leases tolerate 10% between two clocks; the heal
     /// sets every rate back to 1.
     ClockSkew {
         node: NodeRef,
@@ -323,6 +328,7 @@ fn validate(s: &Scenario) -> Result<(), String> {
             | Action::Resume { node }
             | Action::IsolateFromPeers { node }
             | Action::Isolate { node }
+            | Action::IsolateFromServers { node }
             | Action::DiskFault { node, .. }
             | Action::Expect { node, .. } => vec![node],
             Action::CutOneWay { from, to } => vec![from, to],
@@ -350,8 +356,8 @@ fn validate(s: &Scenario) -> Result<(), String> {
             {
                 return at(format!("expect within_s must be in (0, 120]; got {within_s}"))
             }
-            Action::ClockSkew { rate, .. } if !(0.5..=2.0).contains(rate) => {
-                return at(format!("clock-skew rate must be 0.5 to 2; got {rate}"))
+            Action::ClockSkew { rate, .. } if !(0.1..=10.0).contains(rate) => {
+                return at(format!("clock-skew rate must be 0.1 to 10; got {rate}"))
             }
             Action::RestartMaster { down_s } if !(0.0..=60.0).contains(down_s) => {
                 return at(format!("restart-master down_s must be 0 to 60; got {down_s}"))

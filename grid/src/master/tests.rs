@@ -289,9 +289,9 @@ fn beat_leading(s: &mut MasterState, nodes: &[u64], now: u64, lsn: u64) {
     s.evaluate(now);
 }
 
-#[test]
-fn a_long_down_voter_is_replaced_one_member_at_a_time() {
-    use super::state::{MemberChange, MembershipConfig};
+/// Six nodes on three machines, one shard × 3 in epoch 2 (its primary re-elected), and one of
+/// its non-primary voters to lose.
+fn one_shard_in_epoch_2() -> (MasterState, Vec<u64>, crate::shardmap::ShardEntry, crate::ids::NodeId) {
     let (mut s, nodes) = grid(3, 2);
     let op = s.init(1, 3).unwrap().unwrap();
     s.commit(&op);
@@ -299,6 +299,13 @@ fn a_long_down_voter_is_replaced_one_member_at_a_time() {
     let op = s.elect(0, e.primary.0, 2).unwrap();
     s.commit(&op);
     let lost = *e.replicas.iter().find(|r| **r != e.primary).unwrap();
+    (s, nodes, e, lost)
+}
+
+#[test]
+fn a_long_down_voter_is_replaced_one_member_at_a_time() {
+    use super::state::{MemberChange, MembershipConfig};
+    let (mut s, nodes, e, lost) = one_shard_in_epoch_2();
     let alive: Vec<u64> = nodes.iter().copied().filter(|n| *n != lost.0).collect();
     let cfg = MembershipConfig { replace_after_ms: 5_000, learner_timeout_ms: 60_000, ..MembershipConfig::default() };
     let since = std::collections::BTreeMap::new();
@@ -366,13 +373,7 @@ fn a_long_down_voter_is_replaced_one_member_at_a_time() {
 #[test]
 fn a_learner_is_given_up_when_the_voter_it_replaces_comes_back() {
     use super::state::{MemberChange, MembershipConfig};
-    let (mut s, nodes) = grid(3, 2);
-    let op = s.init(1, 3).unwrap().unwrap();
-    s.commit(&op);
-    let e = s.map().shards[0].clone();
-    let op = s.elect(0, e.primary.0, 2).unwrap();
-    s.commit(&op);
-    let lost = *e.replicas.iter().find(|r| **r != e.primary).unwrap();
+    let (mut s, nodes, e, lost) = one_shard_in_epoch_2();
     let learner = *nodes.iter().find(|n| !e.replicas.contains(&crate::ids::NodeId(**n))).unwrap();
     let op = s.set_learner(0, Some((learner, lost.0)), 2).unwrap();
     s.commit(&op);
