@@ -96,6 +96,10 @@ pub(crate) async fn ship(sh: Arc<Shared>, epoch: u64, peer: NodeId, addr: String
                 tokio::select! {
                     biased;
                     Some((sent, r)) = in_flight.next(), if !in_flight.is_empty() => {
+                        if r.is_err() {
+                            // Everything after it is sent again after the rewind.
+                            in_flight.clear();
+                        }
                         if !on_answer(&sh, epoch, peer, sent, r, &mut client, &mut failures).await {
                             return;
                         }
@@ -120,7 +124,7 @@ pub(crate) async fn ship(sh: Arc<Shared>, epoch: u64, peer: NodeId, addr: String
                 if n == 0 {
                     // Neither memory nor the WAL holds it any more: send a snapshot.
                     if snapshot(&sh, epoch, peer, &addr, &mut client).await.is_err() {
-                        sh.rewind(epoch, peer);
+                        rewind(&sh, epoch, peer, &mut in_flight);
                         tokio::time::sleep(backoff(&mut failures)).await;
                     }
                     continue;
@@ -146,7 +150,7 @@ pub(crate) async fn ship(sh: Arc<Shared>, epoch: u64, peer: NodeId, addr: String
                     c
                 }
                 Err(_) => {
-                    sh.rewind(epoch, peer);
+                    rewind(&sh, epoch, peer, &mut in_flight);
                     tokio::time::sleep(backoff(&mut failures)).await;
                     continue;
                 }
@@ -154,7 +158,7 @@ pub(crate) async fn ship(sh: Arc<Shared>, epoch: u64, peer: NodeId, addr: String
         };
         if crate::buggify!(0.05) {
             // Buggify: the append is lost on the way.
-            sh.rewind(epoch, peer);
+            rewind(&sh, epoch, peer, &mut in_flight);
             tokio::time::sleep(backoff(&mut failures)).await;
             continue;
         }
@@ -164,6 +168,14 @@ pub(crate) async fn ship(sh: Arc<Shared>, epoch: u64, peer: NodeId, addr: String
         let req = append_to_pb(sh.shard, &append, &payloads);
         in_flight.push(Box::pin(async move { (sent, c.append(req).await.map_err(|e| e.to_string())) }));
     }
+}
+
+/// Sends again from the peer's last matched entry. What is in flight is dropped: the backoff
+/// that follows a rewind would leave it unpolled, so each RPC ran out its deadline a step at a
+/// time and the peer never heard from this primary again (swarm seed 7000391).
+fn rewind(sh: &Shared, epoch: u64, peer: NodeId, in_flight: &mut FuturesUnordered<InFlight>) {
+    in_flight.clear();
+    sh.rewind(epoch, peer);
 }
 
 /// Handles one append's answer; false when this node no longer leads `epoch`.
