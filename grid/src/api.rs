@@ -1,4 +1,4 @@
-//! The plain query and learning API (DESIGN §1, §8): what `bin/` serves over HTTP and what the
+//! The plain query and learning API (architecture.md §1, §8): what `bin/` serves over HTTP and what the
 //! simulator and tests call directly. Requests and answers are serde types, validated here, so
 //! every front end rejects the same inputs with the same messages; errors carry a code that
 //! maps to one HTTP status.
@@ -750,7 +750,7 @@ impl Api {
         })
     }
 
-    /// Path finding (DESIGN §6), bounded by `REASON_TIMEOUT_MS` and the request's bounds.
+    /// Path finding (architecture.md §6), bounded by `REASON_TIMEOUT_MS` and the request's bounds.
     pub async fn reason(&self, req: &ReasonRequest) -> Result<ReasonResponse, ApiError> {
         let plan = req.plan()?;
         let t0 = tokio::time::Instant::now();

@@ -1,6 +1,6 @@
 //! Sutra Grid as a library: a distributed store and reasoning engine for concept graphs.
 //!
-//! Layout (DESIGN.md §1):
+//! Layout (architecture.md §1):
 //! - [`limits`]: every bound and default, with the reason for its number.
 //! - [`ids`], [`model`]: concept ids, the data model, label normalisation, batch validation.
 //! - [`codec`]: bounds-checked binary encoding shared by the WAL and checkpoints.

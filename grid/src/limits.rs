@@ -73,7 +73,7 @@ pub const SEARCH_VISITED_MAX: usize = 20_000_000;
 /// with exponentially many shortest paths must not make one request exponential.
 pub const PATHS_ENUMERATED_MAX: usize = 4_096;
 
-/// `/reason` defaults and bounds (the API's; DESIGN §6). A distributed search stops with a
+/// `/reason` defaults and bounds (the API's; architecture.md §6). A distributed search stops with a
 /// budget error past `REASON_VISITED_MAX` vertices and a timeout past `REASON_TIMEOUT_MS`.
 pub const REASON_DEPTH_DEFAULT: usize = 6;
 pub const REASON_PATHS_DEFAULT: usize = 5;
@@ -192,7 +192,7 @@ pub const REPL_APPEND_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const REPL_APPENDS_IN_FLIGHT_MAX: usize = 4;
 /// Deadline of one replication RPC (append, fence, promote, snapshot chunk).
 pub const REPL_RPC_DEADLINE_MS: u64 = 1_000;
-/// Outbox items one delivery round takes per shard (DESIGN §5 rule 7).
+/// Outbox items one delivery round takes per shard (architecture.md §5 rule 7).
 pub const OUTBOX_BATCH_MAX: usize = 1024;
 /// Undelivered in-edges one shard holds before it refuses (Busy) new writes that add more: a
 /// target shard that stays unreachable must not grow the outbox without bound.

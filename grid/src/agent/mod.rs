@@ -77,8 +77,11 @@ pub async fn run_agent(
 }
 
 fn restart_backoff(crashes: u32) -> Duration {
-    let ms = limits::AGENT_RESTART_BACKOFF_MS_INITIAL.saturating_mul(1 << crashes.min(16));
-    Duration::from_millis(ms.min(limits::AGENT_RESTART_BACKOFF_MS_MAX))
+    crate::client::retry_backoff(
+        crashes,
+        limits::AGENT_RESTART_BACKOFF_MS_INITIAL,
+        limits::AGENT_RESTART_BACKOFF_MS_MAX,
+    )
 }
 
 /// Keeps one process running: spawn, wait, report the exit, back off, spawn again.
@@ -152,8 +155,7 @@ async fn connect(master: &str) -> MasterClient {
             Ok(c) => return c.with_deadline(Duration::from_millis(limits::HEARTBEAT_INTERVAL_MS * 2)),
             Err(e) => {
                 tracing::warn!(error = %e, "agent cannot reach the master; retrying");
-                let ms = (limits::RPC_BACKOFF_MS_INITIAL << attempt.min(4)).min(limits::HEARTBEAT_INTERVAL_MS * 2);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                tokio::time::sleep(crate::client::reconnect_backoff(attempt)).await;
                 attempt += 1;
             }
         }

@@ -44,8 +44,20 @@ pub struct StorageClient {
     consistency: pb::Consistency,
 }
 
+/// The one retry delay: `initial_ms` doubled per failed attempt, at most `max_ms`. Every
+/// retry loop in the grid (client calls, registration, shipping, the outbox, the agent's
+/// restarts) waits this, each with its own bounds.
+pub fn retry_backoff(attempt: u32, initial_ms: u64, max_ms: u64) -> Duration {
+    Duration::from_millis(initial_ms.saturating_mul(1 << attempt.min(16)).min(max_ms))
+}
+
+/// Between attempts to reach the master (registration, the agent, the outbox's router).
+pub fn reconnect_backoff(attempt: u32) -> Duration {
+    retry_backoff(attempt, limits::RPC_BACKOFF_MS_INITIAL, limits::RPC_BACKOFF_MS_INITIAL << 4)
+}
+
 fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(limits::RPC_BACKOFF_MS_INITIAL << attempt.min(6))
+    retry_backoff(attempt, limits::RPC_BACKOFF_MS_INITIAL, limits::RPC_BACKOFF_MS_INITIAL << 6)
 }
 
 impl StorageClient {

@@ -1,4 +1,4 @@
-//! Failover (DESIGN.md §5 rules 1, 4 and 6): when a shard's primary is lost, the master fences
+//! Failover (architecture.md §5 rules 1, 4 and 6): when a shard's primary is lost, the master fences
 //! the replica set into the next epoch, promotes the fenced member with the greatest
 //! `(last_epoch, last_lsn)`, records the choice (compare-and-set on the shard's epoch), and
 //! tells the new primary. The new primary waits out the old primary's lease unless the old

@@ -1,4 +1,4 @@
-//! The master: the single source of truth for membership and the shard map (DESIGN.md §4).
+//! The master: the single source of truth for membership and the shard map (architecture.md §4).
 //!
 //! - [`state`]: the pure state machine (registrations, heartbeats, exit reports, node states,
 //!   shard map, status).

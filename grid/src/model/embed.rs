@@ -1,4 +1,4 @@
-//! The built-in embedder (DESIGN §2): deterministic feature hashing of a text's character
+//! The built-in embedder (architecture.md §2): deterministic feature hashing of a text's character
 //! trigrams and words into a fixed dimension, L2-normalised, so cosine similarity measures
 //! shared spelling and vocabulary. No model is downloaded; clients that want semantic vectors
 //! supply their own.

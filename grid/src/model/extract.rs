@@ -1,4 +1,4 @@
-//! Learning from text (DESIGN §2): a deterministic extractor that turns simple English
+//! Learning from text (architecture.md §2): a deterministic extractor that turns simple English
 //! sentences into (subject, relation, object) triples. No model, no network: a sentence either
 //! matches one of the patterns below or yields nothing (and is still stored as a concept by the
 //! caller). Questions and negated sentences never yield a triple.

@@ -9,7 +9,7 @@ pub use validate::{validate_batch, BatchRejected, ItemError};
 
 use crate::ids::ConceptId;
 
-/// The five association kinds of DESIGN.md §2. The discriminants are stored on disk.
+/// The five association kinds of architecture.md §2. The discriminants are stored on disk.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum AssocKind {

@@ -58,9 +58,6 @@ pub async fn run_storage_process(
     r
 }
 
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((limits::RPC_BACKOFF_MS_INITIAL << attempt.min(4)).min(limits::HEARTBEAT_INTERVAL_MS * 2))
-}
 
 async fn connect(master: &str) -> MasterClient {
     let mut attempt = 0;
@@ -69,7 +66,7 @@ async fn connect(master: &str) -> MasterClient {
             Ok(c) => return c.with_deadline(Duration::from_millis(limits::HEARTBEAT_INTERVAL_MS * 2)),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reach the master; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
+                tokio::time::sleep(crate::client::reconnect_backoff(attempt)).await;
                 attempt += 1;
             }
         }
@@ -84,7 +81,7 @@ async fn register(client: &MasterClient, m: &Membership) -> pb::RegisterNodeResp
             Ok(r) => return r,
             Err(e) => {
                 tracing::warn!(error = %e, "registration failed; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
+                tokio::time::sleep(crate::client::reconnect_backoff(attempt)).await;
                 attempt += 1;
             }
         }

@@ -205,7 +205,7 @@ impl Core {
     }
 
     /// True while this primary may acknowledge writes and serve strong reads: activated, its
-    /// epoch-start entry committed, and a lease from a majority (DESIGN.md §5 rule 6).
+    /// epoch-start entry committed, and a lease from a majority (architecture.md §5 rule 6).
     pub fn leads_with_lease(&self, now: Instant) -> bool {
         let (Role::Primary(p), Some(lead)) = (&self.role, &self.lead) else { return false };
         if now < lead.activate_at || p.commit < p.epoch_start {

@@ -30,7 +30,8 @@ pub async fn run(node: Arc<StorageNode>, master: String) {
             // The map may have moved (or been empty when this process started).
             let _ = router.refresh().await;
             failures += 1;
-            (limits::RPC_BACKOFF_MS_INITIAL << failures.min(4)).min(limits::REPL_HEARTBEAT_MS * 2)
+            crate::client::retry_backoff(failures, limits::RPC_BACKOFF_MS_INITIAL, limits::REPL_HEARTBEAT_MS * 2)
+                .as_millis() as u64
         } else {
             failures = 0;
             if busy {
@@ -55,8 +56,7 @@ async fn connect(master: &str) -> Arc<Router> {
             Ok(r) => return r,
             Err(e) => {
                 tracing::debug!(error = %e, "outbox: cannot reach the master; retrying");
-                let ms = (limits::RPC_BACKOFF_MS_INITIAL << attempt.min(4)).min(limits::HEARTBEAT_INTERVAL_MS * 2);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                tokio::time::sleep(crate::client::reconnect_backoff(attempt)).await;
                 attempt += 1;
             }
         }

@@ -38,7 +38,7 @@ pub enum ShardError {
     Unknown { shard: u32, reason: String },
 }
 
-/// How fresh a read must be (DESIGN.md §5 rule 6).
+/// How fresh a read must be (architecture.md §5 rule 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Consistency {
     /// Any replica; never past its commit LSN (the store holds committed entries only).

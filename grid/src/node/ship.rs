@@ -205,7 +205,7 @@ async fn on_answer(
 
 fn backoff(failures: &mut u32) -> Duration {
     *failures += 1;
-    Duration::from_millis((limits::RPC_BACKOFF_MS_INITIAL << (*failures).min(4)).min(limits::REPL_HEARTBEAT_MS * 2))
+    crate::client::retry_backoff(*failures, limits::RPC_BACKOFF_MS_INITIAL, limits::REPL_HEARTBEAT_MS * 2)
 }
 
 /// Sends this primary's latest checkpoint image to `peer` in chunks; its reply to the last

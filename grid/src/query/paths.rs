@@ -1,4 +1,4 @@
-//! Path finding across shards (DESIGN §6): bidirectional, level-synchronous BFS. Each level
+//! Path finding across shards (architecture.md §6): bidirectional, level-synchronous BFS. Each level
 //! expands the smaller frontier with one batched call per shard (the [`Expander`] groups and
 //! parallelises), never one call per vertex. Shortest mode returns every shortest path up to
 //! `max_paths`, best confidence first; confident mode finds the path with the greatest product

@@ -223,7 +223,7 @@ impl Router {
             if !never_logged(&source) || start.elapsed() >= self.deadline {
                 return Err(RouterError::Shard { shard, addr, source });
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20u64 << attempt.min(3))).await;
+            tokio::time::sleep(crate::client::retry_backoff(attempt, 20, 160)).await;
             attempt += 1;
             let t = self.table.read().unwrap_or_else(|p| p.into_inner());
             if let Some(a) = t.entry(shard).and_then(|e| t.addrs.get(&e.primary)) {
@@ -287,7 +287,7 @@ impl Router {
         }
     }
 
-    /// One batched expand call per shard the frontier touches, in parallel (DESIGN §6). Each
+    /// One batched expand call per shard the frontier touches, in parallel (architecture.md §6). Each
     /// shard's call tries the primary, then (eventual reads) the other replicas. A shard that
     /// had to cut its answer short fails the expansion rather than return a partial level.
     pub async fn expand(
@@ -518,7 +518,7 @@ impl Router {
             if start.elapsed() >= self.deadline {
                 return Err(last.unwrap_or(RouterError::NoAddress { shard, node: 0 }));
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20u64 << attempt.min(3))).await;
+            tokio::time::sleep(crate::client::retry_backoff(attempt, 20, 160)).await;
             attempt += 1;
         }
     }

@@ -1,4 +1,4 @@
-//! Replication of one shard's log (DESIGN.md §5), as pure state machines: the primary
+//! Replication of one shard's log (architecture.md §5), as pure state machines: the primary
 //! ([`Primary`]: epoch-start entry, pipelined appends, majority commit of its own epoch's
 //! entries), the replica ([`Replica`]: fencing, log matching, truncation of an uncommitted
 //! suffix only, monotonic commit), and the master's promotion rule ([`choose_primary`]).

@@ -1,7 +1,7 @@
 //! The primary side: it starts its epoch with an epoch-start entry, ships entries to every
 //! replica with many in flight, and commits an entry once a majority of the voters hold it
 //! durably and it carries the primary's own epoch; older entries commit through the
-//! epoch-start entry (DESIGN.md §5 rules 3 and 5; Raft's commit rule).
+//! epoch-start entry (architecture.md §5 rules 3 and 5; Raft's commit rule).
 
 use std::collections::BTreeMap;
 

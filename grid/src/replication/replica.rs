@@ -1,5 +1,5 @@
 //! The replica side: fencing, log matching, truncation of an uncommitted divergent suffix, and
-//! a commit LSN that never moves backwards (DESIGN.md §5 rules 2, 3 and 5).
+//! a commit LSN that never moves backwards (architecture.md §5 rules 2, 3 and 5).
 
 use super::log_index::{EntryId, LogIndex};
 

@@ -25,7 +25,7 @@ pub struct ShardEntry {
     pub primary: NodeId,
     /// Bumped on every change to this shard's configuration.
     pub epoch: Epoch,
-    /// A membership change in progress (DESIGN.md §5 rule 8): a non-voting member catching up
+    /// A membership change in progress (architecture.md §5 rule 8): a non-voting member catching up
     /// from the primary, to join `replicas` and then take `replacing`'s place.
     #[serde(default)]
     pub learner: Option<NodeId>,

@@ -1,4 +1,4 @@
-//! Both sides of an edge (DESIGN §5 rule 7). An association whose target lives on another shard
+//! Both sides of an edge (architecture.md §5 rule 7). An association whose target lives on another shard
 //! is logged once, on the source's shard; applying it there also puts it in that shard's
 //! **outbox**. The source primary delivers outbox items to the target's shard, which logs them
 //! as in-edges, and once they are acknowledged logs a `Delivered` entry that removes them.

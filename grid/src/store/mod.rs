@@ -306,7 +306,7 @@ impl ShardStore {
         best.into_iter().filter_map(|(s, id)| Some((s, self.concept(id)?))).collect()
     }
 
-    /// The local fast path of an expansion (DESIGN §6): the vertices of the next levels after
+    /// The local fast path of an expansion (architecture.md §6): the vertices of the next levels after
     /// `frontier` (up to `levels` of them) for as long as every vertex a level reaches lives
     /// on this shard, so listing their edges too spares the search a call per level. Stops
     /// before a level that would pass `vertices_max` vertices.

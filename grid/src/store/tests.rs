@@ -276,7 +276,7 @@ proptest! {
     }
 }
 
-/// DESIGN §5 rule 7: the source's shard keeps the in-edge in its outbox (through checkpoints)
+/// architecture.md §5 rule 7: the source's shard keeps the in-edge in its outbox (through checkpoints)
 /// until a `Delivered` entry; the target applies deliveries past its inbox mark only.
 #[test]
 fn the_outbox_holds_in_edges_until_delivered_and_the_inbox_skips_repeats() {

@@ -4,11 +4,12 @@
 //! segment, with nothing valid after it, is a torn tail from a crash: it is truncated. Any
 //! other bad record is corruption: `open` fails and the replica must not serve, because
 //! dropping it would silently lose acknowledged data.
+//!
+//! Group commit (one fsync for many records, replies after it) lives in the replica's log
+//! driver, `node/log.rs`, which owns the WAL.
 
-mod group_commit;
 pub mod record;
 
-pub use group_commit::{run_group_commit, CommitSink, Pending};
 pub use record::{Record, RecordType};
 
 use std::sync::Arc;
