@@ -40,6 +40,9 @@ const POLL: Duration = Duration::from_millis(10);
 /// Targets resolved when the step runs: the primary of some shard, or the one picked last.
 const PICK_PRIMARY: Proc = (254, 0);
 const SAME_PRIMARY: Proc = (254, 1);
+/// The first and second follower (voter other than the primary) of the last picked shard.
+const FOLLOWER_1: Proc = (254, 2);
+const FOLLOWER_2: Proc = (254, 3);
 /// The master, as a clock-skew target.
 const MASTER_PROC: Proc = (253, 0);
 /// Quiescence: every replica of every shard at the same commit LSN and state, within this.
@@ -79,6 +82,8 @@ struct Truth {
     node_clogs: BTreeSet<SimNodeId>,
     /// Processes whose disk misbehaved: the heal clears the fault and restarts them.
     disk_faulted: BTreeSet<Proc>,
+    /// Machines an operator drained; the heal takes them back into service.
+    drained: BTreeSet<u8>,
 }
 
 struct Observed {
@@ -110,7 +115,8 @@ struct Grid {
     checker: madsim::runtime::NodeHandle,
     t0: Instant,
     repl: Arc<Mutex<ReplWitness>>,
-    last_primary: Mutex<Option<Proc>>,
+    /// The process the last `primary` step named, and its shard.
+    last_primary: Mutex<Option<(Proc, u32)>>,
 }
 
 /// What the replication witness hook saw, and the write acknowledgements RTO is measured on.
@@ -184,12 +190,22 @@ fn map_from_pb(m: &pb::ShardMap) -> ShardMap {
 
 impl Grid {
     /// The process leading shard `k % shards` in the master's latest map.
-    fn current_primary(&self, k: usize) -> Option<Proc> {
+    /// The primary of the `k`-th shard (mod the shard count) in the latest map, and its shard.
+    fn current_primary(&self, k: usize) -> Option<(Proc, u32)> {
         let o = self.obs.lock().unwrap();
         let st = o.last.as_ref()?;
         let map = st.map.as_ref()?;
         let e = map.shards.get(k % map.shards.len().max(1))?;
-        st.nodes.iter().find(|n| n.node_id == e.primary).and_then(proc_of)
+        st.nodes.iter().find(|n| n.node_id == e.primary).and_then(proc_of).map(|p| (p, e.shard))
+    }
+
+    /// The `i`-th voter other than the primary of `shard` in the latest map.
+    fn follower(&self, shard: u32, i: usize) -> Option<Proc> {
+        let o = self.obs.lock().unwrap();
+        let st = o.last.as_ref()?;
+        let e = st.map.as_ref()?.shards.iter().find(|e| e.shard == shard)?;
+        let id = *e.replicas.iter().filter(|r| **r != e.primary).nth(i)?;
+        st.nodes.iter().find(|n| n.node_id == id).and_then(proc_of)
     }
 
     /// Shards whose primary (in the master's latest map) is one of `procs`.
@@ -533,6 +549,45 @@ fn map_change_problem(
 
 /// Ok when the latest map keeps no replica on machine `agent`, and every shard has
 /// `replication` voters and no membership change in progress.
+/// `sutra drain` (or undrain) for every process on machine `agent`, as an operator would: the
+/// master's `Drain` RPC, retried for 10 s across master restarts and lost answers.
+async fn drain_machine(g: &Grid, agent: u8, drain: bool) -> Result<(), String> {
+    let start = Instant::now();
+    let verb = if drain { "drain" } else { "undrain" };
+    let mut last = String::from("no status yet");
+    while start.elapsed() < Duration::from_secs(10) {
+        let nodes: Vec<u64> = {
+            let o = g.obs.lock().unwrap();
+            o.last
+                .as_ref()
+                .map(|st| {
+                    st.nodes.iter().filter(|n| proc_of(n).is_some_and(|p| p.0 == agent)).map(|n| n.node_id).collect()
+                })
+                .unwrap_or_default()
+        };
+        if !nodes.is_empty() {
+            match MasterClient::connect(&plan::master_addr().to_string()).await {
+                Ok(c) => {
+                    let c = c.with_deadline(Duration::from_millis(500));
+                    let mut all = true;
+                    for n in &nodes {
+                        if let Err(e) = c.drain(*n, drain).await {
+                            last = e.to_string();
+                            all = false;
+                        }
+                    }
+                    if all {
+                        return Ok(());
+                    }
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("{verb} of machine {agent} got no answer within 10 s: {last}"))
+}
+
 fn replaced_off(g: &Grid, agent: u8) -> Result<(), String> {
     let o = g.obs.lock().unwrap();
     let st = o.last.as_ref().ok_or("no status yet")?;
@@ -621,6 +676,9 @@ fn resolve(sc: &Scenario, rng: &mut sutra_grid::io::Rng) -> Vec<Planned> {
                 last_proc = SAME_PRIMARY;
                 return PICK_PRIMARY;
             }
+            "last-primary" => SAME_PRIMARY,
+            "follower-1" => FOLLOWER_1,
+            "follower-2" => FOLLOWER_2,
             _ => {
                 let (a, s) = r.split_once('.').unwrap_or(("0", "0"));
                 (a.parse().unwrap_or(0), s.parse().unwrap_or(0))
@@ -653,6 +711,8 @@ fn resolve(sc: &Scenario, rng: &mut sutra_grid::io::Rng) -> Vec<Planned> {
             Action::KillAgent { agent }
             | Action::KillMachine { agent }
             | Action::RestartAgent { agent }
+            | Action::Drain { agent }
+            | Action::Undrain { agent }
             | Action::ExpectReplaced { agent, .. } => {
                 let a = match agent.as_str() {
                     "random" => rng.random_range(0..c.agents),
@@ -741,6 +801,14 @@ fn resolve(sc: &Scenario, rng: &mut sutra_grid::io::Rng) -> Vec<Planned> {
                     push(at, Action::ClockSkew { node: node.clone(), rate }, vec![target], None);
                     push(repair, Action::ClockSkew { node, rate: 1.0 }, vec![target], None);
                 }
+                SwarmKind::IsolateFromServers => {
+                    push(at, Action::IsolateFromServers { node: n }, vec![p], None);
+                    push(repair, Action::Heal, vec![], None);
+                }
+                SwarmKind::Drain => {
+                    push(at, Action::Drain { agent: a.to_string() }, vec![], Some(a));
+                    push(repair, Action::Undrain { agent: a.to_string() }, vec![], Some(a));
+                }
                 SwarmKind::SlowLinks => {
                     let max_ms = rng.random_range(20..300);
                     push(at, Action::SlowLinks { min_ms: 1, max_ms }, vec![], None);
@@ -768,10 +836,14 @@ fn perform(
         let mut st = step.clone();
         for p in st.procs.iter_mut() {
             if *p == PICK_PRIMARY {
-                *p = g.current_primary(st.at.as_millis() as usize).unwrap_or((0, 0));
-                *g.last_primary.lock().unwrap() = Some(*p);
+                let (picked, shard) = g.current_primary(st.at.as_millis() as usize).unwrap_or(((0, 0), 0));
+                *p = picked;
+                *g.last_primary.lock().unwrap() = Some((picked, shard));
             } else if *p == SAME_PRIMARY {
-                *p = g.last_primary.lock().unwrap().unwrap_or((0, 0));
+                *p = g.last_primary.lock().unwrap().map_or((0, 0), |l| l.0);
+            } else if *p == FOLLOWER_1 || *p == FOLLOWER_2 {
+                let shard = g.last_primary.lock().unwrap().map_or(0, |l| l.1);
+                *p = g.follower(shard, (p.1 - FOLLOWER_1.1) as usize).unwrap_or((0, 0));
             }
         }
         resolved = st;
@@ -1070,6 +1142,25 @@ fn perform(
             }
             let who = if p == MASTER_PROC { "the master".to_string() } else { name(p) };
             g.note(format!("nemesis: {who}'s lease clock runs at {rate:.3}x"));
+        }
+        Action::Drain { .. } | Action::Undrain { .. } => {
+            let a = step.agent.unwrap_or(0);
+            let drain = matches!(step.action, Action::Drain { .. });
+            {
+                let mut t = g.truth.lock().unwrap();
+                if drain {
+                    t.drained.insert(a);
+                } else {
+                    t.drained.remove(&a);
+                }
+            }
+            g.note(format!("operator: {} machine {a}", if drain { "drain" } else { "undrain" }));
+            let (g2, m) = (g.clone(), measured.clone());
+            tasks.push(checker.spawn(async move {
+                if let Err(e) = drain_machine(&g2, a, drain).await {
+                    m.lock().unwrap().failures.push(e);
+                }
+            }));
         }
         Action::ExpectReplaced { within_s, .. } => {
             let a = step.agent.unwrap_or(0);
@@ -1420,7 +1511,7 @@ async fn check_edges(st: &pb::StatusResponse, log: &EdgeLog) -> Result<usize, St
     }
 }
 
-/// Paths equal to a reference BFS over the final graph (DESIGN §7): the distributed search
+/// Paths equal to a reference BFS over the final graph (architecture.md §7): the distributed search
 /// (bidirectional, batched per shard, both directions) between the ends of some writers' chains
 /// and between some unrelated concepts must find exactly the reference's shortest paths.
 /// Asks the grid for shortest paths through the same API the HTTP server wraps
@@ -1676,10 +1767,12 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
         .id();
 
     // Small, per-seed checkpoint triggers and WAL segments: checkpoints, trims, and snapshot
-    // catch-up of lagging replicas happen all the time.
+    // catch-up of lagging replicas happen in every seed. A checkpoint rebuilds the whole image,
+    // so a trigger in the tens made seeds quadratic in their writes; a replica of a 30 s seed
+    // holds about 5,000 items, so these still checkpoint it 2 to 50 times.
     let config = NodeConfig {
         vector_dim: boot::SIM_VECTOR_DIM,
-        checkpoint_overlay_items: rng.random_range(20..1000),
+        checkpoint_overlay_items: rng.random_range(100..2500),
         checkpoint_check_interval_ms: rng.random_range(20..400),
         wal_segment_bytes_max: rng.random_range(4096..256 * 1024),
         repl_retain_bytes: rng.random_range(1024..256 * 1024),
@@ -1743,6 +1836,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
             link_clogs: BTreeSet::new(),
             node_clogs: BTreeSet::new(),
             disk_faulted: BTreeSet::new(),
+            drained: BTreeSet::new(),
         })),
         obs: Arc::new(Mutex::new(Observed {
             last: None,
@@ -1848,6 +1942,13 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
         sutra_grid::io::clock::set_rate(id, 1.0);
     }
     g.note("heal: every fault undone, dead agents and master booted".into());
+    let drained = std::mem::take(&mut g.truth.lock().unwrap().drained);
+    for a in drained {
+        let g2 = g.clone();
+        let undone = clients.spawn(async move { drain_machine(&g2, a, false).await }).await;
+        undone.map_err(|e| format!("{e}"))?.map_err(|e| format!("heal: {e}"))?;
+        g.note(format!("heal: machine {a} back in service"));
+    }
     let heal = wait_healthy(&g, Duration::from_secs_f64(sc.heal.budget_s)).await;
     for t in tasks {
         let _ = t.await;

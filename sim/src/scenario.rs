@@ -84,8 +84,10 @@ pub struct Step {
 }
 
 /// A storage process: `"A.S"` (agent A, slot S), `"random"` (drawn per seed), `"primary"`
-/// (when the step runs: the current primary of a shard drawn per seed), or `"same"` (the
-/// process the previous step named).
+/// (when the step runs: the current primary of a shard drawn per seed), `"last-primary"` (the
+/// process the last `primary` named), `"follower-1"` / `"follower-2"` (when the step runs: the
+/// first / second voter other than the primary of the shard the last `primary` drew), or
+/// `"same"` (the process the previous step named).
 pub type NodeRef = String;
 /// A machine: `"A"`, `"random"`, or `"same"`.
 pub type AgentRef = String;
@@ -167,6 +169,15 @@ pub enum Action {
         node: NodeRef,
         rate: f64,
     },
+    /// An operator drains every process on the machine (`sutra drain`): its replicas must move
+    /// to other machines. Retried for 10 s across master restarts; no answer fails the seed.
+    Drain {
+        agent: AgentRef,
+    },
+    /// The operator takes the machine's processes back into service.
+    Undrain {
+        agent: AgentRef,
+    },
     /// Undo every network fault and resume every paused process.
     Heal,
     /// The master's status must show `node` in `state` within `within_s` of this step.
@@ -237,6 +248,63 @@ pub enum SwarmKind {
     DiskFault,
     /// One process's (or the master's) lease clock runs up to 4% fast or slow.
     ClockSkew,
+    /// A process cut off from the master and its peers while clients still reach it (a deposed
+    /// primary whose lease is all that keeps its strong reads honest).
+    IsolateFromServers,
+    /// An operator drains a machine, and takes it back into service at the repair.
+    Drain,
+}
+
+impl SwarmKind {
+    pub const ALL: &'static [SwarmKind] = &[
+        SwarmKind::KillProcess,
+        SwarmKind::KillAgent,
+        SwarmKind::KillMachine,
+        SwarmKind::PowerLoss,
+        SwarmKind::RestartMaster,
+        SwarmKind::Pause,
+        SwarmKind::IsolateFromPeers,
+        SwarmKind::Isolate,
+        SwarmKind::PartitionHalves,
+        SwarmKind::CutOneWay,
+        SwarmKind::PacketLoss,
+        SwarmKind::SlowLinks,
+        SwarmKind::DiskFault,
+        SwarmKind::ClockSkew,
+        SwarmKind::IsolateFromServers,
+        SwarmKind::Drain,
+    ];
+}
+
+impl Action {
+    /// The swarm kind that draws this step, or why none does. The match is exhaustive so that
+    /// a new step cannot be added without deciding how the swarm covers it; a test requires
+    /// `chaos-scenarios/swarm.yaml` to list every kind.
+    pub fn swarm_kind(&self) -> Result<SwarmKind, &'static str> {
+        Ok(match self {
+            Action::KillProcess { .. } => SwarmKind::KillProcess,
+            Action::KillAgent { .. } => SwarmKind::KillAgent,
+            Action::KillMachine { .. } => SwarmKind::KillMachine,
+            Action::PowerLoss { .. } => SwarmKind::PowerLoss,
+            Action::RestartMaster { .. } => SwarmKind::RestartMaster,
+            Action::Pause { .. } => SwarmKind::Pause,
+            Action::IsolateFromPeers { .. } => SwarmKind::IsolateFromPeers,
+            Action::Isolate { .. } => SwarmKind::Isolate,
+            Action::IsolateFromServers { .. } => SwarmKind::IsolateFromServers,
+            Action::PartitionHalves => SwarmKind::PartitionHalves,
+            Action::CutOneWay { .. } => SwarmKind::CutOneWay,
+            Action::PacketLoss { .. } => SwarmKind::PacketLoss,
+            Action::SlowLinks { .. } => SwarmKind::SlowLinks,
+            Action::DiskFault { .. } => SwarmKind::DiskFault,
+            Action::ClockSkew { .. } => SwarmKind::ClockSkew,
+            Action::Drain { .. } => SwarmKind::Drain,
+            Action::RestartAgent { .. } => return Err("the repair of kill-agent and kill-machine"),
+            Action::Resume { .. } => return Err("the repair of pause"),
+            Action::Undrain { .. } => return Err("the repair of drain"),
+            Action::Heal => return Err("the repair of every network fault"),
+            Action::Expect { .. } | Action::ExpectReplaced { .. } => return Err("an assertion, not a fault"),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -259,12 +327,12 @@ pub enum Check {
     MasterMetadata,
     /// Every acknowledged write is readable after the heal.
     AckedWrites,
-    /// Replication (DESIGN.md §5): one primary per (shard, epoch); no replica's commit LSN goes
+    /// Replication (architecture.md §5): one primary per (shard, epoch); no replica's commit LSN goes
     /// back; at quiescence every replica of a shard has the same commit LSN and state digest.
     Replication,
     /// Strong reads and writes on a register workload are linearizable per key (Wing–Gong).
     Linearizable,
-    /// Both sides of every edge (DESIGN.md §5 rule 7): at quiescence each out-edge has its
+    /// Both sides of every edge (architecture.md §5 rule 7): at quiescence each out-edge has its
     /// in-edge on the target's shard with the same confidence and vice versa, every
     /// acknowledged association is stored, and none that was never attempted appears.
     Edges,
@@ -339,9 +407,11 @@ fn validate(s: &Scenario) -> Result<(), String> {
             check_node_ref(n, c).or_else(&at)?;
         }
         match &st.action {
-            Action::KillAgent { agent } | Action::KillMachine { agent } | Action::RestartAgent { agent } => {
-                check_agent_ref(agent, c).or_else(&at)?
-            }
+            Action::KillAgent { agent }
+            | Action::KillMachine { agent }
+            | Action::RestartAgent { agent }
+            | Action::Drain { agent }
+            | Action::Undrain { agent } => check_agent_ref(agent, c).or_else(&at)?,
             Action::PacketLoss { rate } if !(0.0..=0.5).contains(rate) => {
                 return at(format!("packet-loss rate must be 0 to 0.5; got {rate}"))
             }
@@ -380,11 +450,14 @@ fn validate(s: &Scenario) -> Result<(), String> {
 }
 
 fn check_node_ref(r: &str, c: &Shape) -> Result<(), String> {
-    if r == "random" || r == "same" || r == "primary" {
+    if ["random", "same", "primary", "last-primary", "follower-1", "follower-2"].contains(&r) {
         return Ok(());
     }
-    let (a, s) =
-        r.split_once('.').ok_or_else(|| format!("node {r:?} must be \"A.S\", \"random\", \"primary\" or \"same\""))?;
+    let (a, s) = r.split_once('.').ok_or_else(|| {
+        format!(
+            "node {r:?} must be \"A.S\", \"random\", \"same\", \"primary\", \"last-primary\", \"follower-1\" or \"follower-2\""
+        )
+    })?;
     match (a.parse::<u8>(), s.parse::<u8>()) {
         (Ok(a), Ok(s)) if a < c.agents && s < c.processes_per_agent => Ok(()),
         _ => Err(format!(
@@ -411,6 +484,40 @@ mod tests {
     const OK: &str = "name: t\ncluster: {agents: 3, processes_per_agent: 2, shards: 6}\nduration_s: 10\n\
         timeline:\n  - {at_s: 1, do: kill-process, node: random}\n  - {at_s: 1, do: expect, node: same, state: Down, within_s: 0.1}\n\
         checks: [shard-map]\nheal: {budget_s: 10}\n";
+
+    /// Every fault step the harness knows is drawn by the swarm scenario.
+    #[test]
+    fn swarm_draws_every_fault_step() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../chaos-scenarios/swarm.yaml");
+        let text = std::fs::read_to_string(dir).unwrap();
+        let sc = parse(&text, dir).unwrap();
+        let kinds = sc.swarm.expect("swarm.yaml has a swarm section").kinds;
+        for k in SwarmKind::ALL {
+            assert!(kinds.contains(k), "swarm.yaml does not draw {k:?}; add it to swarm.kinds");
+        }
+        // ALL lists every variant: this match fails to compile when one is added.
+        for k in SwarmKind::ALL {
+            match k {
+                SwarmKind::KillProcess
+                | SwarmKind::KillAgent
+                | SwarmKind::KillMachine
+                | SwarmKind::PowerLoss
+                | SwarmKind::RestartMaster
+                | SwarmKind::Pause
+                | SwarmKind::IsolateFromPeers
+                | SwarmKind::Isolate
+                | SwarmKind::PartitionHalves
+                | SwarmKind::CutOneWay
+                | SwarmKind::PacketLoss
+                | SwarmKind::SlowLinks
+                | SwarmKind::DiskFault
+                | SwarmKind::ClockSkew
+                | SwarmKind::IsolateFromServers
+                | SwarmKind::Drain => {}
+            }
+        }
+        assert_eq!(SwarmKind::ALL.len(), 16, "a kind added to ALL must be added to the match above");
+    }
 
     #[test]
     fn a_good_file_parses() {

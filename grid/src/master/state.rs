@@ -174,7 +174,7 @@ struct AgentLive {
     processes: Vec<pb::ProcessStatus>,
 }
 
-/// When and how the master replaces replicas (DESIGN.md §5 rule 8).
+/// When and how the master replaces replicas (architecture.md §5 rule 8).
 #[derive(Clone, Debug)]
 pub struct MembershipConfig {
     /// A voter Down this long is replaced.
@@ -636,7 +636,7 @@ impl MasterState {
         down_long || self.meta.nodes.get(&node).is_some_and(|r| r.draining)
     }
 
-    /// The next step of each shard's membership change (DESIGN.md §5 rule 8), one member at a
+    /// The next step of each shard's membership change (architecture.md §5 rule 8), one member at a
     /// time: a voter to replace gets a learner on a healthy node (preferring a machine the
     /// shard does not use); a caught-up learner joins the voters in a new epoch; then the
     /// replaced voter leaves in the next. Only shards whose primary leads the map's epoch with
@@ -936,6 +936,22 @@ impl MasterState {
                     problems.push(format!("shard {}: replacing node {} (the new voter has joined)", s.id, old.0))
                 }
                 _ => {}
+            }
+            // A voter on a drained node, with no change under way: the drain is waiting, or stuck.
+            if s.learner.is_none() && s.replacing.is_none() {
+                for v in s.replicas.iter().filter(|v| self.meta.nodes.get(&v.0).is_some_and(|r| r.draining)) {
+                    let can_move = self.meta.nodes.iter().any(|(id, r)| {
+                        !s.replicas.contains(&NodeId(*id)) && !r.draining && self.state_of(*id) == NodeState::Up
+                    });
+                    problems.push(if can_move {
+                        format!("shard {}: voter node {} is draining; waiting to move it", s.id, v.0)
+                    } else {
+                        format!(
+                            "shard {}: voter node {} is draining; no Up node outside the shard can take it",
+                            s.id, v.0
+                        )
+                    });
+                }
             }
             let led = self.nodes.get(&s.primary.0).and_then(|l| l.shards.get(&s.id.0)).map_or(0, |r| r.led);
             if led != s.epoch.0 {

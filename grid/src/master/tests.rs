@@ -137,6 +137,37 @@ fn drain_is_reported_and_persisted_as_an_op() {
 }
 
 #[test]
+fn a_drain_with_nowhere_to_go_is_a_problem_not_healthy() {
+    // Three nodes, one shard on all three: a drained voter has nowhere to move.
+    let (mut s, nodes) = grid(3, 1);
+    let op = s.init(1, 3).unwrap();
+    commit(&mut s, op);
+    beat_all(&mut s, &nodes, 10, &[]);
+    let op = s.drain(nodes[1], true).unwrap();
+    s.commit(&op);
+    beat_all(&mut s, &nodes, 20, &[]);
+    let st = s.status(20);
+    assert!(!st.healthy);
+    let stuck = format!("voter node {} is draining; no Up node outside the shard can take it", nodes[1]);
+    assert!(st.problems.iter().any(|p| p.contains(&stuck)), "{:?}", st.problems);
+    // A fourth machine gives it somewhere to go: the problem says the drain is waiting.
+    let (_, op) = s.register_agent("agent-3", 30).unwrap();
+    commit(&mut s, op);
+    let (n4, op) = s.register_node("agent-3", 0, "10.0.0.1:7130", "10.0.0.1:7230", 1, 30).unwrap();
+    commit(&mut s, op);
+    let all = [nodes.clone(), vec![n4]].concat();
+    beat_all(&mut s, &all, 40, &[]);
+    let st = s.status(40);
+    let waiting = format!("voter node {} is draining; waiting to move it", nodes[1]);
+    assert!(st.problems.iter().any(|p| p.contains(&waiting)), "{:?}", st.problems);
+    // Undrained: no drain problem is left.
+    let op = s.drain(nodes[1], false).unwrap();
+    s.commit(&op);
+    beat_all(&mut s, &all, 50, &[]);
+    assert!(!s.status(50).problems.iter().any(|p| p.contains("draining")), "{:?}", s.status(50).problems);
+}
+
+#[test]
 fn init_places_on_up_nodes_is_idempotent_and_refuses_a_different_shape() {
     let (mut s, _) = grid(2, 1);
     let e = s.init(4, 3).unwrap_err();
