@@ -5,6 +5,9 @@
 #   ci/sim.sh run SCENARIO --seed N [--trace]      replay one seed (prints its report)
 #   ci/sim.sh sweep SCENARIO --seeds K [--jobs J]  K fresh seeds from a random base (printed);
 #                                                  add --seed N to start at N instead
+#   ci/sim.sh sweep SCENARIO --budget-s S          fresh seeds until S wall seconds are spent;
+#                                                  prints how many ran (--seeds K caps them)
+#   ci/sim.sh build                                build the simulator only
 #   ci/sim.sh regressions                          every seed in chaos-scenarios/regressions.txt
 #   ci/sim.sh ... --check-determinism N            also run the first N seeds twice and compare
 #
@@ -30,8 +33,10 @@ case "$verb" in
   regressions)
     shift
     exec "$bin" regressions "$@" ;;
+  build)
+    exit 0 ;;
   ""|-h|--help)
-    sed -n '2,13p' "$0"; exit 2 ;;
+    sed -n '2,16p' "$0"; exit 2 ;;
   *)
     exec "$bin" "$@" ;;
 esac

@@ -1,4 +1,4 @@
-//! The HTTP/JSON API (DESIGN §8), served by the master process: thin axum handlers over
+//! The HTTP/JSON API (architecture.md §8), served by the master process: thin axum handlers over
 //! `sutra_grid::api`, which validates and answers. Every error is `{"error": {"code", "message"}}`
 //! with its status; bodies past `API_BODY_BYTES_MAX` get 413. Prometheus text at `/metrics`.
 

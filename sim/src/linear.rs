@@ -1,4 +1,4 @@
-//! A Wing–Gong linearizability checker for single registers (DESIGN.md §7: strong reads are
+//! A Wing–Gong linearizability checker for single registers (architecture.md §7: strong reads are
 //! linearizable per key). Each key's history is checked on its own: a depth-first search for
 //! an order of the operations that respects real time (an operation that completed before
 //! another was invoked comes first) and register semantics (a read returns the latest write),

@@ -2,7 +2,7 @@
 //! fresh OS thread and runtime (std's HashMap keys are seeded per thread; MADSIM.md).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use madsim::runtime::Runtime;
@@ -67,21 +67,33 @@ pub fn run_seed(scenario: fn() -> ScenarioFuture, seed: u64) -> SeedOutcome {
     }
 }
 
-/// Runs `seeds` in parallel on `jobs` threads; `on_done` sees each outcome as it finishes.
+/// Which seeds a sweep runs: `seed_at(i)` is the i-th seed, `None` past the last.
+/// With a `deadline`, no seed starts after it (those started finish), so a sweep can be given
+/// a wall-clock budget instead of a count.
+pub struct Seeds<'a> {
+    pub seed_at: &'a (dyn Fn(usize) -> Option<u64> + Sync),
+    pub deadline: Option<Instant>,
+    /// Start no more seeds once this is set (a fail-fast sweep sets it on the first failure).
+    pub stop: &'a std::sync::atomic::AtomicBool,
+}
+
+/// Runs seeds in parallel on `jobs` threads; `on_done` sees each outcome as it finishes.
 pub fn sweep(
     scenario: fn() -> ScenarioFuture,
-    seeds: Vec<u64>,
+    seeds: Seeds<'_>,
     jobs: usize,
     on_done: impl Fn(&SeedOutcome) + Sync,
 ) -> Vec<SeedOutcome> {
     let next = AtomicU64::new(0);
-    let out = Mutex::new(Vec::with_capacity(seeds.len()));
-    let seeds = Arc::new(seeds);
+    let out = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
             s.spawn(|| loop {
+                if seeds.deadline.is_some_and(|d| Instant::now() >= d) || seeds.stop.load(Ordering::Relaxed) {
+                    return;
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let Some(&seed) = seeds.get(i) else { return };
+                let Some(seed) = (seeds.seed_at)(i) else { return };
                 let o = run_seed(scenario, seed);
                 on_done(&o);
                 out.lock().unwrap_or_else(|p| p.into_inner()).push(o);
@@ -109,23 +121,30 @@ fn checked_run() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u6
 }
 
 /// Runs `seed` twice under madsim's RNG-log check (any divergence in random draws or timing
-/// panics), then twice more plainly, comparing reports and end-state hashes.
-pub fn check_determinism(scenario: fn() -> ScenarioFuture, seed: u64) -> Result<u64, String> {
+/// panics), and compares its end state with a plain run: `plain` if the sweep already ran this
+/// seed (saves a run), else one run here. A failing plain run is reported by the sweep itself.
+pub fn check_determinism(
+    scenario: fn() -> ScenarioFuture,
+    seed: u64,
+    plain: Option<&SeedOutcome>,
+) -> Result<u64, String> {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     *CHECKED.lock().unwrap_or_else(|p| p.into_inner()) = Some(scenario);
     let checked = std::thread::spawn(move || Runtime::check_determinism(seed, Config::default(), checked_run))
         .join()
         .map_err(|p| format!("seed {seed}: non-determinism: {}", panic_text(p)))?;
-    let a = run_seed(scenario, seed);
-    let b = run_seed(scenario, seed);
-    match (&a.result, &b.result) {
-        (Ok(ra), Ok(rb)) if ra == rb && a.end_state_hash == b.end_state_hash && checked == Ok(a.end_state_hash) => {
-            Ok(a.end_state_hash)
+    let fresh;
+    let a = match plain {
+        Some(o) => o,
+        None => {
+            fresh = run_seed(scenario, seed);
+            &fresh
         }
-        (Ok(_), Ok(_)) => {
-            Err(format!("seed {seed}: two runs differ: hashes {:x} / {:x}", a.end_state_hash, b.end_state_hash))
-        }
+    };
+    match (&a.result, &checked) {
+        (Ok(_), Ok(h)) if *h == a.end_state_hash => Ok(*h),
+        (Ok(_), Ok(h)) => Err(format!("seed {seed}: two runs differ: end-state hashes {:x} / {h:x}", a.end_state_hash)),
         (Err(e), _) | (_, Err(e)) => Err(format!("seed {seed}: run failed: {e}")),
     }
 }

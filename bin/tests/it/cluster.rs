@@ -3,7 +3,7 @@
 //! through the shard map, a kill -9 of one child (reported by its agent, restarted), and the
 //! agent stopping its children on SIGTERM. The same code the simulator runs, without madsim.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

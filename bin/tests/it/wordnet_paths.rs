@@ -4,11 +4,9 @@
 //! Needs Debian's `wordnet-base` (`ci/wordnet.sh` installs it); without it the test says so and
 //! passes, except under CI (`CI` set), where it fails.
 
-mod common;
+use crate::common;
 
-#[path = "../src/import/wordnet.rs"]
-#[allow(dead_code)]
-mod wordnet;
+use crate::wordnet_import as wordnet;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! kill -9 the real `sutra storage` process during concurrent writes, restart it, and check
 //! that every acknowledged batch survived and no batch is half-applied. Real disk, real fsync.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};

@@ -2,7 +2,7 @@
 //! processes, 3 shards × 3 replicas): every route, the documented error codes, garbage input
 //! that must not take a node down, and NDJSON streaming.
 
-mod common;
+use crate::common;
 
 use common::{call, http, DevGrid};
 use serde_json::{json, Value};

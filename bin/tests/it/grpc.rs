@@ -1,7 +1,7 @@
 //! The Storage service over real gRPC on 127.0.0.1, so real prost encoding, real tonic limits
 //! and real error statuses are covered (madsim-tonic passes objects in memory).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
