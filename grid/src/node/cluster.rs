@@ -58,7 +58,6 @@ pub async fn run_storage_process(
     r
 }
 
-
 async fn connect(master: &str) -> MasterClient {
     let mut attempt = 0;
     loop {
