@@ -38,6 +38,9 @@ pub struct ApiArgs {
     /// Sequential /reason queries.
     #[arg(long, default_value_t = 500)]
     reasons: usize,
+    /// `max_paths` of each /reason query (the answers' distinct-path figures count against it).
+    #[arg(long, default_value_t = 32)]
+    max_paths: usize,
     /// Longest path between a pair, in hops.
     #[arg(long, default_value_t = 8)]
     max_hops: usize,
@@ -175,6 +178,7 @@ pub async fn bench_api(a: &ApiArgs) -> Result<serde_json::Value> {
     say(&format!("POST /reason: {} pairs ≤ {} hops apart over hypernym/hyponym", a.reasons, a.max_hops));
     let mut reason_lat = Vec::with_capacity(a.reasons);
     let (mut mismatches, mut cross_shard, mut hops_sum) = (0usize, 0usize, 0usize);
+    let (mut paths_sum, mut distinct_sum, mut k_lat) = (0usize, 0usize, Vec::new());
     while reason_lat.len() < a.reasons {
         let s = rng.random_range(0..tax.names.len()) as u32;
         let dist = tax.bfs(s, a.max_hops);
@@ -193,11 +197,29 @@ pub async fn bench_api(a: &ApiArgs) -> Result<serde_json::Value> {
         };
         let body = json!({
             "start": tax.names[s as usize], "end": tax.names[t as usize],
-            "relations": ["hypernym", "hyponym"], "max_depth": a.max_hops, "max_paths": 5,
+            "relations": ["hypernym", "hyponym"], "max_depth": a.max_hops, "max_paths": a.max_paths,
         });
         let t0 = Instant::now();
         let v = client.post("/reason", &body).await?;
         reason_lat.push(t0.elapsed().as_secs_f64() * 1e3);
+        let paths = v["paths"].as_array().cloned().unwrap_or_default();
+        let seqs: std::collections::BTreeSet<Vec<String>> = paths
+            .iter()
+            .map(|p| p["concepts"].as_array().into_iter().flatten().map(|c| c["id"].to_string()).collect())
+            .collect();
+        paths_sum += paths.len();
+        distinct_sum += seqs.len();
+        // Every fifth pair also asks for the k shortest loop-free paths (a grid that does not
+        // know the mode answers 400, and the figure stays empty).
+        if reason_lat.len() % 5 == 0 {
+            let mut kb = body.clone();
+            kb["mode"] = json!("k_shortest");
+            kb["max_paths"] = json!(a.max_paths.min(8));
+            let t0 = Instant::now();
+            if let Ok((200, _)) = client.send(hyper::Method::POST, "/reason", Some(serde_json::to_vec(&kb)?)).await {
+                k_lat.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
         let hops = v["paths"][0]["hops"].as_u64().map(|h| h as usize);
         if hops != Some(d) {
             mismatches += 1;
@@ -210,6 +232,8 @@ pub async fn bench_api(a: &ApiArgs) -> Result<serde_json::Value> {
         hops_sum += d;
     }
     reason_lat.sort_by(f64::total_cmp);
+    k_lat.sort_by(f64::total_cmp);
+    let per = |n: usize| n as f64 / reason_lat.len().max(1) as f64;
     Ok(json!({
         "bench": "api",
         "get_requests": a.gets,
@@ -224,5 +248,11 @@ pub async fn bench_api(a: &ApiArgs) -> Result<serde_json::Value> {
         "reason_mean_hops": hops_sum as f64 / reason_lat.len().max(1) as f64,
         "reason_cross_shard": cross_shard,
         "reason_hops_mismatches": mismatches,
+        "reason_max_paths": a.max_paths,
+        "reason_paths_per_answer": per(paths_sum),
+        "reason_distinct_paths_per_answer": per(distinct_sum),
+        "reason_k_shortest_queries": k_lat.len(),
+        "reason_k_shortest_ms_p50": ms_percentile(&k_lat, 0.5),
+        "reason_k_shortest_ms_p99": ms_percentile(&k_lat, 0.99),
     }))
 }

@@ -219,6 +219,7 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         "healthy": s.healthy,
         "fault_tolerance": s.fault_tolerance,
         "problems": s.problems,
+        "in_edges_pending": s.in_edges_pending,
         "map_version": map.version,
         "nodes": s.nodes.iter().map(|n| json!({
             "id": n.node_id, "agent": n.agent, "slot": n.slot, "storage_addr": n.storage_addr,
@@ -297,7 +298,7 @@ pub async fn status(a: StatusArgs) -> Result<()> {
                 n.reason
             );
         }
-        println!("shards:");
+        println!("shards:  (in-edges awaiting delivery: {})", s.in_edges_pending);
         print_map(&map);
         for p in &s.problems {
             println!("problem: {p}");

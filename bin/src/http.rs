@@ -271,7 +271,7 @@ const INDEX: &str = "Sutra Grid API
   GET  /concepts/{id}              by 32-hex id or label
   GET  /concepts?label=Paris
   GET  /concepts/{id}/neighbors    ?kind=&relation=&direction=out|in|both&limit=&min_confidence=
-  POST /reason                     {\"start\", \"end\", \"max_depth\", \"max_paths\", \"mode\": \"shortest|confident\", ...}
+  POST /reason                     {\"start\", \"end\", \"max_depth\", \"max_paths\", \"mode\": \"shortest|k_shortest|confident\", ...}
   POST /search                     {\"text\": \"...\", \"k\": 10} or {\"vector\": [...], \"k\": 10}
   GET  /cluster/status  /healthz  /readyz  /metrics
 ";

@@ -155,7 +155,7 @@ pub struct ReasonArgs {
     max_depth: Option<usize>,
     #[arg(long)]
     max_paths: Option<usize>,
-    /// shortest or confident.
+    /// shortest (every shortest path), k_shortest (k best by length) or confident (k best by confidence); k is --max-paths.
     #[arg(long)]
     mode: Option<String>,
     /// Comma-separated kinds to follow.

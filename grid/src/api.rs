@@ -15,10 +15,9 @@ use crate::limits;
 use crate::model::{self, AssocKind, Association, ConceptWrite, Direction, EdgeFilter, WriteBatch};
 use crate::node::convert::{id_from_pb, kind_from_pb};
 use crate::node::Consistency;
-use crate::query::paths::{self, Bounds, PathError, Stats};
+use crate::query::paths::{self, Bounds, Path, PathError, Rank, Stats};
 use crate::query::router::GridExpander;
-use crate::query::{Router, RouterError};
-use crate::store::search::Path;
+use crate::query::{Router, RouterError, ShardWrite};
 
 /// What went wrong, as a front end reports it. `status` is the HTTP status it maps to.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -203,6 +202,11 @@ pub struct LearnRequest {
     /// list (default true; it then has no content and no vector, and its confidence is 1).
     #[serde(default)]
     pub create_concepts: Option<bool>,
+    /// `in_edges` (default): answer once every association is stored at both ends, so this
+    /// client's next read sees it from either concept. `commit`: answer once the source's
+    /// shard committed it; the target's shard gets its in-edge shortly after.
+    #[serde(default)]
+    pub wait_for: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,6 +232,8 @@ pub struct LearnResponse {
     /// Sentences that matched no pattern: stored as concepts, no association extracted.
     pub unmatched: Vec<String>,
     pub shards: Vec<u32>,
+    /// Every association is stored at both ends (always true with `wait_for: in_edges`).
+    pub in_edges_delivered: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -284,7 +290,8 @@ pub struct ReasonRequest {
     pub end: String,
     pub max_depth: Option<usize>,
     pub max_paths: Option<usize>,
-    /// shortest (default) or confident.
+    /// shortest (default: every shortest path), k_shortest (the k best loop-free paths by
+    /// length) or confident (the k best by confidence); k is `max_paths`.
     pub mode: Option<String>,
     #[serde(default)]
     pub kinds: Vec<String>,
@@ -303,6 +310,10 @@ pub struct EdgeOut {
     pub confidence: f32,
     /// forward: walked source → target; backward: walked along an in-edge.
     pub direction: String,
+    /// Every edge joining the hop's two concepts that passed the filter, most confident first;
+    /// the first is the one walked (the fields above). Empty inside this list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub all: Vec<EdgeOut>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -317,7 +328,9 @@ pub struct PathOut {
 pub struct ReasonResponse {
     pub found: bool,
     pub paths: Vec<PathOut>,
-    /// Noisy-OR of the paths' confidences: 1 − Π(1 − cᵢ).
+    /// The probability that at least one returned path holds, each hop independent evidence
+    /// counted once however many paths share it (`query::paths::combined_confidence`): the
+    /// noisy-OR 1 − Π(1 − cᵢ) when the paths share no hop, less when they do.
     pub confidence: f64,
     pub reasoning: Vec<String>,
     pub shards_accessed: usize,
@@ -352,12 +365,23 @@ pub struct SearchResponse {
     pub latency_ms: f64,
 }
 
+/// Which paths `/reason` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every shortest path (up to `max_paths`), most confident first.
+    Shortest,
+    /// The `max_paths` best loop-free paths by length, then confidence.
+    KShortest,
+    /// The `max_paths` best loop-free paths by confidence, then length.
+    Confident,
+}
+
 /// A validated `/reason` request.
 #[derive(Debug, Clone)]
 pub struct ReasonPlan {
     pub start: ConceptId,
     pub end: ConceptId,
-    pub confident: bool,
+    pub mode: Mode,
     pub filter: EdgeFilter,
     pub bounds: Bounds,
     pub consistency: Consistency,
@@ -382,10 +406,16 @@ impl ReasonRequest {
         if !(1..=limits::SEARCH_PATHS_MAX).contains(&max_paths) {
             return Err(ApiError::bad_request("max_paths", format!("must be 1 to {}", limits::SEARCH_PATHS_MAX)));
         }
-        let confident = match self.mode.as_deref().unwrap_or("shortest") {
-            "shortest" => false,
-            "confident" => true,
-            other => return Err(ApiError::bad_request("mode", format!("'{other}' is not one of shortest, confident"))),
+        let mode = match self.mode.as_deref().unwrap_or("shortest") {
+            "shortest" => Mode::Shortest,
+            "k_shortest" => Mode::KShortest,
+            "confident" => Mode::Confident,
+            other => {
+                return Err(ApiError::bad_request(
+                    "mode",
+                    format!("'{other}' is not one of shortest, k_shortest, confident"),
+                ))
+            }
         };
         let direction = match self.direction.as_deref().unwrap_or("both") {
             "both" => Direction::Both,
@@ -414,7 +444,7 @@ impl ReasonRequest {
         Ok(ReasonPlan {
             start: resolve(&self.start),
             end: resolve(&self.end),
-            confident,
+            mode,
             filter,
             bounds: Bounds { max_depth, max_paths, visited_max: limits::REASON_VISITED_MAX },
             consistency: parse_consistency("consistency", self.consistency.as_deref())?,
@@ -608,6 +638,16 @@ pub fn noisy_or(confidences: impl IntoIterator<Item = f64>) -> f64 {
     1.0 - confidences.into_iter().fold(1.0, |acc, c| acc * (1.0 - c.clamp(0.0, 1.0)))
 }
 
+fn edge_out(s: &paths::Step) -> EdgeOut {
+    EdgeOut {
+        kind: s.kind.name().to_string(),
+        relation: s.relation.clone(),
+        confidence: s.confidence,
+        direction: if s.outgoing { "forward" } else { "backward" }.to_string(),
+        all: Vec::new(),
+    }
+}
+
 /// One readable sentence for a path: each fact in its stored direction.
 pub fn explain(path: &PathOut) -> String {
     let name = |i: usize| path.concepts.get(i).map(|c| c.label.as_str()).unwrap_or("?");
@@ -619,11 +659,19 @@ pub fn explain(path: &PathOut) -> String {
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            let rel = e.relation.replace('_', " ");
-            if e.direction == "forward" {
-                format!("{} {rel} {}", name(i), name(i + 1))
+            let fact = |e: &EdgeOut| {
+                let rel = e.relation.replace('_', " ");
+                if e.direction == "forward" {
+                    format!("{} {rel} {}", name(i), name(i + 1))
+                } else {
+                    format!("{} {rel} {}", name(i + 1), name(i))
+                }
+            };
+            let also: Vec<String> = e.all.iter().skip(1).map(fact).collect();
+            if also.is_empty() {
+                fact(e)
             } else {
-                format!("{} {rel} {}", name(i + 1), name(i))
+                format!("{} (also: {})", fact(e), also.join(", "))
             }
         })
         .collect();
@@ -678,9 +726,31 @@ impl Api {
 
     /// Learns sentences and/or structured items as one routed write.
     pub async fn learn(&self, req: LearnRequest) -> Result<LearnResponse, ApiError> {
+        let wait = match req.wait_for.as_deref().unwrap_or("in_edges") {
+            "in_edges" => true,
+            "commit" => false,
+            other => {
+                return Err(ApiError::bad_request("wait_for", format!("'{other}' is not one of in_edges, commit")))
+            }
+        };
         let LearnPlan { batch, triples, unmatched } = req.plan(self.vector_dim)?;
+        let owing = self.router.owing_in_edges(&batch)?;
         let written = self.router.write(&batch).await?;
+        let mut in_edges_delivered = owing.is_empty();
+        if wait && !in_edges_delivered {
+            let pending: Vec<ShardWrite> = written.iter().filter(|w| owing.contains(&w.shard)).cloned().collect();
+            let within = Duration::from_millis(limits::LEARN_DELIVERY_WAIT_MS);
+            if !self.router.wait_delivered(&pending, within).await? {
+                return Err(ApiError::timeout(format!(
+                    "the write committed, but its in-edges did not reach their shards within {} ms; \
+                     repeating it is safe (writes are upserts)",
+                    limits::LEARN_DELIVERY_WAIT_MS
+                )));
+            }
+            in_edges_delivered = true;
+        }
         Ok(LearnResponse {
+            in_edges_delivered,
             concepts: batch
                 .concepts
                 .iter()
@@ -769,11 +839,14 @@ impl Api {
 
     async fn reason_plan(&self, req: &ReasonRequest, plan: &ReasonPlan) -> Result<ReasonResponse, ApiError> {
         let e = GridExpander { router: self.router.clone(), consistency: plan.consistency };
-        let (found, stats): (Vec<Path>, Stats) = if plan.confident {
-            let (p, s) = paths::most_confident_path(&e, plan.start, plan.end, &plan.filter, &plan.bounds).await?;
-            (p.into_iter().collect(), s)
-        } else {
-            paths::shortest_paths(&e, plan.start, plan.end, &plan.filter, &plan.bounds).await?
+        let (found, stats): (Vec<Path>, Stats) = match plan.mode {
+            Mode::Shortest => paths::shortest_paths(&e, plan.start, plan.end, &plan.filter, &plan.bounds).await?,
+            Mode::KShortest => {
+                paths::k_best_paths(&e, plan.start, plan.end, &plan.filter, &plan.bounds, Rank::Hops).await?
+            }
+            Mode::Confident => {
+                paths::k_best_paths(&e, plan.start, plan.end, &plan.filter, &plan.bounds, Rank::Confidence).await?
+            }
         };
         if found.is_empty() || plan.start == plan.end {
             // No path: say so only if both ends exist (a concept, or a vertex with edges).
@@ -793,14 +866,9 @@ impl Api {
             .map(|p| PathOut {
                 concepts: p.vertices.iter().map(|v| ConceptRef { id: v.to_string(), label: label(v) }).collect(),
                 edges: p
-                    .steps
+                    .links
                     .iter()
-                    .map(|s| EdgeOut {
-                        kind: s.kind.name().to_string(),
-                        relation: s.relation.clone(),
-                        confidence: s.confidence,
-                        direction: if s.outgoing { "forward" } else { "backward" }.to_string(),
-                    })
+                    .map(|l| EdgeOut { all: l.iter().map(edge_out).collect(), ..edge_out(&l[0]) })
                     .collect(),
                 hops: p.hops(),
                 confidence: p.confidence,
@@ -808,7 +876,7 @@ impl Api {
             .collect();
         Ok(ReasonResponse {
             found: !paths.is_empty(),
-            confidence: if paths.is_empty() { 0.0 } else { noisy_or(paths.iter().map(|p| p.confidence)) },
+            confidence: paths::combined_confidence(&found),
             reasoning: paths.iter().map(explain).collect(),
             paths,
             shards_accessed: stats.shards.len(),

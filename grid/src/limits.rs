@@ -197,6 +197,9 @@ pub const OUTBOX_BATCH_MAX: usize = 1024;
 /// Undelivered in-edges one shard holds before it refuses (Busy) new writes that add more: a
 /// target shard that stays unreachable must not grow the outbox without bound.
 pub const OUTBOX_ITEMS_MAX: usize = 1_000_000;
+/// How long `/learn` waits (with `wait_for: in_edges`, the default) for its in-edges to reach
+/// their target shards before it answers 504 (the write itself is committed).
+pub const LEARN_DELIVERY_WAIT_MS: u64 = 5_000;
 /// How often a primary looks at its outbox when the last round found nothing to deliver.
 pub const OUTBOX_POLL_MS: u64 = 50;
 /// Deadline of one delivery call; a round that fails backs off up to `REPL_HEARTBEAT_MS * 2`.

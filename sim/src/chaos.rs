@@ -1217,6 +1217,10 @@ fn perform(
 struct EdgeLog {
     attempted: BTreeSet<(ConceptId, ConceptId)>,
     acked: Vec<(ConceptId, ConceptId)>,
+    /// Read-your-writes checks made right after a write and its in-edge delivery, and the
+    /// answers that missed the association.
+    ryw_checked: usize,
+    ryw_violations: Vec<String>,
 }
 
 fn next_edge(source: &str, target: &str, confidence: f32) -> Association {
@@ -1290,12 +1294,28 @@ async fn writer(
         }
         edges.lock().unwrap().attempted.extend(batch.associations.iter().map(|a| (a.source, a.target)));
         let sent = Instant::now();
+        let owing = r.owing_in_edges(&batch).unwrap_or_default();
         match r.write(&batch).await {
             Ok(parts) => {
                 let now = Instant::now();
                 repl.lock().unwrap().acks.extend(parts.iter().map(|p| (sent, now, p.shard)));
-                acked.lock().unwrap().extend(labels);
+                acked.lock().unwrap().extend(labels.iter().cloned());
                 edges.lock().unwrap().acked.extend(batch.associations.iter().map(|a| (a.source, a.target)));
+                // Every third batch reads its own write back, as `/learn` (wait_for: in_edges) does.
+                if i % 3 == 1 {
+                    let pending: Vec<_> = parts.into_iter().filter(|p| owing.contains(&p.shard)).collect();
+                    if let Ok(true) = r.wait_delivered(&pending, Duration::from_secs(2)).await {
+                        let a = batch
+                            .associations
+                            .last()
+                            .cloned()
+                            .unwrap_or_else(|| next_edge(&labels[0], &labels[0], 1.0));
+                        if let Some(problem) = read_your_write(&r, &a).await {
+                            edges.lock().unwrap().ryw_violations.push(problem);
+                        }
+                        edges.lock().unwrap().ryw_checked += 1;
+                    }
+                }
             }
             Err(_) => failed += 1,
         }
@@ -1303,6 +1323,40 @@ async fn writer(
         tokio::time::sleep(pause).await;
     }
     failed
+}
+
+/// Reads association `a` back from its target's end, as the writer's next requests would: the
+/// target's in-edges (strong read) and a one-hop `/reason` from target to source walking both
+/// directions. A read that fails (unavailable under the faults) proves nothing and is skipped;
+/// an answer without the association is a violation.
+async fn read_your_write(r: &Arc<Router>, a: &Association) -> Option<String> {
+    if a.source == a.target {
+        return None;
+    }
+    let filter = EdgeFilter { direction: sutra_grid::model::Direction::In, ..Default::default() };
+    if let Ok(list) = r.neighbors(a.target, &filter, limits::NEIGHBORS_PER_VERTEX_MAX as u32, Consistency::Strong).await
+    {
+        let seen = list
+            .into_iter()
+            .flat_map(|l| l.edges)
+            .any(|e| e.other.as_ref().map(sutra_grid::node::convert::id_from_pb) == Some(a.source) && !e.outgoing);
+        if !seen {
+            return Some(format!(
+                "read-your-writes: the in-edges of {} lack {} right after delivery",
+                a.target, a.source
+            ));
+        }
+    }
+    let e = sutra_grid::query::router::GridExpander { router: r.clone(), consistency: Consistency::Strong };
+    let bounds = sutra_grid::query::paths::Bounds { max_depth: 1, max_paths: 1, ..Default::default() };
+    if let Ok((paths, _)) =
+        sutra_grid::query::paths::shortest_paths(&e, a.target, a.source, &EdgeFilter::default(), &bounds).await
+    {
+        if paths.is_empty() {
+            return Some(format!("read-your-writes: no path {} -> {} right after delivery", a.target, a.source));
+        }
+    }
+    None
 }
 
 /// Keys the register clients share, and how many operations each key's history may hold.
@@ -1477,6 +1531,9 @@ async fn read_edges(st: &pb::StatusResponse, ids: &BTreeSet<ConceptId>) -> Resul
 /// two sides of every edge to agree, every acknowledged association to be stored, and no
 /// association that was never attempted.
 async fn check_edges(st: &pb::StatusResponse, log: &EdgeLog) -> Result<usize, String> {
+    if let Some(v) = log.ryw_violations.first() {
+        return Err(format!("edges: {v} ({} of {} checks failed)", log.ryw_violations.len(), log.ryw_checked));
+    }
     let ids: BTreeSet<ConceptId> = log.attempted.iter().flat_map(|(a, b)| [*a, *b]).collect();
     let start = Instant::now();
     loop {
@@ -1558,6 +1615,12 @@ async fn check_paths(edges: &EdgeSet) -> Result<(), String> {
             .iter()
             .map(|p| p.concepts.iter().map(|c| ConceptId::parse_hex(&c.id).unwrap_or_default()).collect())
             .collect();
+        if got.len() != r.paths.len() {
+            return Err(format!(
+                "paths: {start} -> {end}: {} answers repeat a vertex sequence",
+                r.paths.len() - got.len()
+            ));
+        }
         let ok = match &want {
             None => got.is_empty() && !r.found,
             Some(all) if all.len() <= max_paths => got == *all,
@@ -1961,7 +2024,9 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
     let edges_checked = if sc.checks.contains(&Check::Edges) {
         let map = g.obs.lock().unwrap().last.clone().unwrap_or_default();
         let log = std::mem::take(&mut *edge_log.lock().unwrap());
-        Some(clients.spawn(async move { check_edges(&map, &log).await }).await.map_err(|e| format!("{e}"))??)
+        let ryw = log.ryw_checked;
+        let n = clients.spawn(async move { check_edges(&map, &log).await }).await.map_err(|e| format!("{e}"))??;
+        Some(json!({"edges": n, "read_your_writes": ryw}))
     } else {
         None
     };

@@ -31,6 +31,28 @@ fn the_api_and_the_cli_on_a_local_grid() {
     assert_eq!(v["triples"][0]["relation"], "located_in");
     assert_eq!(v["triples"][1]["kind"], "causal");
     assert_eq!(v["unmatched"], json!(["Is Paris big?", "Blue skies."]));
+    // Read-your-writes: right after `/learn` answers, the association is visible from its
+    // target's end (in-edges, and a one-hop path walked from the target), for pairs whose two
+    // ends are on different shards as well as the same one.
+    for i in 0..12 {
+        let (a, b) = (format!("ryw source {i}"), format!("ryw target {i}"));
+        let (s, v) =
+            call(&api, "POST", "/learn", json!({"associations": [{"source": a, "target": b, "relation": "r"}]}));
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["in_edges_delivered"], true, "{v}");
+        let (s, v) =
+            call(&api, "GET", &format!("/concepts/{}/neighbors?direction=in", b.replace(' ', "%20")), Value::Null);
+        assert_eq!(s, 200, "{v}");
+        assert!(v["neighbors"].as_array().unwrap().iter().any(|n| n["label"] == a.as_str()), "{b} lacks {a}: {v}");
+        let (s, v) = call(&api, "POST", "/reason", json!({"start": b, "end": a, "max_depth": 1}));
+        assert_eq!((s, &v["found"]), (200, &json!(true)), "{v}");
+    }
+    assert_error(
+        call(&api, "POST", "/learn", json!({"content": "A is a B.", "wait_for": "never"})),
+        400,
+        "bad_request",
+        "wait_for",
+    );
     // Structured learning, and the CLI reading it back.
     let (s, v) = call(
         &api,
@@ -80,7 +102,7 @@ fn the_api_and_the_cli_on_a_local_grid() {
             &api,
             "POST",
             "/reason",
-            json!({"start": "Paris", "end": "Tokyo", "mode": "confident", "max_depth": 8}),
+            json!({"start": "Paris", "end": "Tokyo", "mode": "confident", "max_depth": 8, "max_paths": 1}),
         );
         assert_eq!(s, 200, "{v}");
         r = v;
@@ -92,6 +114,16 @@ fn the_api_and_the_cli_on_a_local_grid() {
     assert_eq!(r["found"], true, "{r}");
     assert_eq!(r["paths"].as_array().map(Vec::len), Some(1));
     assert!((r["confidence"].as_f64().unwrap() - 0.99f64.powi(6)).abs() < 1e-3, "{r}");
+    // k paths by confidence: best first, distinct, the first the one above.
+    let (_, r) =
+        call(&api, "POST", "/reason", json!({"start": "Paris", "end": "Tokyo", "mode": "confident", "max_depth": 8}));
+    let confs: Vec<f64> = r["paths"].as_array().unwrap().iter().map(|p| p["confidence"].as_f64().unwrap()).collect();
+    assert!(!confs.is_empty() && confs.windows(2).all(|w| w[0] >= w[1]), "{r}");
+    assert!((confs[0] - 0.99f64.powi(6)).abs() < 1e-3, "{r}");
+    let (_, k) =
+        call(&api, "POST", "/reason", json!({"start": "Paris", "end": "Tokyo", "mode": "k_shortest", "max_depth": 8}));
+    let hops: Vec<u64> = k["paths"].as_array().unwrap().iter().map(|p| p["hops"].as_u64().unwrap()).collect();
+    assert!(!hops.is_empty() && hops.windows(2).all(|w| w[0] <= w[1]), "{k}");
     let (_, r) = call(&api, "POST", "/reason", json!({"start": "Paris", "end": "Tokyo", "max_depth": 2}));
     assert_eq!((&r["found"], &r["confidence"]), (&json!(false), &json!(0.0)));
     let out = g.sutra(&["reason", "Paris", "Tokyo"]);

@@ -17,7 +17,7 @@ fn reason_defaults_follow_the_limits() {
     assert_eq!(p.bounds.max_paths, limits::REASON_PATHS_DEFAULT);
     assert_eq!(p.filter.direction, Direction::Both);
     assert_eq!(p.consistency, Consistency::Strong);
-    assert!(!p.confident);
+    assert_eq!(p.mode, Mode::Shortest);
     assert_eq!(p.start, ConceptId::from_label("paris"));
     assert_eq!(p.end, ConceptId::from_label("eiffel tower"));
 }
@@ -27,7 +27,7 @@ fn reason_accepts_ids_and_names_each_bad_field() {
     let id = ConceptId::from_label("Paris");
     let p = reason(&format!(r#"{{"start": "{id}", "end": "France", "mode": "confident"}}"#)).unwrap();
     assert_eq!(p.start, id);
-    assert!(p.confident);
+    assert_eq!(p.mode, Mode::Confident);
     let cases = [
         (r#"{"start": "a", "end": "b", "max_depth": 11}"#, "max_depth"),
         (r#"{"start": "a", "end": "b", "max_depth": 0}"#, "max_depth"),
@@ -98,6 +98,7 @@ fn explanations_state_each_fact_in_its_stored_direction() {
         relation: rel.into(),
         confidence: 0.9,
         direction: dir.into(),
+        all: Vec::new(),
     };
     let p = PathOut {
         concepts: vec![c("Eiffel Tower"), c("Paris"), c("France")],
@@ -109,6 +110,14 @@ fn explanations_state_each_fact_in_its_stored_direction() {
         explain(&p),
         "Eiffel Tower connects to France in 2 hops (confidence 0.810): \
          Eiffel Tower located in Paris; France has capital Paris."
+    );
+    // A hop joined by several edges names the others.
+    let mut p = p;
+    p.edges[0].all = vec![e("located_in", "forward"), e("contains", "backward")];
+    assert!(
+        explain(&p).contains("Eiffel Tower located in Paris (also: Paris contains Eiffel Tower); "),
+        "{}",
+        explain(&p)
     );
 }
 

@@ -151,6 +151,7 @@ struct ShardLive {
     leading: bool,
     last_lsn: u64,
     commit_lsn: u64,
+    outbox_items: u64,
 }
 
 impl Default for NodeLive {
@@ -397,6 +398,7 @@ impl MasterState {
                     leading: s.leading,
                     last_lsn: s.last_lsn,
                     commit_lsn: s.commit_lsn,
+                    outbox_items: s.outbox_items,
                 };
                 (s.shard, live)
             })
@@ -970,7 +972,15 @@ impl MasterState {
         if self.meta.map.version > 0 && tolerance.is_none() {
             problems.push("some shard has lost a majority of its replicas".into());
         }
+        let in_edges_pending = self
+            .meta
+            .map
+            .shards
+            .iter()
+            .filter_map(|s| self.nodes.get(&s.primary.0)?.shards.get(&s.id.0).map(|l| l.outbox_items))
+            .sum();
         pb::StatusResponse {
+            in_edges_pending,
             healthy: problems.is_empty(),
             nodes,
             agents,

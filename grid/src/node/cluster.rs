@@ -192,6 +192,7 @@ fn heartbeat_request(
                 serving: i.serving,
                 primary_epoch: i.primary_epoch,
                 commit_lsn: i.commit_lsn,
+                outbox_items: i.outbox_items,
             }
         })
         .collect();

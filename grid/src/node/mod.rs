@@ -116,6 +116,9 @@ pub struct StorageNode {
     /// Removed replicas whose tasks may still run: their directory is not reused until they
     /// are gone (a late WAL write must not land in a new replica's files).
     retiring: std::sync::Mutex<BTreeMap<u32, std::sync::Weak<log::Shared>>>,
+    /// Wakes the outbox task when a write owes in-edges, so a writer waiting for their
+    /// delivery does not wait out the idle poll.
+    pub(crate) outbox_wake: tokio::sync::Notify,
 }
 
 fn shard_dir(id: u32) -> String {
@@ -217,6 +220,7 @@ impl StorageNode {
             shards: RwLock::new(shards),
             create_lock: tokio::sync::Mutex::new(()),
             retiring: std::sync::Mutex::new(BTreeMap::new()),
+            outbox_wake: tokio::sync::Notify::new(),
         }))
     }
 

@@ -40,7 +40,12 @@ pub async fn run(node: Arc<StorageNode>, master: String) {
                 limits::OUTBOX_POLL_MS
             }
         };
-        tokio::time::sleep(Duration::from_millis(pause)).await;
+        if failed || busy {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        } else {
+            // Idle: the next write that owes in-edges wakes the task early.
+            let _ = tokio::time::timeout(Duration::from_millis(pause), node.outbox_wake.notified()).await;
+        }
     }
 }
 

@@ -75,6 +75,9 @@ pub(crate) fn shard_info(id: u32, slot: &ShardSlot) -> pb::ShardInfo {
             let r = s.replication();
             let st = s.read().ok();
             let (concepts, out_edges, in_edges) = st.as_ref().map(|st| st.counts()).unwrap_or_default();
+            let outbox = st.as_ref().map(|st| &st.links().outbox);
+            let outbox_items = outbox.map_or(0, |o| o.len() as u64);
+            let outbox_oldest_lsn = outbox.and_then(|o| o.keys().next()).map_or(0, |s| crate::store::links::lsn_of(*s));
             pb::ShardInfo {
                 shard: id,
                 key_start: s.range.start,
@@ -90,6 +93,8 @@ pub(crate) fn shard_info(id: u32, slot: &ShardSlot) -> pb::ShardInfo {
                 promised_epoch: r.promised,
                 commit_lsn: r.commit,
                 last_epoch: r.last.epoch,
+                outbox_items,
+                outbox_oldest_lsn,
                 state_digest: 0,
             }
         }
@@ -150,7 +155,11 @@ impl pb::storage_server::Storage for StorageService {
         too_many("items", req.concepts.len() + req.associations.len(), limits::BATCH_ITEMS_MAX)?;
         let shard = self.node.shard(req.shard)?;
         let (batch, errors) = batch_from_pb(req.concepts, req.associations);
+        let remote = batch.associations.iter().any(|a| !shard.range.contains(a.target));
         let w = shard.write(batch, errors).await?;
+        if remote {
+            self.node.outbox_wake.notify_one();
+        }
         let concept_ids = w.concept_ids.into_iter().map(id_to_pb).collect();
         Ok(Response::new(pb::WriteBatchResponse { lsn: w.lsn, concept_ids }))
     }

@@ -5,7 +5,7 @@
 //! never logged: it is retried against the re-read map until the router's deadline. Eventual
 //! reads try every replica; strong reads go to the primary and retry the same way.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use sutra_proto as pb;
@@ -16,8 +16,8 @@ use crate::limits;
 use crate::model::{Association, EdgeFilter, WriteBatch};
 use crate::node::convert::{id_from_pb, kind_from_pb};
 use crate::node::Consistency;
+use crate::query::paths::Step;
 use crate::query::paths::{Expander, Expansion};
-use crate::store::search::Step;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -230,6 +230,76 @@ impl Router {
                 addr = a.clone();
             }
         }
+    }
+
+    /// The shards of `batch`'s parts that owe in-edges to another shard (an association whose
+    /// target lives elsewhere): only their writes have anything to deliver.
+    pub fn owing_in_edges(&self, batch: &WriteBatch) -> Result<BTreeSet<u32>, RouterError> {
+        let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = BTreeSet::new();
+        for a in &batch.associations {
+            let from = t.shard_for(a.source.placement_key())?.shard;
+            if t.shard_for(a.target.placement_key())?.shard != from {
+                out.insert(from);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits until every write in `writes` has delivered its in-edges to their target shards:
+    /// the primary's oldest undelivered outbox item was logged after the write (or there is
+    /// none). Asks the primaries, backing off from 2 ms to 50 ms; `Ok(false)` when `within`
+    /// ran out first.
+    pub async fn wait_delivered(
+        &self,
+        writes: &[ShardWrite],
+        within: std::time::Duration,
+    ) -> Result<bool, RouterError> {
+        let start = tokio::time::Instant::now();
+        let mut attempt = 0u32;
+        let mut left: Vec<ShardWrite> = writes.to_vec();
+        while !left.is_empty() {
+            let mut still = Vec::new();
+            for w in left {
+                let addr = self.read_addrs(w.shard, Consistency::Strong).into_iter().next();
+                let info = match &addr {
+                    Some(addr) => match self.client(addr).await {
+                        Ok(c) => c.shard_info(w.shard).await.ok(),
+                        Err(_) => None,
+                    },
+                    None => None,
+                };
+                match info {
+                    Some(i)
+                        if i.primary_epoch > 0
+                            && i.commit_lsn >= w.lsn
+                            && (i.outbox_oldest_lsn == 0 || i.outbox_oldest_lsn > w.lsn) => {}
+                    Some(i) if i.primary_epoch > 0 => still.push(w),
+                    _ => {
+                        // Not the primary (any more), or unreachable: look the shard up again.
+                        if let Some(a) = addr {
+                            self.forget(&a);
+                        }
+                        let _ = self.refresh().await;
+                        still.push(w);
+                    }
+                }
+            }
+            left = still;
+            if left.is_empty() {
+                break;
+            }
+            if start.elapsed() >= within {
+                return Ok(false);
+            }
+            tokio::time::sleep(crate::client::retry_backoff(attempt, 2, 50)).await;
+            attempt += 1;
+        }
+        Ok(true)
+    }
+
+    fn read_addrs(&self, shard: u32, consistency: Consistency) -> Vec<String> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).read_addrs(shard, consistency)
     }
 
     /// Delivers outbox items of `source_shard` (ascending sequence numbers) to their targets'

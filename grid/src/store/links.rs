@@ -28,6 +28,11 @@ pub fn seq(lsn: u64, index: usize) -> u64 {
     (lsn << INDEX_BITS) | index as u64
 }
 
+/// The LSN of the write that logged outbox item `seq`.
+pub fn lsn_of(seq: u64) -> u64 {
+    seq >> INDEX_BITS
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Links {
     /// Undelivered in-edges for other shards, by sequence number.

@@ -5,7 +5,6 @@
 pub mod batch_codec;
 pub mod checkpoint;
 pub mod links;
-pub mod search;
 
 use std::collections::HashMap;
 use std::sync::Arc;

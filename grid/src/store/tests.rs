@@ -3,7 +3,6 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 
 use super::checkpoint::{build_image, CheckpointMeta};
-use super::search::{most_confident_path, shortest_paths, Graph, Step};
 use super::*;
 use crate::io::Mapped;
 use crate::model::{Association, ConceptWrite};
@@ -184,95 +183,6 @@ proptest! {
             prop_assert_eq!(edges_of(&s, id(v)), edges_of(&cp, id(v)));
         }
         prop_assert_eq!(s.counts(), cp.counts());
-    }
-}
-
-/// Reference: every simple path of at most `max_depth` hops, by exhaustive DFS.
-fn all_simple_paths(
-    g: &dyn Graph,
-    from: ConceptId,
-    to: ConceptId,
-    max_depth: usize,
-) -> Vec<(Vec<ConceptId>, Vec<Step>)> {
-    fn dfs(
-        g: &dyn Graph,
-        v: ConceptId,
-        to: ConceptId,
-        left: usize,
-        vs: &mut Vec<ConceptId>,
-        ss: &mut Vec<Step>,
-        out: &mut Vec<(Vec<ConceptId>, Vec<Step>)>,
-    ) {
-        if v == to {
-            out.push((vs.clone(), ss.clone()));
-            return;
-        }
-        if left == 0 {
-            return;
-        }
-        let mut steps = Vec::new();
-        g.expand(v, &EdgeFilter::default(), &mut |s| {
-            steps.push(s);
-            true
-        });
-        for s in steps {
-            if vs.contains(&s.to) {
-                continue;
-            }
-            vs.push(s.to);
-            ss.push(s.clone());
-            dfs(g, s.to, to, left - 1, vs, ss, out);
-            vs.pop();
-            ss.pop();
-        }
-    }
-    let mut out = Vec::new();
-    dfs(g, from, to, max_depth, &mut vec![from], &mut Vec::new(), &mut out);
-    out
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
-
-    #[test]
-    fn shortest_and_confident_paths_match_brute_force(
-        edges in proptest::collection::vec((0u32..9, 0u32..9, 0.05f32..=1.0), 0..30),
-        a in 0u32..9, b in 0u32..9, k in 1usize..6,
-    ) {
-        let s = store_with(&edges, 9);
-        let depth = 5;
-        let reference = all_simple_paths(&s, id(a), id(b), depth);
-        let got = shortest_paths(&s, id(a), id(b), k, depth, &EdgeFilter::default(), 10_000).unwrap();
-        let min_hops = reference.iter().map(|p| p.1.len()).min();
-        match min_hops {
-            None => prop_assert!(got.is_empty()),
-            Some(h) => {
-                let shortest: Vec<_> = reference.iter().filter(|p| p.1.len() == h).collect();
-                prop_assert!(got.iter().all(|p| p.hops() == h));
-                prop_assert_eq!(got.len(), shortest.len().min(k));
-                let mut keys: Vec<_> = got.iter().map(|p| format!("{:?}", p.steps)).collect();
-                keys.sort();
-                keys.dedup();
-                prop_assert_eq!(keys.len(), got.len(), "paths are distinct");
-                if shortest.len() <= k {
-                    let mut want: Vec<_> = shortest.iter().map(|p| format!("{:?}", p.1)).collect();
-                    want.sort();
-                    prop_assert_eq!(keys, want);
-                }
-            }
-        }
-        let best = most_confident_path(&s, id(a), id(b), depth, &EdgeFilter::default(), 10_000).unwrap();
-        let want = reference.iter().map(|p| p.1.iter().map(|s| s.confidence as f64).product::<f64>()).fold(None, |m: Option<f64>, c| Some(m.map_or(c, |m| m.max(c))));
-        match (best, want) {
-            (None, None) => {}
-            (Some(p), Some(w)) => {
-                prop_assert!((p.confidence - w).abs() < 1e-9, "{} vs {}", p.confidence, w);
-                prop_assert!(p.hops() <= depth);
-                let product: f64 = p.steps.iter().map(|s| s.confidence as f64).product();
-                prop_assert!((product - p.confidence).abs() < 1e-9);
-            }
-            (p, w) => prop_assert!(false, "got {:?}, want {:?}", p.map(|p| p.confidence), w),
-        }
     }
 }
 

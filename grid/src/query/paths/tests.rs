@@ -33,11 +33,12 @@ impl Sharded {
             concepts: Vec::new(),
             associations: edges
                 .iter()
-                .map(|(a, b, c)| Association {
+                .enumerate()
+                .map(|(i, (a, b, c))| Association {
                     source: id(*a),
                     target: id(*b),
                     kind: AssocKind::Semantic,
-                    relation: "r".into(),
+                    relation: relation(edges, i),
                     confidence: *c,
                     evidence: String::new(),
                 })
@@ -57,6 +58,12 @@ impl Sharded {
         }
         Sharded(shards)
     }
+}
+
+/// Parallel edges (the same ordered pair again) get relations of their own, so each is stored.
+fn relation(edges: &[(usize, usize, f32)], i: usize) -> String {
+    let (a, b, _) = edges[i];
+    format!("r{}", edges[..i].iter().filter(|(x, y, _)| (*x, *y) == (a, b)).count())
 }
 
 fn steps_of(s: &ShardStore, v: ConceptId, filter: &EdgeFilter) -> Vec<Step> {
@@ -182,15 +189,90 @@ fn best_product(n: usize, edges: &[(usize, usize, f32)], both: bool, s: usize, t
     best
 }
 
+/// The confidences of every edge that joins `a` to `b` as a hop (either orientation if `both`).
+fn joining(edges: &[(usize, usize, f32)], both: bool, a: usize, b: usize) -> Vec<f32> {
+    let mut out: Vec<f32> = edges
+        .iter()
+        .filter(|(x, y, _)| (*x, *y) == (a, b) || (both && (*x, *y) == (b, a)))
+        .map(|(_, _, c)| *c)
+        .collect();
+    out.sort_by(|x, y| y.total_cmp(x));
+    out
+}
+
+/// Each hop walks the most confident joining edge and lists every joining edge.
+fn check_hops(
+    p: &Path,
+    names: &BTreeMap<ConceptId, usize>,
+    edges: &[(usize, usize, f32)],
+    both: bool,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(p.steps.len(), p.links.len());
+    let mut product = 1.0f64;
+    for (i, hop) in p.links.iter().enumerate() {
+        let (a, b) = (names[&p.vertices[i]], names[&p.vertices[i + 1]]);
+        let want = joining(edges, both, a, b);
+        let got: Vec<f32> = hop.iter().map(|s| s.confidence).collect();
+        prop_assert_eq!(&got, &want, "hop {} -> {}", a, b);
+        prop_assert_eq!(&p.steps[i], &hop[0]);
+        prop_assert!(hop.iter().all(|s| s.to == p.vertices[i + 1]));
+        product *= p.steps[i].confidence as f64;
+    }
+    prop_assert_eq!(p.confidence, product);
+    Ok(())
+}
+
+/// Reference: every loop-free path of at most `max` hops as (vertices, confidence of its best
+/// edges), by exhaustive DFS.
+fn simple_paths(
+    n: usize,
+    edges: &[(usize, usize, f32)],
+    both: bool,
+    s: usize,
+    t: usize,
+    max: usize,
+) -> Vec<(Vec<usize>, f64)> {
+    #[allow(clippy::too_many_arguments)]
+    fn dfs(
+        n: usize,
+        edges: &[(usize, usize, f32)],
+        both: bool,
+        t: usize,
+        max: usize,
+        cur: &mut Vec<usize>,
+        c: f64,
+        out: &mut Vec<(Vec<usize>, f64)>,
+    ) {
+        let u = *cur.last().unwrap();
+        if u == t {
+            out.push((cur.clone(), c));
+            return;
+        }
+        if cur.len() > max {
+            return;
+        }
+        for w in 0..n {
+            if cur.contains(&w) {
+                continue;
+            }
+            if let Some(best) = joining(edges, both, u, w).first() {
+                cur.push(w);
+                dfs(n, edges, both, t, max, cur, c * *best as f64, out);
+                cur.pop();
+            }
+        }
+    }
+    let mut out = Vec::new();
+    dfs(n, edges, both, t, max, &mut vec![s], 1.0, &mut out);
+    out
+}
+
 fn graph() -> impl Strategy<Value = (usize, Vec<(usize, usize, f32)>)> {
     (4usize..24).prop_flat_map(|n| {
         let edge = (0..n, 0..n, 1u8..=10).prop_map(|(a, b, c)| (a, b, c as f32 / 10.0));
-        (Just(n), proptest::collection::vec(edge, 0..n * 3)).prop_map(|(n, es)| {
-            // One association per unordered pair, so every vertex sequence is one path.
-            let mut seen = BTreeSet::new();
-            let es = es.into_iter().filter(|(a, b, _)| a != b && seen.insert((*a.min(b), *a.max(b)))).collect();
-            (n, es)
-        })
+        // Parallel edges, both orientations of a pair and self-loops all occur: a path is still
+        // one vertex sequence.
+        (Just(n), proptest::collection::vec(edge, 0..n * 3))
     })
 }
 
@@ -227,6 +309,9 @@ proptest! {
                 }
                 prop_assert!(paths.windows(2).all(|w| w[0].confidence >= w[1].confidence));
                 prop_assert!(stats.rpcs <= 3 * hops, "at most one call per shard per level");
+                for p in &paths {
+                    check_hops(p, &names, &edges, both)?;
+                }
             }
         }
     }
@@ -255,6 +340,89 @@ proptest! {
             (p, w) => prop_assert!(false, "got {:?}, want {:?}", p.map(|p| p.confidence), w),
         }
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn k_best_paths_are_the_k_best_loop_free_paths(
+        (n, edges) in small_graph(), s in 0usize..9, t in 0usize..9, both: bool, k in 1usize..8,
+        by_confidence: bool, one_shard: bool,
+    ) {
+        let (s, t) = (s % n, t % n);
+        let g = if one_shard { Sharded::single(&edges) } else { Sharded::new(&edges) };
+        let filter = EdgeFilter { direction: if both { Direction::Both } else { Direction::Out }, ..Default::default() };
+        let bounds = Bounds { max_depth: 5, max_paths: k, ..Default::default() };
+        let rank = if by_confidence { Rank::Confidence } else { Rank::Hops };
+        let (paths, _) = run(k_best_paths(&g, id(s), id(t), &filter, &bounds, rank)).unwrap();
+        let names: BTreeMap<ConceptId, usize> = (0..n).map(|i| (id(i), i)).collect();
+        let ids = |v: &[usize]| v.iter().map(|i| id(*i)).collect::<Vec<_>>();
+        let mut want = simple_paths(n, &edges, both, s, t, bounds.max_depth);
+        want.sort_by(|a, b| {
+            let (ha, hb) = (a.0.len(), b.0.len());
+            let by_conf = b.1.total_cmp(&a.1);
+            match rank {
+                Rank::Hops => ha.cmp(&hb).then(by_conf),
+                Rank::Confidence => by_conf.then(ha.cmp(&hb)),
+            }
+            .then_with(|| ids(&a.0).cmp(&ids(&b.0)))
+        });
+        want.truncate(k);
+        let got: Vec<(Vec<usize>, f64)> =
+            paths.iter().map(|p| (p.vertices.iter().map(|v| names[v]).collect(), p.confidence)).collect();
+        prop_assert_eq!(got, want);
+        for p in &paths {
+            check_hops(p, &names, &edges, both)?;
+        }
+    }
+
+    #[test]
+    fn combined_confidence_counts_shared_hops_once(
+        paths in proptest::collection::vec(Just((0usize..5).collect::<Vec<_>>()).prop_shuffle().prop_flat_map(|v| (Just(v), 2usize..=5)), 0..7),
+    ) {
+        // Loop-free vertex sequences over 5 vertices; the hop {a, b} has a fixed confidence.
+        let pair = |a: usize, b: usize| (a.min(b), a.max(b));
+        let conf = |(a, b): (usize, usize)| ((a * 5 + b) % 9 + 1) as f32 / 10.0;
+        let pairs: Vec<(usize, usize)> = (0..5).flat_map(|a| (a + 1..5).map(move |b| (a, b))).collect();
+        let built: Vec<(Vec<(usize, usize)>, Path)> = paths
+            .iter()
+            .map(|(order, len)| {
+                let vs = &order[..*len];
+                let hops: Vec<(usize, usize)> = vs.windows(2).map(|w| pair(w[0], w[1])).collect();
+                let steps: Vec<Step> = vs[1..]
+                    .iter()
+                    .zip(&hops)
+                    .map(|(v, h)| Step { to: id(*v), kind: AssocKind::Semantic, relation: "r".into(), confidence: conf(*h), outgoing: true })
+                    .collect();
+                let confidence = steps.iter().map(|s| s.confidence as f64).product();
+                let vertices = vs.iter().map(|v| id(*v)).collect();
+                (hops, Path { vertices, links: steps.iter().map(|s| vec![s.clone()]).collect(), steps, confidence })
+            })
+            .collect();
+        let ps: Vec<Path> = built.iter().map(|(_, p)| p.clone()).collect();
+        // Exact: over every state of the 10 hops, the weight of those in which some path holds.
+        let mut exact = 0.0;
+        for state in 0u32..(1 << pairs.len()) {
+            let on = |h: &(usize, usize)| state & (1 << pairs.iter().position(|p| p == h).unwrap()) != 0;
+            let w: f64 = pairs.iter().map(|h| if on(h) { conf(*h) as f64 } else { 1.0 - conf(*h) as f64 }).product();
+            if built.iter().any(|(hops, _)| hops.iter().all(on)) {
+                exact += w;
+            }
+        }
+        let got = combined_confidence(&ps);
+        prop_assert!((got - exact).abs() < 1e-9, "got {} exact {}", got, exact);
+        let noisy = 1.0 - ps.iter().map(|p| 1.0 - p.confidence).product::<f64>();
+        prop_assert!(got <= noisy + 1e-12);
+        prop_assert!(ps.iter().all(|p| got + 1e-12 >= p.confidence));
+    }
+}
+
+fn small_graph() -> impl Strategy<Value = (usize, Vec<(usize, usize, f32)>)> {
+    (3usize..9).prop_flat_map(|n| {
+        let edge = (0..n, 0..n, 1u8..=10).prop_map(|(a, b, c)| (a, b, c as f32 / 10.0));
+        (Just(n), proptest::collection::vec(edge, 0..n * 2))
+    })
 }
 
 #[test]
