@@ -13,7 +13,7 @@ use sutra_grid::api::{Api, NeighborsQuery, ReasonRequest, SearchRequest};
 use sutra_grid::client::MasterClient;
 use sutra_grid::io::{ProcessSpawner, ProcessSpec};
 use sutra_grid::limits;
-use sutra_grid::node::Consistency;
+use sutra_grid::model::Consistency;
 
 use crate::cluster::{start_master, API_DEFAULT, MASTER_DEFAULT};
 use crate::http::Stop;

@@ -177,7 +177,7 @@ struct ConceptQuery {
     consistency: Option<String>,
 }
 
-fn consistency(s: Option<&str>) -> Result<sutra_grid::node::Consistency, Failure> {
+fn consistency(s: Option<&str>) -> Result<sutra_grid::model::Consistency, Failure> {
     api::parse_consistency("consistency", s).map_err(Failure)
 }
 

@@ -12,12 +12,12 @@ use sutra_proto as pb;
 
 use crate::ids::ConceptId;
 use crate::limits;
+use crate::model::Consistency;
 use crate::model::{self, AssocKind, Association, ConceptWrite, Direction, EdgeFilter, WriteBatch};
-use crate::node::convert::{id_from_pb, kind_from_pb};
-use crate::node::Consistency;
 use crate::query::paths::{self, Bounds, Path, PathError, Rank, Stats};
 use crate::query::router::GridExpander;
 use crate::query::{Router, RouterError, ShardWrite};
+use crate::wire::{id_from_pb, kind_from_pb};
 
 /// What went wrong, as a front end reports it. `status` is the HTTP status it maps to.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -205,7 +205,7 @@ pub struct LearnRequest {
     /// `in_edges` (default): answer once every association is stored at both ends, so this
     /// client's next read sees it from either concept. `commit`: answer once the source's
     /// shard committed it; the target's shard gets its in-edge shortly after.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for: Option<String>,
 }
 

@@ -34,5 +34,6 @@ pub mod replication;
 pub mod shardmap;
 pub mod store;
 pub mod wal;
+pub mod wire;
 
 pub use ids::{ConceptId, Epoch, Lsn, NodeId, ShardId};

@@ -21,8 +21,9 @@ use sutra_grid::ids::{ConceptId, Epoch, NodeId, ShardId};
 use sutra_grid::io::{seeded_rng, ProcessSpec, SimDisk, SimDiskFaults};
 use sutra_grid::limits;
 use sutra_grid::master::{Master, MembershipConfig, NodeState};
+use sutra_grid::model::Consistency;
 use sutra_grid::model::{AssocKind, Association, ConceptWrite, EdgeFilter, WriteBatch};
-use sutra_grid::node::{Consistency, NodeConfig};
+use sutra_grid::node::NodeConfig;
 use sutra_grid::query::Router;
 use sutra_grid::replication::witness::{self, Event};
 use sutra_grid::shardmap::{ShardEntry, ShardMap};
@@ -1339,7 +1340,7 @@ async fn read_your_write(r: &Arc<Router>, a: &Association) -> Option<String> {
         let seen = list
             .into_iter()
             .flat_map(|l| l.edges)
-            .any(|e| e.other.as_ref().map(sutra_grid::node::convert::id_from_pb) == Some(a.source) && !e.outgoing);
+            .any(|e| e.other.as_ref().map(sutra_grid::wire::id_from_pb) == Some(a.source) && !e.outgoing);
         if !seen {
             return Some(format!(
                 "read-your-writes: the in-edges of {} lack {} right after delivery",
@@ -1511,9 +1512,9 @@ async fn read_edges(st: &pb::StatusResponse, ids: &BTreeSet<ConceptId>) -> Resul
                 .await
                 .map_err(|err| format!("shard {}: {err}", e.shard))?;
             for list in r.lists {
-                let v = sutra_grid::node::convert::id_from_pb(&list.id.unwrap_or_default());
+                let v = sutra_grid::wire::id_from_pb(&list.id.unwrap_or_default());
                 for edge in list.edges {
-                    let other = sutra_grid::node::convert::id_from_pb(&edge.other.unwrap_or_default());
+                    let other = sutra_grid::wire::id_from_pb(&edge.other.unwrap_or_default());
                     let conf = edge.confidence.to_bits();
                     if edge.outgoing {
                         out.insert((v, other, conf));

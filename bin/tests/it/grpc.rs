@@ -10,9 +10,9 @@ use sutra_grid::client::StorageClient;
 use sutra_grid::ids::ConceptId;
 use sutra_grid::io::{Disk, RealDisk};
 use sutra_grid::model::{Direction, EdgeFilter};
-use sutra_grid::node::convert::id_from_pb;
 use sutra_grid::node::{serve, NodeConfig, StorageNode};
 use sutra_grid::store::KeyRange;
+use sutra_grid::wire::id_from_pb;
 use sutra_proto as pb;
 use tonic::Code;
 

@@ -13,7 +13,7 @@ use tonic::{Code, Status};
 use crate::ids::ConceptId;
 use crate::limits;
 use crate::model::{Association, EdgeFilter, WriteBatch};
-use crate::node::convert::{association_to_pb, concept_write_to_pb, filter_to_pb, id_to_pb};
+use crate::wire::{association_to_pb, concept_write_to_pb, filter_to_pb, id_to_pb};
 
 mod master;
 pub use master::MasterClient;

@@ -598,19 +598,36 @@ impl MasterState {
     /// The op that names `primary` for `shard` in `epoch`, if the shard is still at
     /// `epoch - 1` (compare-and-set on the shard's epoch: one primary per epoch).
     pub fn elect(&self, shard: u32, primary: u64, epoch: u64) -> Result<MetaOp, MasterError> {
+        self.change_shard(shard, |e| {
+            if e.epoch.0 + 1 != epoch {
+                return Err(MasterError::Invalid(format!("shard {shard} moved to epoch {} meanwhile", e.epoch.0)));
+            }
+            if !e.replicas.contains(&NodeId(primary)) {
+                return Err(MasterError::Invalid(format!("node {primary} is not a replica of shard {shard}")));
+            }
+            e.primary = NodeId(primary);
+            e.epoch = crate::ids::Epoch(epoch);
+            Ok(())
+        })
+    }
+
+    /// The op that applies `edit` to `shard`'s entry through [`ShardMap::compare_and_set`]
+    /// (the result must validate; the version moves by one). `edit`'s own refusal wins.
+    fn change_shard(
+        &self,
+        shard: u32,
+        edit: impl FnOnce(&mut crate::shardmap::ShardEntry) -> Result<(), MasterError>,
+    ) -> Result<MetaOp, MasterError> {
         let mut map = self.meta.map.clone();
-        let Some(e) = map.shards.iter_mut().find(|e| e.id.0 == shard) else {
-            return Err(MasterError::Invalid(format!("no shard {shard}")));
-        };
-        if e.epoch.0 + 1 != epoch {
-            return Err(MasterError::Invalid(format!("shard {shard} moved to epoch {} meanwhile", e.epoch.0)));
-        }
-        if !e.replicas.contains(&NodeId(primary)) {
-            return Err(MasterError::Invalid(format!("node {primary} is not a replica of shard {shard}")));
-        }
-        e.primary = NodeId(primary);
-        e.epoch = crate::ids::Epoch(epoch);
-        map.version += 1;
+        let mut edited = Ok(());
+        let cas = map.compare_and_set(self.meta.map.version, |m| {
+            edited = match m.shards.iter_mut().find(|e| e.id.0 == shard) {
+                Some(e) => edit(e),
+                None => Err(MasterError::Invalid(format!("no shard {shard}"))),
+            };
+        });
+        edited?;
+        cas?;
         Ok(MetaOp::Map { map, replication: self.meta.replication })
     }
 
@@ -730,67 +747,59 @@ impl MasterState {
 
     /// The op that records (or, with `None`, abandons) a learner for `shard`, keeping its epoch.
     pub fn set_learner(&self, shard: u32, change: Option<(u64, u64)>, epoch: u64) -> Result<MetaOp, MasterError> {
-        let mut map = self.meta.map.clone();
-        let Some(e) = map.shards.iter_mut().find(|e| e.id.0 == shard) else {
-            return Err(MasterError::Invalid(format!("no shard {shard}")));
-        };
-        if e.epoch.0 != epoch {
-            return Err(MasterError::Invalid(format!("shard {shard} moved to epoch {} meanwhile", e.epoch.0)));
-        }
-        match change {
-            Some((learner, replacing)) => {
-                if e.learner.is_some() || e.replacing.is_some() {
-                    return Err(MasterError::Invalid(format!("shard {shard} is already changing its membership")));
-                }
-                if !self.meta.nodes.contains_key(&learner) {
-                    return Err(MasterError::UnknownNode(learner));
-                }
-                e.learner = Some(NodeId(learner));
-                e.replacing = Some(NodeId(replacing));
+        self.change_shard(shard, |e| {
+            if e.epoch.0 != epoch {
+                return Err(MasterError::Invalid(format!("shard {shard} moved to epoch {} meanwhile", e.epoch.0)));
             }
-            None => {
-                if e.learner.is_none() {
-                    return Err(MasterError::Invalid(format!("shard {shard} has no learner")));
+            match change {
+                Some((learner, replacing)) => {
+                    if e.learner.is_some() || e.replacing.is_some() {
+                        return Err(MasterError::Invalid(format!("shard {shard} is already changing its membership")));
+                    }
+                    if !self.meta.nodes.contains_key(&learner) {
+                        return Err(MasterError::UnknownNode(learner));
+                    }
+                    e.learner = Some(NodeId(learner));
+                    e.replacing = Some(NodeId(replacing));
                 }
-                e.learner = None;
-                e.replacing = None;
+                None => {
+                    if e.learner.is_none() {
+                        return Err(MasterError::Invalid(format!("shard {shard} has no learner")));
+                    }
+                    e.learner = None;
+                    e.replacing = None;
+                }
             }
-        }
-        map.validate()?;
-        map.version += 1;
-        Ok(MetaOp::Map { map, replication: self.meta.replication })
+            Ok(())
+        })
     }
 
     /// The op that moves `shard` into `epoch` led by `primary` with the voter set `voters`,
     /// which must differ from the current one by at most one member (compare-and-set on the
     /// shard's epoch, as [`Self::elect`]).
     pub fn reconfigure(&self, shard: u32, primary: u64, epoch: u64, voters: &[u64]) -> Result<MetaOp, MasterError> {
-        let mut map = self.meta.map.clone();
-        let Some(e) = map.shards.iter_mut().find(|e| e.id.0 == shard) else {
-            return Err(MasterError::Invalid(format!("no shard {shard}")));
-        };
-        if e.epoch.0 + 1 != epoch {
-            return Err(MasterError::Invalid(format!("shard {shard} moved to epoch {} meanwhile", e.epoch.0)));
-        }
-        let old: BTreeSet<u64> = e.replicas.iter().map(|r| r.0).collect();
-        let new: BTreeSet<u64> = voters.iter().copied().collect();
-        if new.len() != voters.len() || old.symmetric_difference(&new).count() > 1 || !new.contains(&primary) {
-            return Err(MasterError::Invalid(format!(
-                "shard {shard}: voters {old:?} cannot become {voters:?} led by {primary} in one step"
-            )));
-        }
-        e.replicas = voters.iter().map(|v| NodeId(*v)).collect();
-        if e.learner.is_some_and(|l| new.contains(&l.0)) {
-            e.learner = None;
-        }
-        if e.replacing.is_some_and(|r| !new.contains(&r.0)) {
-            e.replacing = None;
-        }
-        e.primary = NodeId(primary);
-        e.epoch = crate::ids::Epoch(epoch);
-        map.validate()?;
-        map.version += 1;
-        Ok(MetaOp::Map { map, replication: self.meta.replication })
+        self.change_shard(shard, |e| {
+            if e.epoch.0 + 1 != epoch {
+                return Err(MasterError::Invalid(format!("shard {shard} moved to epoch {} meanwhile", e.epoch.0)));
+            }
+            let old: BTreeSet<u64> = e.replicas.iter().map(|r| r.0).collect();
+            let new: BTreeSet<u64> = voters.iter().copied().collect();
+            if new.len() != voters.len() || old.symmetric_difference(&new).count() > 1 || !new.contains(&primary) {
+                return Err(MasterError::Invalid(format!(
+                    "shard {shard}: voters {old:?} cannot become {voters:?} led by {primary} in one step"
+                )));
+            }
+            e.replicas = voters.iter().map(|v| NodeId(*v)).collect();
+            if e.learner.is_some_and(|l| new.contains(&l.0)) {
+                e.learner = None;
+            }
+            if e.replacing.is_some_and(|r| !new.contains(&r.0)) {
+                e.replacing = None;
+            }
+            e.primary = NodeId(primary);
+            e.epoch = crate::ids::Epoch(epoch);
+            Ok(())
+        })
     }
 
     /// Every registered node's gossip address: the seed list for SWIM.

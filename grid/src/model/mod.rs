@@ -202,3 +202,13 @@ mod tests {
         assert_eq!(AssocKind::from_u8(6), None);
     }
 }
+
+/// How fresh a read must be (architecture.md §5 rule 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Any replica; never past its commit LSN (the store holds committed entries only).
+    #[default]
+    Eventual,
+    /// The primary, while it holds its lease.
+    Strong,
+}

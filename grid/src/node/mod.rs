@@ -3,7 +3,6 @@
 //! not serving, with its reason, so the node stays up and says what is wrong.
 
 pub mod cluster;
-pub mod convert;
 mod log;
 mod outbox;
 mod service;
@@ -14,7 +13,7 @@ pub use log::Promotion;
 #[cfg(not(madsim))]
 pub use service::serve_listener;
 pub use service::{serve, StorageService};
-pub use shard::{Consistency, ReplicationInfo, Shard, ShardError, Written};
+pub use shard::{ReplicationInfo, Shard, ShardError, Written};
 
 use std::collections::BTreeMap;
 use std::io;

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use sutra_proto as pb;
 use tonic::{Request, Response, Status};
 
-use super::convert::*;
-use super::{Consistency, NodeError, Promotion, ShardError, ShardSlot, StorageNode};
+use super::{NodeError, Promotion, ShardError, ShardSlot, StorageNode};
 use crate::ids::NodeId;
 use crate::limits;
+use crate::model::Consistency;
 use crate::replication::{Append, EntryId};
 use crate::store::KeyRange;
+use crate::wire::*;
 
 pub struct StorageService {
     pub node: Arc<StorageNode>,

@@ -13,7 +13,7 @@ use super::log::{self, apply_body, Cmd, Core, Promise, Promotion, Role, Shared, 
 use crate::ids::{ConceptId, ShardId};
 use crate::io::Disk;
 use crate::limits;
-use crate::model::{validate_batch, Association, BatchRejected, ItemError, WriteBatch};
+use crate::model::{validate_batch, Association, BatchRejected, Consistency, ItemError, WriteBatch};
 use crate::replication::entry::{self, Body};
 use crate::replication::{witness, Append, AppendReply, EntryId, LogIndex, Replica};
 use crate::store::{batch_codec, checkpoint, links, Checkpoint, CheckpointError, InEdges, KeyRange, ShardStore};
@@ -36,16 +36,6 @@ pub enum ShardError {
     /// The write was logged but its fate is not known here.
     #[error("shard {shard}: outcome unknown: {reason}")]
     Unknown { shard: u32, reason: String },
-}
-
-/// How fresh a read must be (architecture.md §5 rule 6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Consistency {
-    /// Any replica; never past its commit LSN (the store holds committed entries only).
-    #[default]
-    Eventual,
-    /// The primary, while it holds its lease.
-    Strong,
 }
 
 /// An acknowledged write.

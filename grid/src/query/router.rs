@@ -13,11 +13,11 @@ use sutra_proto as pb;
 use crate::client::{ClientError, MasterClient, StorageClient};
 use crate::ids::ConceptId;
 use crate::limits;
+use crate::model::Consistency;
 use crate::model::{Association, EdgeFilter, WriteBatch};
-use crate::node::convert::{id_from_pb, kind_from_pb};
-use crate::node::Consistency;
 use crate::query::paths::Step;
 use crate::query::paths::{Expander, Expansion};
+use crate::wire::{id_from_pb, kind_from_pb};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {

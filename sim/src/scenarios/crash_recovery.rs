@@ -24,8 +24,8 @@ use sutra_grid::client::StorageClient;
 use sutra_grid::ids::ConceptId;
 use sutra_grid::io::{seeded_rng, SimDisk, SimDiskFaults};
 use sutra_grid::model::{AssocKind, Association, ConceptWrite, Direction, EdgeFilter, WriteBatch};
-use sutra_grid::node::convert::{id_from_pb, kind_from_pb};
 use sutra_grid::node::NodeConfig;
+use sutra_grid::wire::{id_from_pb, kind_from_pb};
 
 use super::Report;
 use crate::{boot, plan};

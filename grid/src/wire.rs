@@ -1,5 +1,5 @@
-//! Wire ↔ model conversions. Anything malformed on the wire becomes an item error or an
-//! InvalidArgument, never a panic.
+//! Protobuf ⇄ model conversion for every RPC (client, query, API and node use this one module).
+//! Anything malformed on the wire becomes an item error or an InvalidArgument, never a panic.
 
 use sutra_proto as pb;
 
