@@ -1236,7 +1236,8 @@ fn next_edge(source: &str, target: &str, confidence: f32) -> Association {
 }
 
 /// A writer routing batches through the master's map, recording what was acknowledged. Each
-/// batch chains its concepts with `next` associations (mostly across shards), links its first
+/// batch chains its concepts with `next` associations (mostly across shards; the first hop in
+/// both directions, so one pair is joined by two edges), links its first
 /// and last concepts to the batch before (a ladder, so some pairs have several shortest
 /// paths), and re-weights one association of the batch before, so updates race their own
 /// in-edge deliveries.
@@ -1286,6 +1287,11 @@ async fn writer(
             associations: labels.windows(2).map(|p| next_edge(&p[0], &p[1], 0.5)).collect(),
         };
         let mut batch = batch;
+        if concepts > 1 {
+            // The first hop is stored both ways: two edges join one pair of concepts, and a
+            // path through it must still be answered once.
+            batch.associations.push(next_edge(&labels[1], &labels[0], 0.4));
+        }
         if i > 0 && concepts > 1 {
             let prev = |j: u32| format!("w{w}-b{}-c{j}", i - 1);
             batch.associations.push(next_edge(&prev(0), &prev(1), 0.05 + (i % 10) as f32 / 10.0));
