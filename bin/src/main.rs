@@ -7,6 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
 mod bench_api;
+mod bench_failover;
 mod cluster;
 mod dev;
 mod http;
