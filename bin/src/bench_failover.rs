@@ -34,6 +34,10 @@ pub struct FailoverArgs {
     /// A trial that has not recovered after this long is reported as not recovered.
     #[arg(long, default_value_t = 30.0)]
     trial_timeout_s: f64,
+    /// Use this running local grid (its storage processes on this machine) instead of starting
+    /// a scratch one.
+    #[arg(long)]
+    api: Option<String>,
     /// Where the scratch grid lives (a fresh subdirectory, removed after).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
@@ -140,6 +144,9 @@ pub async fn bench_failover(a: &FailoverArgs) -> Result<Value> {
     if a.trials == 0 || a.interval_ms == 0 {
         bail!("--trials and --interval-ms must be at least 1");
     }
+    if let Some(api) = &a.api {
+        return run_trials(a, &say, sig, resume, api).await;
+    }
     let scratch = a.dir.join(format!("sutra-bench-failover-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let (api_port, master_port, base) = (free_port()?, free_port()?, free_base()?);
@@ -173,13 +180,7 @@ async fn status(client: &HttpClient) -> Result<Value> {
     client.get("/cluster/status").await
 }
 
-async fn run_trials(
-    a: &FailoverArgs,
-    say: &dyn Fn(&str),
-    sig: i32,
-    resume: Option<i32>,
-    api: &str,
-) -> Result<Value> {
+async fn run_trials(a: &FailoverArgs, say: &dyn Fn(&str), sig: i32, resume: Option<i32>, api: &str) -> Result<Value> {
     let client = HttpClient::new(api)?;
     let t0 = Instant::now();
     loop {

@@ -197,6 +197,11 @@ pub const OUTBOX_BATCH_MAX: usize = 1024;
 /// Undelivered in-edges one shard holds before it refuses (Busy) new writes that add more: a
 /// target shard that stays unreachable must not grow the outbox without bound.
 pub const OUTBOX_ITEMS_MAX: usize = 1_000_000;
+/// A write the caller may repeat (`Router::write_idempotent`, `/learn`) that has waited this
+/// long on a primary starts re-reading the map every `WRITE_WATCH_EVERY_MS`, and goes to the
+/// new primary once the shard has one (a hung primary otherwise holds it for its deadline).
+pub const WRITE_WATCH_AFTER_MS: u64 = 200;
+pub const WRITE_WATCH_EVERY_MS: u64 = 100;
 /// How long `/learn` waits (with `wait_for: in_edges`, the default) for its in-edges to reach
 /// their target shards before it answers 504 (the write itself is committed).
 pub const LEARN_DELIVERY_WAIT_MS: u64 = 5_000;

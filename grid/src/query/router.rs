@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use sutra_proto as pb;
 
@@ -182,12 +183,28 @@ impl Router {
     /// may or may not have committed, and the caller knows whether repeating it is safe
     /// (upserts by label are).
     pub async fn write(self: &Arc<Self>, batch: &WriteBatch) -> Result<Vec<ShardWrite>, RouterError> {
+        self.write_with(batch, false).await
+    }
+
+    /// [`Self::write`] for a batch the caller may apply twice (upserts of the same values, as
+    /// `/learn` sends): a part whose primary is replaced while the part waits on it (a hung
+    /// process) is sent again to the new primary instead of waiting out its deadline. If the
+    /// old primary did log it before it was fenced, the batch is applied twice.
+    pub async fn write_idempotent(self: &Arc<Self>, batch: &WriteBatch) -> Result<Vec<ShardWrite>, RouterError> {
+        self.write_with(batch, true).await
+    }
+
+    async fn write_with(
+        self: &Arc<Self>,
+        batch: &WriteBatch,
+        idempotent: bool,
+    ) -> Result<Vec<ShardWrite>, RouterError> {
         self.ensure_map().await;
         let parts = self.split(batch)?;
         let mut tasks = Vec::with_capacity(parts.len());
         for (shard, addr, part) in parts {
             let me = self.clone();
-            tasks.push(tokio::spawn(async move { me.write_part(shard, addr, part).await }));
+            tasks.push(tokio::spawn(async move { me.write_part(shard, addr, part, idempotent).await }));
         }
         let mut out = Vec::new();
         let mut first_err = None;
@@ -206,21 +223,51 @@ impl Router {
         }
     }
 
-    async fn write_part(&self, shard: u32, mut addr: String, part: WriteBatch) -> Result<ShardWrite, RouterError> {
+    async fn write_part(
+        &self,
+        shard: u32,
+        mut addr: String,
+        part: WriteBatch,
+        idempotent: bool,
+    ) -> Result<ShardWrite, RouterError> {
         let start = tokio::time::Instant::now();
         let mut attempt = 0u32;
         loop {
-            let r = match self.client(&addr).await {
-                Ok(c) => c.write_batch(shard, &part).await,
-                Err(e) => Err(e),
+            let send = async {
+                match self.client(&addr).await {
+                    Ok(c) => c.write_batch(shard, &part).await,
+                    Err(e) => Err(e),
+                }
+            };
+            let r = if idempotent {
+                tokio::select! {
+                    biased;
+                    r = send => Some(r),
+                    _ = self.primary_moved(shard, &addr) => None,
+                }
+            } else {
+                Some(send.await)
             };
             let source = match r {
-                Ok(resp) => return Ok(ShardWrite { shard, lsn: resp.lsn }),
-                Err(e) => e,
+                Some(Ok(resp)) => return Ok(ShardWrite { shard, lsn: resp.lsn }),
+                Some(Err(e)) => e,
+                None => {
+                    // The shard has a new primary while this part waited on the old one.
+                    if start.elapsed() >= self.deadline {
+                        let source = ClientError::Deadline { op: "write_batch", ms: self.deadline.as_millis() as u64 };
+                        return Err(RouterError::Shard { shard, addr, source });
+                    }
+                    self.forget(&addr);
+                    if let Some(a) = self.primary_addr_of(shard) {
+                        addr = a;
+                    }
+                    continue;
+                }
             };
             self.forget(&addr);
             let _ = self.refresh().await;
-            if !never_logged(&source) || start.elapsed() >= self.deadline {
+            let retry = never_logged(&source) || (idempotent && matches!(source, ClientError::Deadline { .. }));
+            if !retry || start.elapsed() >= self.deadline {
                 return Err(RouterError::Shard { shard, addr, source });
             }
             tokio::time::sleep(crate::client::retry_backoff(attempt, 20, 160)).await;
@@ -229,6 +276,25 @@ impl Router {
             if let Some(a) = t.entry(shard).and_then(|e| t.addrs.get(&e.primary)) {
                 addr = a.clone();
             }
+        }
+    }
+
+    fn primary_addr_of(&self, shard: u32) -> Option<String> {
+        let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+        t.entry(shard).and_then(|e| t.addrs.get(&e.primary)).cloned()
+    }
+
+    /// Resolves once the map names a primary for `shard` other than the one at `addr`: after
+    /// `WRITE_WATCH_AFTER_MS`, the map is re-read every `WRITE_WATCH_EVERY_MS`. Never resolves
+    /// while the primary stays.
+    async fn primary_moved(&self, shard: u32, addr: &str) {
+        tokio::time::sleep(Duration::from_millis(limits::WRITE_WATCH_AFTER_MS)).await;
+        loop {
+            let _ = self.refresh().await;
+            if self.primary_addr_of(shard).is_some_and(|a| a != addr) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(limits::WRITE_WATCH_EVERY_MS)).await;
         }
     }
 
