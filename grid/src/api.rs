@@ -734,7 +734,7 @@ impl Api {
             }
         };
         let LearnPlan { batch, triples, unmatched } = req.plan(self.vector_dim)?;
-        let owing = self.router.owing_in_edges(&batch)?;
+        let owing = self.router.owing_in_edges(&batch).await?;
         // Upserts of the same values: safe to send again to a new primary.
         let written = self.router.write_idempotent(&batch).await?;
         let mut in_edges_delivered = owing.is_empty();

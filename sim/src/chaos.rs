@@ -1301,7 +1301,7 @@ async fn writer(
         }
         edges.lock().unwrap().attempted.extend(batch.associations.iter().map(|a| (a.source, a.target)));
         let sent = Instant::now();
-        let owing = r.owing_in_edges(&batch).unwrap_or_default();
+        let owing = r.owing_in_edges(&batch).await.unwrap_or_default();
         match r.write(&batch).await {
             Ok(parts) => {
                 let now = Instant::now();

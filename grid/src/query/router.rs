@@ -300,7 +300,9 @@ impl Router {
 
     /// The shards of `batch`'s parts that owe in-edges to another shard (an association whose
     /// target lives elsewhere): only their writes have anything to deliver.
-    pub fn owing_in_edges(&self, batch: &WriteBatch) -> Result<BTreeSet<u32>, RouterError> {
+    pub async fn owing_in_edges(&self, batch: &WriteBatch) -> Result<BTreeSet<u32>, RouterError> {
+        // A router made before the grid was initialised reads the map first, as writes do.
+        self.ensure_map().await;
         let t = self.table.read().unwrap_or_else(|p| p.into_inner());
         let mut out = BTreeSet::new();
         for a in &batch.associations {
