@@ -14,10 +14,8 @@ use sutra_proto as pb;
 use crate::client::{ClientError, MasterClient, StorageClient};
 use crate::ids::ConceptId;
 use crate::limits;
-use crate::model::Consistency;
-use crate::model::{Association, EdgeFilter, WriteBatch};
-use crate::query::paths::Step;
-use crate::query::paths::{Expander, Expansion};
+use crate::model::{Association, Consistency, EdgeFilter, WriteBatch};
+use crate::query::paths::{Expander, Expansion, Step};
 use crate::wire::{id_from_pb, kind_from_pb};
 
 #[derive(Debug, thiserror::Error)]
@@ -272,9 +270,8 @@ impl Router {
             }
             tokio::time::sleep(crate::client::retry_backoff(attempt, 20, 160)).await;
             attempt += 1;
-            let t = self.table.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(a) = t.entry(shard).and_then(|e| t.addrs.get(&e.primary)) {
-                addr = a.clone();
+            if let Some(a) = self.primary_addr_of(shard) {
+                addr = a;
             }
         }
     }
@@ -458,7 +455,7 @@ impl Router {
             for chunk in ids.chunks(limits::EXPAND_FRONTIER_MAX) {
                 let (me, chunk, filter) = (self.clone(), chunk.to_vec(), filter.clone());
                 tasks.push(tokio::spawn(async move {
-                    let addrs = me.table.read().unwrap_or_else(|p| p.into_inner()).read_addrs(shard, consistency);
+                    let addrs = me.read_addrs(shard, consistency);
                     let mut last = RouterError::NoAddress { shard, node: 0 };
                     let mut rpcs = 0usize;
                     for addr in addrs {
@@ -633,7 +630,7 @@ impl Router {
         let start = tokio::time::Instant::now();
         let mut attempt = 0u32;
         loop {
-            let addrs = self.table.read().unwrap_or_else(|p| p.into_inner()).read_addrs(shard, consistency);
+            let addrs = self.read_addrs(shard, consistency);
             let mut last = None;
             for addr in addrs {
                 let r = match self.client(&addr).await {
