@@ -63,17 +63,26 @@ fn backoff(attempt: u32) -> Duration {
 impl StorageClient {
     /// Connects to `addr` ("host:port"), retrying with backoff.
     pub async fn connect(addr: &str) -> Result<StorageClient, ClientError> {
-        let ch = connect_channel(addr).await?;
+        Ok(Self::from_channel(connect_channel(addr).await?))
+    }
+
+    fn from_channel(ch: Channel) -> StorageClient {
         let inner = pb::storage_client::StorageClient::new(ch);
         #[cfg(not(madsim))]
         let inner = inner
             .max_decoding_message_size(limits::RPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::RPC_MESSAGE_BYTES_MAX);
-        Ok(StorageClient {
+        StorageClient {
             inner,
             deadline: Duration::from_millis(limits::RPC_DEADLINE_MS),
             consistency: pb::Consistency::Eventual,
-        })
+        }
+    }
+
+    /// One connection attempt: for callers that re-route on failure (a router re-reads the
+    /// map instead of waiting on an address that refuses).
+    pub async fn connect_once(addr: &str) -> Result<StorageClient, ClientError> {
+        Ok(Self::from_channel(connect_channel_tries(addr, 1).await?))
     }
 
     pub fn with_deadline(mut self, d: Duration) -> StorageClient {
@@ -267,21 +276,27 @@ impl StorageClient {
 
 /// A channel to `addr` ("host:port"), connecting with bounded retries and backoff.
 pub(crate) async fn connect_channel(addr: &str) -> Result<Channel, ClientError> {
+    connect_channel_tries(addr, limits::RPC_RETRIES_MAX).await
+}
+
+async fn connect_channel_tries(addr: &str, tries: u32) -> Result<Channel, ClientError> {
     let deadline = Duration::from_millis(limits::RPC_DEADLINE_MS);
     let url = format!("http://{addr}");
     let endpoint = Endpoint::from_shared(url)
         .map_err(|e| ClientError::Connect { addr: addr.into(), attempts: 0, reason: e.to_string() })?
         .connect_timeout(deadline);
     let mut last = String::new();
-    for attempt in 0..limits::RPC_RETRIES_MAX {
+    for attempt in 0..tries {
+        if attempt > 0 {
+            tokio::time::sleep(backoff(attempt - 1)).await;
+        }
         match tokio::time::timeout(deadline, endpoint.connect()).await {
             Ok(Ok(ch)) => return Ok(ch),
             Ok(Err(e)) => last = e.to_string(),
             Err(_) => last = "connect timed out".into(),
         }
-        tokio::time::sleep(backoff(attempt)).await;
     }
-    Err(ClientError::Connect { addr: addr.into(), attempts: limits::RPC_RETRIES_MAX, reason: last })
+    Err(ClientError::Connect { addr: addr.into(), attempts: tries, reason: last })
 }
 
 /// One call under `deadline`.

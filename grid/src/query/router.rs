@@ -142,7 +142,7 @@ impl Router {
         if let Some(c) = self.clients.lock().unwrap_or_else(|p| p.into_inner()).get(addr) {
             return Ok(c.clone());
         }
-        let c = StorageClient::connect(addr).await?.with_deadline(self.deadline);
+        let c = StorageClient::connect_once(addr).await?.with_deadline(self.deadline);
         self.clients.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -334,12 +334,11 @@ impl Router {
                     },
                     None => None,
                 };
-                match info {
-                    Some(i)
-                        if i.primary_epoch > 0
-                            && i.commit_lsn >= w.lsn
-                            && (i.outbox_oldest_lsn == 0 || i.outbox_oldest_lsn > w.lsn) => {}
-                    Some(i) if i.primary_epoch > 0 => still.push(w),
+                // A replica that stopped serving (a failed fsync) still says it leads, but its
+                // outbox is unreadable and reported empty: only a serving primary's word counts.
+                match info.filter(|i| i.serving && i.primary_epoch > 0) {
+                    Some(i) if i.commit_lsn >= w.lsn && (i.outbox_oldest_lsn == 0 || i.outbox_oldest_lsn > w.lsn) => {}
+                    Some(_) => still.push(w),
                     _ => {
                         // Not the primary (any more), or unreachable: look the shard up again.
                         if let Some(a) = addr {
