@@ -450,11 +450,15 @@ impl Shard {
         let sh = self.sh.clone();
         let sid = self.id.0;
         let lsn = crate::io::blocking(move || -> Result<u64, CheckpointError> {
+            // Lock order as the log task's apply: core, apply gate, state. (Taking the core
+            // under the gate deadlocked against an apply waiting on the gate with the core held.)
+            let core = sh.core();
             let _gate = sh.apply_gate.lock().unwrap_or_else(|p| p.into_inner());
             let (meta, image) = {
                 let st = sh.state.read().unwrap_or_else(|p| p.into_inner());
                 let lsn = st.applied_lsn();
-                let epoch = sh.core().role.log().epoch_of(lsn).unwrap_or(0);
+                let epoch = core.role.log().epoch_of(lsn).unwrap_or(0);
+                drop(core);
                 let meta = checkpoint::CheckpointMeta { lsn, epoch, key_start: st.range.start, key_end: st.range.end };
                 let image = checkpoint::build_image(&meta, st.relations(), &st.snapshot_vertices(), st.links());
                 (meta, image)
