@@ -118,6 +118,9 @@ struct Grid {
     repl: Arc<Mutex<ReplWitness>>,
     /// The process the last `primary` step named, and its shard.
     last_primary: Mutex<Option<(Proc, u32)>>,
+    /// Operator commands run one at a time, in step order: a drain still retrying across a
+    /// master restart must not land after the undrain that followed it.
+    operator: tokio::sync::Mutex<()>,
 }
 
 /// What the replication witness hook saw, and the write acknowledgements RTO is measured on.
@@ -1158,6 +1161,7 @@ fn perform(
             g.note(format!("operator: {} machine {a}", if drain { "drain" } else { "undrain" }));
             let (g2, m) = (g.clone(), measured.clone());
             tasks.push(checker.spawn(async move {
+                let _turn = g2.operator.lock().await;
                 if let Err(e) = drain_machine(&g2, a, drain).await {
                     m.lock().unwrap().failures.push(e);
                 }
@@ -1924,6 +1928,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
         t0: now,
         repl: Arc::new(Mutex::new(ReplWitness::default())),
         last_primary: Mutex::new(None),
+        operator: tokio::sync::Mutex::new(()),
     });
     {
         let repl = g.repl.clone();
