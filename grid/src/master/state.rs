@@ -577,8 +577,26 @@ impl MasterState {
             let degraded = self.state_of(p) == NodeState::Degraded
                 && healthy_others > s.replicas.len() / 2
                 && since_named > grace_ms;
-            let needs = s.epoch.0 <= 1
-                || self.state_of(p) == NodeState::Down
+            // A restarted master has heard from nobody yet: a primary it never heard from
+            // (and whose exit nobody reported) gets the grace period to report in, instead of
+            // an election that fences a serving primary only to pick it again. So does a new
+            // grid's first election, until a majority of its replicas has the shard open (the
+            // fence would find nobody to answer it). A heartbeat that arrived since the last
+            // evaluation outranks the Down it left behind.
+            let unheard = live.is_none_or(|l| l.last_heartbeat_ms.is_none() && l.exited.is_none());
+            let waiting = since_named <= grace_ms;
+            let open = s
+                .replicas
+                .iter()
+                .filter(|r| {
+                    matches!(self.state_of(r.0), NodeState::Up | NodeState::Draining)
+                        && self.nodes.get(&r.0).and_then(|l| l.shards.get(&s.id.0)).is_some_and(|st| st.serving)
+                })
+                .count();
+            let needs = (s.epoch.0 <= 1 && (open > s.replicas.len() / 2 || !waiting))
+                || (self.state_of(p) == NodeState::Down
+                    && !(unheard && waiting)
+                    && !live.is_some_and(|l| self.fresh(l, now_ms)))
                 || degraded
                 || live.and_then(|l| l.shards.get(&s.id.0)).is_some_and(|r| !r.serving)
                 || (live.and_then(|l| l.shards.get(&s.id.0)).is_none_or(|r| r.led != s.epoch.0)

@@ -298,6 +298,57 @@ fn elections_follow_the_primary_and_are_compare_and_set_on_the_epoch() {
     assert!(s.elections_due(2_150, &named, 1_000).contains(&0));
 }
 
+#[test]
+fn a_restarted_master_gives_unheard_primaries_the_grace_period() {
+    let (mut s, nodes) = grid(3, 1);
+    let op = s.init(2, 3).unwrap().unwrap();
+    s.commit(&op);
+    let none = std::collections::BTreeMap::new();
+    // A new grid: its first elections wait until a majority of replicas has the shard open
+    // (registered nodes are Up before their shards are), up to the grace.
+    s.evaluate(200);
+    assert!(s.elections_due(200, &none, 1_000).is_empty(), "no replica has its shard open yet");
+    assert_eq!(s.elections_due(1_001, &none, 1_000), vec![0, 1], "past the grace, try anyway");
+    beat_all(&mut s, &nodes, 300, &[]);
+    assert_eq!(s.elections_due(300, &none, 1_000), vec![0, 1], "a majority has its shards open");
+    for sh in 0..2 {
+        let p = s.map().shards[sh].primary.0;
+        let op = s.elect(sh as u32, p, 2).unwrap();
+        s.commit(&op);
+    }
+    // The master restarts: same map, no live state. Its primaries are Down only because it
+    // has not heard from them: nothing is due within the grace, everything after it.
+    let mut r = MasterState::new(s.meta().clone());
+    r.evaluate(100);
+    assert_eq!(r.state_of(r.map().shards[0].primary.0), NodeState::Down);
+    assert!(r.elections_due(100, &none, 1_000).is_empty(), "unheard primaries get the grace");
+    assert_eq!(r.elections_due(1_100, &none, 1_000), vec![0, 1], "silent past the grace: elect");
+    // Heartbeats that arrive before the next evaluation outrank the Down it left behind.
+    let mut late = MasterState::new(s.meta().clone());
+    late.evaluate(100);
+    for n in &nodes {
+        let shards: Vec<pb::ShardStat> = late
+            .assignments(*n)
+            .iter()
+            .map(|a| pb::ShardStat {
+                shard: a.shard,
+                serving: true,
+                primary_epoch: if a.primary { a.epoch } else { 0 },
+                ..Default::default()
+            })
+            .collect();
+        late.heartbeat(*n, &[], &shards, 0, 1_100).unwrap();
+    }
+    assert_eq!(late.state_of(late.map().shards[0].primary.0), NodeState::Down, "not evaluated yet");
+    assert!(late.elections_due(1_100, &none, 1_000).is_empty(), "a fresh heartbeat is not Down");
+    // An exit report is news: due at once.
+    let p0 = r.map().shards[0].primary.0;
+    let rec = r.meta().nodes[&p0].clone();
+    r.report_exit(&rec.agent, rec.slot, 1, "exit 1", 150);
+    r.evaluate(150);
+    assert_eq!(r.elections_due(150, &none, 1_000), vec![0]);
+}
+
 /// Heartbeats from `nodes`: each reports its assigned replicas, the primaries leading their
 /// epoch with a lease at commit 5,000, everyone else holding `lsn`.
 fn beat_leading(s: &mut MasterState, nodes: &[u64], now: u64, lsn: u64) {
