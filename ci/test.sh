@@ -131,8 +131,8 @@ for scenario in node-crash-restart master-restart gossip-partition control-plane
   sweep_and_replay "$scenario"
 done
 
-step "simulation: replication (failover, partitions, disk faults, replacement, drain, minority fence, swarm), ${SIM_BUDGET_S} s per scenario"
-for scenario in primary-crash network-partition disk-faults replace-node drain minority-fence swarm; do
+step "simulation: replication (failover, repeated primary kills, partitions, disk faults, replacement, drain, minority fence, swarm), ${SIM_BUDGET_S} s per scenario"
+for scenario in primary-crash primary-restarts network-partition disk-faults replace-node drain minority-fence swarm; do
   sweep_and_replay "$scenario"
 done
 

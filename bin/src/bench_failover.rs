@@ -198,9 +198,12 @@ async fn run_trials(a: &FailoverArgs, say: &dyn Fn(&str), sig: i32, resume: Opti
     // The writer: one write every interval, each in its own task so a slow one does not
     // delay the next send.
     let log: Arc<Mutex<Vec<Write>>> = Arc::new(Mutex::new(Vec::new()));
+    // Why writes failed (the answer's status and body, or the client's error), with counts.
+    let failures: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let (client, log, stop, labels) = (client.clone(), log.clone(), stop.clone(), labels.clone());
+        let (client, log, stop, labels, failures) =
+            (client.clone(), log.clone(), stop.clone(), labels.clone(), failures.clone());
         let interval = Duration::from_millis(a.interval_ms);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
@@ -210,13 +213,19 @@ async fn run_trials(a: &FailoverArgs, say: &dyn Fn(&str), sig: i32, resume: Opti
                 tick.tick().await;
                 let body = json!({"concepts": [{"label": labels[i % labels.len()], "content": format!("write {i}")}],
                                   "embed": false});
-                let (client, log) = (client.clone(), log.clone());
+                let (client, log, failures) = (client.clone(), log.clone(), failures.clone());
                 tokio::spawn(async move {
                     let sent = Instant::now();
-                    let ok = matches!(
-                        client.send(hyper::Method::POST, "/learn", Some(body.to_string().into_bytes())).await,
-                        Ok((200, _))
-                    );
+                    let r = client.send(hyper::Method::POST, "/learn", Some(body.to_string().into_bytes())).await;
+                    let ok = matches!(r, Ok((200, _)));
+                    if !ok {
+                        let why = match r {
+                            Ok((code, b)) => format!("{code} {}", String::from_utf8_lossy(&b)),
+                            Err(e) => format!("{e:#}"),
+                        };
+                        let mut f = failures.lock().unwrap_or_else(|p| p.into_inner());
+                        *f.entry(why).or_insert(0usize) += 1;
+                    }
                     log.lock().unwrap_or_else(|p| p.into_inner()).push(Write { sent, done: Instant::now(), ok });
                 });
                 i += 1;
@@ -225,6 +234,7 @@ async fn run_trials(a: &FailoverArgs, say: &dyn Fn(&str), sig: i32, resume: Opti
     };
 
     let mut trials = Vec::new();
+    let mut signals = Vec::new();
     let mut recoveries = Vec::new();
     for t in 0..a.trials {
         // Healthy, writing, for the settle time.
@@ -274,11 +284,29 @@ async fn run_trials(a: &FailoverArgs, say: &dyn Fn(&str), sig: i32, resume: Opti
         }
         trials.push(json!({"trial": t, "node": node, "restarts_before": restarts, "recovery_ms": recovered,
                            "failed_writes_since_signal": failed}));
+        signals.push(at);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = writer.await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let log = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // Every failed write, by trial (the last signal before it was sent): when it was sent
+    // relative to the signal, and how long it took to fail.
+    for (i, t) in trials.iter_mut().enumerate() {
+        let from = signals[i];
+        let to = signals.get(i + 1).copied();
+        let failed: Vec<&Write> =
+            log.iter().filter(|w| !w.ok && w.sent >= from && to.is_none_or(|to| w.sent < to)).collect();
+        let offs = |f: fn(&Write, Instant) -> f64| {
+            let mut v: Vec<f64> = failed.iter().map(|w| f(w, from)).collect();
+            v.sort_by(f64::total_cmp);
+            json!([v.first(), v.last()])
+        };
+        t["failed_writes"] = json!(failed.len());
+        t["failed_sent_after_signal_ms"] = offs(|w, at| w.sent.duration_since(at).as_secs_f64() * 1e3);
+        t["failed_took_ms"] = offs(|w, _| w.done.duration_since(w.sent).as_secs_f64() * 1e3);
+    }
+    let before_first = signals.first().map_or(0, |f| log.iter().filter(|w| !w.ok && w.sent < *f).count());
     recoveries.sort_by(f64::total_cmp);
     let mut by_node: BTreeMap<u64, usize> = BTreeMap::new();
     for t in &trials {
@@ -294,6 +322,8 @@ async fn run_trials(a: &FailoverArgs, say: &dyn Fn(&str), sig: i32, resume: Opti
         "recovery_ms_max": recoveries.last(),
         "writes": log.len(),
         "writes_failed": log.iter().filter(|w| !w.ok).count(),
+        "writes_failed_before_first_signal": before_first,
+        "write_failures": failures.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         "write_interval_ms": a.interval_ms,
         "primaries_hit": by_node,
         "per_trial": trials,

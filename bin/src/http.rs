@@ -64,6 +64,11 @@ impl From<ApiError> for Failure {
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Unavailable is a failover or a start in progress: worth a retry in a moment.
+            let retry = [(header::RETRY_AFTER, limits::API_RETRY_AFTER_S.to_string())];
+            return (status, retry, axum::Json(self.0.body())).into_response();
+        }
         (status, axum::Json(self.0.body())).into_response()
     }
 }

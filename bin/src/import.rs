@@ -188,6 +188,9 @@ async fn send_with_retries(client: &HttpClient, body: &serde_json::Value) -> Res
     unreachable!("the loop returns")
 }
 
+/// How long `sutra import` waits for `/readyz` before giving up.
+const READY_WAIT: Duration = Duration::from_secs(30);
+
 pub async fn run(a: ImportArgs) -> Result<()> {
     if a.batch == 0 || a.batch > limits::BATCH_ITEMS_MAX {
         bail!("--batch must be 1 to {}", limits::BATCH_ITEMS_MAX);
@@ -196,7 +199,17 @@ pub async fn run(a: ImportArgs) -> Result<()> {
         bail!("--parallel must be 1 to 64");
     }
     let client = HttpClient::new(&a.api)?;
-    client.get("/readyz").await.context("the grid is not ready")?;
+    // A grid that just started (or failed over) becomes ready within seconds: wait a bounded time.
+    let waited = Instant::now();
+    while let Err(e) = client.get("/readyz").await {
+        if waited.elapsed() > READY_WAIT {
+            return Err(e.context(format!("the grid is not ready after {} s", READY_WAIT.as_secs())));
+        }
+        if waited.elapsed() < Duration::from_millis(300) {
+            eprintln!("waiting for the grid to be ready: {e:#}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let started = Instant::now();
     let mut sender = Sender {
         client,

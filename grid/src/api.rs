@@ -940,15 +940,44 @@ impl Api {
         self.master.status().await.map_err(|e| ApiError::unavailable(format!("master: {e}")))
     }
 
-    /// Ready: the grid is initialised and every shard has a primary with a known address.
+    /// Ready: the grid is initialised and every shard's primary, asked directly, leads its
+    /// epoch with a lease (it takes writes and strong reads now).
     pub async fn ready(&self) -> Result<(), ApiError> {
         let map = self.master.shard_map().await.map_err(|e| ApiError::unavailable(format!("master: {e}")))?;
         if map.version == 0 || map.shards.is_empty() {
             return Err(ApiError::unavailable("the grid is not initialised"));
         }
-        let addrs: BTreeMap<u64, &str> = map.nodes.iter().map(|n| (n.node_id, n.storage_addr.as_str())).collect();
-        if let Some(s) = map.shards.iter().find(|s| s.primary == 0 || !addrs.contains_key(&s.primary)) {
-            return Err(ApiError::unavailable(format!("shard {} has no serving primary", s.shard)));
+        let addrs: BTreeMap<u64, String> = map.nodes.iter().map(|n| (n.node_id, n.storage_addr.clone())).collect();
+        let mut asks = Vec::with_capacity(map.shards.len());
+        for s in &map.shards {
+            let (shard, epoch, addr) = (s.shard, s.epoch, addrs.get(&s.primary).cloned());
+            asks.push(tokio::spawn(async move {
+                let Some(addr) = addr else { return Err(format!("shard {shard} has no primary")) };
+                let deadline = std::time::Duration::from_millis(limits::READY_PROBE_MS);
+                let info = async {
+                    crate::client::StorageClient::connect_once(&addr)
+                        .await?
+                        .with_deadline(deadline)
+                        .shard_info(shard)
+                        .await
+                };
+                match tokio::time::timeout(deadline, info).await {
+                    Ok(Ok(i)) if i.leading && i.primary_epoch == epoch => Ok(()),
+                    Ok(Ok(i)) if !i.serving => Err(format!("shard {shard}: its primary does not serve: {}", i.fault)),
+                    Ok(Ok(_)) => {
+                        Err(format!("shard {shard}: its primary (epoch {epoch}) does not lead with a lease yet"))
+                    }
+                    Ok(Err(e)) => Err(format!("shard {shard}: its primary does not answer: {e}")),
+                    Err(_) => Err(format!("shard {shard}: its primary did not answer within {deadline:?}")),
+                }
+            }));
+        }
+        for a in asks {
+            match a.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(ApiError::unavailable(e)),
+                Err(e) => return Err(ApiError::unavailable(format!("readiness probe failed: {e}"))),
+            }
         }
         Ok(())
     }

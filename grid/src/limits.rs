@@ -92,6 +92,10 @@ pub const SHARDS_PER_NODE_MAX: usize = 4096;
 
 /// Deadline on every RPC unless the call says otherwise (MADSIM.md trap 9).
 pub const RPC_DEADLINE_MS: u64 = 5_000;
+/// `Retry-After` (seconds) on a 503: a failover completes within about this.
+pub const API_RETRY_AFTER_S: u64 = 1;
+/// `/readyz` asks every shard's primary whether it leads; one that takes longer is not ready.
+pub const READY_PROBE_MS: u64 = 1_000;
 /// Connect attempts and retries of idempotent calls before giving up.
 pub const RPC_RETRIES_MAX: u32 = 4;
 /// First retry backoff; doubles each attempt.

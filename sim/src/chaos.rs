@@ -44,6 +44,8 @@ const SAME_PRIMARY: Proc = (254, 1);
 /// The first and second follower (voter other than the primary) of the last picked shard.
 const FOLLOWER_1: Proc = (254, 2);
 const FOLLOWER_2: Proc = (254, 3);
+/// The primary of shard `.1` when the step runs.
+const SHARD_PRIMARY: u8 = 253;
 /// The master, as a clock-skew target.
 const MASTER_PROC: Proc = (253, 0);
 /// Quiescence: every replica of every shard at the same commit LSN and state, within this.
@@ -683,6 +685,10 @@ fn resolve(sc: &Scenario, rng: &mut sutra_grid::io::Rng) -> Vec<Planned> {
             "last-primary" => SAME_PRIMARY,
             "follower-1" => FOLLOWER_1,
             "follower-2" => FOLLOWER_2,
+            r if r.starts_with("primary:") => {
+                last_proc = SAME_PRIMARY;
+                return (SHARD_PRIMARY, r["primary:".len()..].parse().unwrap_or(0));
+            }
             _ => {
                 let (a, s) = r.split_once('.').unwrap_or(("0", "0"));
                 (a.parse().unwrap_or(0), s.parse().unwrap_or(0))
@@ -836,11 +842,12 @@ fn perform(
     let checks: BTreeSet<Check> = g.sc.checks.iter().copied().collect();
     let checker = g.checker.clone();
     let resolved;
-    let step = if step.procs.iter().any(|p| p.0 == PICK_PRIMARY.0) {
+    let step = if step.procs.iter().any(|p| p.0 == PICK_PRIMARY.0 || p.0 == SHARD_PRIMARY) {
         let mut st = step.clone();
         for p in st.procs.iter_mut() {
-            if *p == PICK_PRIMARY {
-                let (picked, shard) = g.current_primary(st.at.as_millis() as usize).unwrap_or(((0, 0), 0));
+            if *p == PICK_PRIMARY || p.0 == SHARD_PRIMARY {
+                let k = if p.0 == SHARD_PRIMARY { p.1 as usize } else { st.at.as_millis() as usize };
+                let (picked, shard) = g.current_primary(k).unwrap_or(((0, 0), 0));
                 *p = picked;
                 *g.last_primary.lock().unwrap() = Some((picked, shard));
             } else if *p == SAME_PRIMARY {
@@ -1306,7 +1313,7 @@ async fn writer(
         edges.lock().unwrap().attempted.extend(batch.associations.iter().map(|a| (a.source, a.target)));
         let sent = Instant::now();
         let owing = r.owing_in_edges(&batch).await.unwrap_or_default();
-        match r.write(&batch).await {
+        match r.write_idempotent(&batch).await {
             Ok(parts) => {
                 let now = Instant::now();
                 repl.lock().unwrap().acks.extend(parts.iter().map(|p| (sent, now, p.shard)));
@@ -2074,6 +2081,14 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
     trace_timeline(&o);
     let mut failures = m.failures.clone();
     failures.extend(o.violations.iter().cloned());
+    if let Some(max) = sc.rto_exit_max_ms {
+        if let Some(worst) = rto_exit.iter().copied().max_by(f64::total_cmp).filter(|w| *w > max) {
+            failures.push(format!(
+                "recovery after a killed primary took {worst:.0} ms (bound {max:.0} ms; all: {:?})",
+                rto_exit.iter().map(|v| v.round() as u64).collect::<Vec<_>>()
+            ));
+        }
+    }
     if sc.checks.contains(&Check::Replication) {
         failures.extend(repl_violations);
     }

@@ -25,6 +25,11 @@ pub struct Scenario {
     /// Turn on the grid's buggify points (failure-handling branches made to run on purpose).
     #[serde(default)]
     pub buggify: bool,
+    /// Fail the seed if writes to a shard whose primary was killed (its agent reporting the
+    /// exit) took longer than this to be acknowledged again: recovery must not wait for the
+    /// killed process to restart.
+    #[serde(default)]
+    pub rto_exit_max_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,7 +89,8 @@ pub struct Step {
 }
 
 /// A storage process: `"A.S"` (agent A, slot S), `"random"` (drawn per seed), `"primary"`
-/// (when the step runs: the current primary of a shard drawn per seed), `"last-primary"` (the
+/// (when the step runs: the current primary of a shard drawn per seed), `"primary:N"` (when the
+/// step runs: the current primary of shard N, so repeated kills chase one shard), `"last-primary"` (the
 /// process the last `primary` named), `"follower-1"` / `"follower-2"` (when the step runs: the
 /// first / second voter other than the primary of the shard the last `primary` drew), or
 /// `"same"` (the process the previous step named).
@@ -453,9 +459,15 @@ fn check_node_ref(r: &str, c: &Shape) -> Result<(), String> {
     if ["random", "same", "primary", "last-primary", "follower-1", "follower-2"].contains(&r) {
         return Ok(());
     }
+    if let Some(n) = r.strip_prefix("primary:") {
+        return match n.parse::<u32>() {
+            Ok(n) if n < c.shards && n < 250 => Ok(()),
+            _ => Err(format!("node {r:?}: shard {n} is not one of 0..{}", c.shards)),
+        };
+    }
     let (a, s) = r.split_once('.').ok_or_else(|| {
         format!(
-            "node {r:?} must be \"A.S\", \"random\", \"same\", \"primary\", \"last-primary\", \"follower-1\" or \"follower-2\""
+            "node {r:?} must be \"A.S\", \"random\", \"same\", \"primary\", \"primary:N\", \"last-primary\", \"follower-1\" or \"follower-2\""
         )
     })?;
     match (a.parse::<u8>(), s.parse::<u8>()) {

@@ -4,6 +4,7 @@
 mod api;
 mod cluster;
 mod common;
+mod failover;
 mod grpc;
 mod kill9;
 mod wordnet_paths;

@@ -1,8 +1,10 @@
 //! Failover (architecture.md §5 rules 1, 4 and 6): when a shard's primary is lost, the master fences
 //! the replica set into the next epoch, promotes the fenced member with the greatest
 //! `(last_epoch, last_lsn)`, records the choice (compare-and-set on the shard's epoch), and
-//! tells the new primary. The new primary waits out the old primary's lease unless the old
-//! one is known to hold none: its agent reported it exited, or it answered the fence itself.
+//! tells the new primary. The new primary waits out what may be left of the old primary's
+//! lease (`replication::lease`): nothing if the old one is known to hold none (its agent
+//! reported it exited, or it answered the fence itself), less when every other voter last
+//! heard from it a while ago.
 //!
 //! Membership changes (rule 8) run through the same loop: a learner is recorded in the map,
 //! and each voter-set change is an election whose new epoch carries the new voter set.
@@ -17,6 +19,7 @@ use super::{Master, MemberChange};
 use crate::client::StorageClient;
 use crate::ids::NodeId;
 use crate::limits;
+use crate::replication::lease::{lease_wait, FenceAge};
 use crate::replication::{choose_primary_among, EntryId};
 
 /// Watches for shards needing a primary, one election per shard at a time, until dropped.
@@ -135,7 +138,10 @@ pub async fn elect(master: Arc<Master>, shard: u32, next_voters: Option<Vec<Node
             })
             .await;
             let reply = match fenced {
-                Ok(Ok(f)) => Some((r, EntryId { epoch: f.last_epoch, lsn: f.last_lsn })),
+                Ok(Ok(f)) => Some((
+                    (r, EntryId { epoch: f.last_epoch, lsn: f.last_lsn }),
+                    FenceAge { node: r, since_append: f.heard_append.then(|| Duration::from_millis(f.append_age_ms)) },
+                )),
                 _ => None,
             };
             let _ = tx.send(reply).await;
@@ -144,6 +150,7 @@ pub async fn elect(master: Arc<Master>, shard: u32, next_voters: Option<Vec<Node
     drop(tx);
     let majority = entry.replicas.len() / 2 + 1;
     let mut replies = Vec::new();
+    let mut ages = Vec::new();
     let mut heard = 0;
     let mut straggle_until: Option<tokio::time::Instant> = None;
     while heard < entry.replicas.len() {
@@ -158,8 +165,9 @@ pub async fn elect(master: Arc<Master>, shard: u32, next_voters: Option<Vec<Node
         };
         let Some(reply) = next else { break };
         heard += 1;
-        if let Some(r) = reply {
+        if let Some((r, age)) = reply {
             replies.push(r);
+            ages.push(age);
         }
         if replies.len() >= majority && straggle_until.is_none() {
             // Buggify: go on with a bare majority.
@@ -192,8 +200,7 @@ pub async fn elect(master: Arc<Master>, shard: u32, next_voters: Option<Vec<Node
             }
         })
         .map_err(|e| format!("shard {shard} epoch {epoch}: {e}"))?;
-    let old_answered = replies.iter().any(|(n, _)| *n == entry.primary);
-    let fast = entry.epoch.0 <= 1 || old_exited || old_answered;
+    let old_gone = entry.epoch.0 <= 1 || old_exited;
     let same = voters == entry.replicas;
     let ids: Vec<u64> = voters.iter().map(|v| v.0).collect();
     master
@@ -203,13 +210,16 @@ pub async fn elect(master: Arc<Master>, shard: u32, next_voters: Option<Vec<Node
         })
         .await
         .map_err(|e| e.to_string())?;
-    let wait = if fast {
-        Duration::ZERO
-    } else {
-        let since_fence = crate::io::clock::lease_now().saturating_duration_since(fenced_at);
-        Duration::from_millis(limits::LEASE_MS + limits::LEASE_MARGIN_MS).saturating_sub(since_fence)
-    };
-    tracing::info!(shard, epoch, primary = pick.0, fast, wait_ms = wait.as_millis() as u64, "promoting");
+    let wait = lease_wait(
+        Duration::from_millis(limits::LEASE_MS),
+        Duration::from_millis(limits::LEASE_MARGIN_MS),
+        &entry.replicas,
+        entry.primary,
+        &ages,
+        old_gone,
+        crate::io::clock::lease_now().saturating_duration_since(fenced_at),
+    );
+    tracing::info!(shard, epoch, primary = pick.0, wait_ms = wait.as_millis() as u64, "promoting");
     let req = pb::PromoteRequest {
         shard,
         epoch,

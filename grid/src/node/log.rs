@@ -70,7 +70,7 @@ pub struct Promotion {
 pub(crate) enum Cmd {
     Write(Waiter),
     Append(Append, Vec<Arc<Vec<u8>>>, oneshot::Sender<Result<AppendReply, String>>),
-    Fence(u64, oneshot::Sender<Result<EntryId, String>>),
+    Fence(u64, oneshot::Sender<Result<Fenced, String>>),
     Promote(Promotion, oneshot::Sender<Result<(), String>>),
     Install { epoch: u64, at: EntryId, image: Vec<u8>, done: oneshot::Sender<Result<AppendReply, String>> },
 }
@@ -162,6 +162,9 @@ pub(crate) struct Core {
     pub durable: u64,
     pub waiters: BTreeMap<u64, Waiter>,
     pub lead: Option<Lead>,
+    /// When this replica last accepted an append (or snapshot) from a primary, on the lease
+    /// clock: reported at a fence (`replication::lease`).
+    pub append_heard_at: Option<Instant>,
 }
 
 impl Core {
@@ -177,6 +180,7 @@ impl Core {
             durable,
             waiters: BTreeMap::new(),
             lead: None,
+            append_heard_at: None,
         }
     }
 
@@ -454,10 +458,17 @@ pub(crate) async fn run_log(sh: Arc<Shared>, mut wal: Wal, mut rx: mpsc::Receive
     }
 }
 
+/// A fenced replica's answer: its last entry, and how long ago it last accepted an append.
+#[derive(Clone, Copy, Debug)]
+pub struct Fenced {
+    pub last: EntryId,
+    pub append_age: Option<Duration>,
+}
+
 /// Replies held until the group is durable.
 enum Deferred {
     Append(oneshot::Sender<Result<AppendReply, String>>, AppendReply),
-    Fence(oneshot::Sender<Result<EntryId, String>>, EntryId),
+    Fence(oneshot::Sender<Result<Fenced, String>>, Fenced),
     Done(oneshot::Sender<Result<(), String>>),
 }
 
@@ -510,6 +521,20 @@ impl Step {
 fn persist_promise(sh: &Shared, p: Promise) -> Result<(), WalError> {
     crate::io::write_atomic(&*sh.disk, &sh.dir, "promise", &p.encode())
         .map_err(|source| WalError::FsyncFailed { path: format!("{}/promise", sh.dir), source })
+}
+
+/// Queues the reply to an append or snapshot; an accepted one is news of a live primary, whose
+/// age a later fence reports (`replication::lease`).
+fn reply_append(
+    core: &mut Core,
+    step: &mut Step,
+    tx: oneshot::Sender<Result<AppendReply, String>>,
+    reply: AppendReply,
+) {
+    if matches!(reply, AppendReply::Ok { .. }) {
+        core.append_heard_at = Some(crate::io::clock::lease_now());
+    }
+    step.replies.push(Deferred::Append(tx, reply));
 }
 
 fn stage(wal: &mut Wal, buf: &mut Vec<u8>, core: &mut Core, id: EntryId, payload: Arc<Vec<u8>>) {
@@ -594,7 +619,7 @@ fn handle(
                     tracing::info!(shard, commit = a.commit, "re-sync complete; voting again");
                 }
             }
-            step.replies.push(Deferred::Append(tx, reply));
+            reply_append(core, step, tx, reply);
         }
         Cmd::Fence(epoch, tx) => {
             if core.promise.resync {
@@ -614,7 +639,8 @@ fn handle(
                 core.promise.promised = epoch;
                 persist_promise(sh, core.promise)?;
             }
-            step.replies.push(Deferred::Fence(tx, last));
+            let append_age = core.append_heard_at.map(|t| crate::io::clock::lease_now().saturating_duration_since(t));
+            step.replies.push(Deferred::Fence(tx, Fenced { last, append_age }));
         }
         Cmd::Promote(pr, tx) => {
             if let Role::Primary(p) = &core.role {
@@ -673,7 +699,7 @@ fn handle(
             if core.role.commit() >= at.lsn {
                 // Already has everything the snapshot holds.
                 let matched = core.role.commit();
-                step.replies.push(Deferred::Append(done, AppendReply::Ok { epoch, matched }));
+                reply_append(core, step, done, AppendReply::Ok { epoch, matched });
                 return Ok(());
             }
             let installed = (|| -> Result<Checkpoint, String> {
@@ -709,7 +735,7 @@ fn handle(
             core.entry_bytes = 0;
             core.applied = at.lsn;
             tracing::info!(shard, lsn = at.lsn, "installed a snapshot from the primary");
-            step.replies.push(Deferred::Append(done, AppendReply::Ok { epoch, matched: at.lsn }));
+            reply_append(core, step, done, AppendReply::Ok { epoch, matched: at.lsn });
         }
     }
     Ok(())

@@ -73,6 +73,7 @@ pub(crate) fn shard_info(id: u32, slot: &ShardSlot) -> pb::ShardInfo {
     match slot {
         ShardSlot::Serving(s) => {
             let fault = s.fault();
+            let fault_free = fault.is_none();
             let r = s.replication();
             let st = s.read().ok();
             let (concepts, out_edges, in_edges) = st.as_ref().map(|st| st.counts()).unwrap_or_default();
@@ -97,6 +98,7 @@ pub(crate) fn shard_info(id: u32, slot: &ShardSlot) -> pb::ShardInfo {
                 outbox_items,
                 outbox_oldest_lsn,
                 state_digest: 0,
+                leading: r.leading && fault_free,
             }
         }
         ShardSlot::Failed { range, reason } => pb::ShardInfo {
@@ -319,8 +321,13 @@ impl pb::storage_server::Storage for StorageService {
 
     async fn fence(&self, req: Request<pb::FenceRequest>) -> Result<Response<pb::FenceResponse>, Status> {
         let req = req.into_inner();
-        let last = self.node.shard(req.shard)?.fence(req.epoch).await.map_err(Status::failed_precondition)?;
-        Ok(Response::new(pb::FenceResponse { last_epoch: last.epoch, last_lsn: last.lsn }))
+        let f = self.node.shard(req.shard)?.fence(req.epoch).await.map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::FenceResponse {
+            last_epoch: f.last.epoch,
+            last_lsn: f.last.lsn,
+            append_age_ms: f.append_age.map_or(0, |d| d.as_millis() as u64),
+            heard_append: f.append_age.is_some(),
+        }))
     }
 
     async fn promote(&self, req: Request<pb::PromoteRequest>) -> Result<Response<pb::PromoteResponse>, Status> {

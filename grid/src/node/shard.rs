@@ -283,8 +283,9 @@ impl Shard {
         rx.await.map_err(|_| self.fault().unwrap_or_else(|| "the replica's log stopped".into()))?
     }
 
-    /// The master fences this replica into `epoch`; returns its last entry once durable.
-    pub async fn fence(&self, epoch: u64) -> Result<EntryId, String> {
+    /// The master fences this replica into `epoch`; returns its last entry once durable, and
+    /// how long ago it last accepted an append.
+    pub async fn fence(&self, epoch: u64) -> Result<super::log::Fenced, String> {
         self.command(|tx| Cmd::Fence(epoch, tx)).await
     }
 

@@ -95,6 +95,23 @@ fn never_logged(e: &ClientError) -> bool {
     }
 }
 
+/// The call may or may not have been logged: a deadline, or a connection that broke (a hung
+/// primary resumed, a process killed mid-call). An idempotent write may simply be sent again.
+fn outcome_unknown(e: &ClientError) -> bool {
+    match e {
+        ClientError::Deadline { .. } => true,
+        ClientError::Rpc { status, .. } => matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::Aborted
+                | tonic::Code::DeadlineExceeded
+        ),
+        ClientError::Connect { .. } => false,
+    }
+}
+
 pub struct Router {
     master: MasterClient,
     table: RwLock<Table>,
@@ -264,7 +281,7 @@ impl Router {
             };
             self.forget(&addr);
             let _ = self.refresh().await;
-            let retry = never_logged(&source) || (idempotent && matches!(source, ClientError::Deadline { .. }));
+            let retry = never_logged(&source) || (idempotent && outcome_unknown(&source));
             if !retry || start.elapsed() >= self.deadline {
                 return Err(RouterError::Shard { shard, addr, source });
             }

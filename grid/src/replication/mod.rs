@@ -1,13 +1,15 @@
 //! Replication of one shard's log (architecture.md §5), as pure state machines: the primary
 //! ([`Primary`]: epoch-start entry, pipelined appends, majority commit of its own epoch's
 //! entries), the replica ([`Replica`]: fencing, log matching, truncation of an uncommitted
-//! suffix only, monotonic commit), and the master's promotion rule ([`choose_primary`]).
+//! suffix only, monotonic commit), the master's promotion rule ([`choose_primary`]) and the
+//! new primary's wait for the old lease ([`lease::lease_wait`]).
 //!
 //! `node::shard` drives these over the WAL and the network; `master::failover` fences and
 //! promotes. A randomized model test drives three nodes through crashes, lost and reordered
 //! messages and failovers, checking that no committed entry is ever lost.
 
 pub mod entry;
+pub mod lease;
 mod log_index;
 mod primary;
 mod replica;
