@@ -865,6 +865,7 @@ fn perform(
     // Faults that take primaries away start an RTO measurement for each of their shards.
     let lost: Vec<Proc> = match &step.action {
         Action::KillProcess { .. }
+        | Action::Pause { .. }
         | Action::Isolate { .. }
         | Action::IsolateFromPeers { .. }
         | Action::IsolateFromServers { .. } => step.procs.clone(),
