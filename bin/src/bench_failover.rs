@@ -5,7 +5,8 @@
 //! SIGSTOP and, once writes recovered (or the trial timed out), SIGCONT. A trial's recovery time
 //! runs from the signal to the acknowledgement of the first write *sent after* it. Between
 //! trials the grid must report healthy again and the writes flow; the process's restart count
-//! is reported, so a figure that tracks the agent's backoff shows.
+//! is reported, so a figure that tracks the agent's backoff shows. Every write creates its own
+//! concept; at the end each acknowledged one is read back (strong), and any missing is lost.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,12 +47,14 @@ pub struct FailoverArgs {
     pub json: bool,
 }
 
-/// One write: when it was sent, when it was answered, and whether it succeeded.
-#[derive(Clone, Copy)]
+/// One write: when it was sent, when it was answered, whether it succeeded, and the label it
+/// created if it did.
+#[derive(Clone)]
 struct Write {
     sent: Instant,
     done: Instant,
     ok: bool,
+    label: Option<String>,
 }
 
 fn free_port() -> Result<u16> {
@@ -114,16 +117,23 @@ fn primary_of_shard0(st: &Value) -> Option<(u64, String, u64)> {
     Some((node, n["storage_addr"].as_str()?.to_string(), restarts))
 }
 
-/// Labels whose placement key falls in shard 0's range.
-fn shard0_labels(st: &Value, n: usize) -> Result<Vec<String>> {
+/// Shard 0's key range.
+fn shard0_range(st: &Value) -> Result<std::ops::RangeInclusive<u64>> {
     let shard = st["shards"].as_array().and_then(|a| a.iter().find(|s| s["id"] == 0)).context("no shard 0")?;
     let range = |k: &str| u64::from_str_radix(shard[k].as_str().unwrap_or(""), 16);
-    let (lo, hi) = (range("key_start")?, range("key_end")?);
-    Ok((0u64..)
-        .map(|i| format!("failover-{i}"))
-        .filter(|l| (lo..=hi).contains(&ConceptId::from_label(l).placement_key()))
-        .take(n)
-        .collect())
+    Ok(range("key_start")?..=range("key_end")?)
+}
+
+/// A fresh label after `*next` whose placement key falls in `range` (each write creates its own
+/// concept, so every acknowledged write can be looked up afterwards).
+fn next_label(range: &std::ops::RangeInclusive<u64>, run: u32, next: &mut u64) -> String {
+    loop {
+        let l = format!("failover-{run}-{next}");
+        *next += 1;
+        if range.contains(&ConceptId::from_label(&l).placement_key()) {
+            return l;
+        }
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
@@ -176,6 +186,18 @@ pub async fn bench_failover(a: &FailoverArgs) -> Result<Value> {
     result
 }
 
+/// The API's count of write parts it sent again (`/metrics`), if it answers.
+async fn write_resends(client: &HttpClient) -> Option<u64> {
+    let (code, body) = client.send(hyper::Method::GET, "/metrics", None).await.ok()?;
+    if code != 200 {
+        return None;
+    }
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("sutra_api_write_resends_total "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 async fn status(client: &HttpClient) -> Result<Value> {
     client.get("/cluster/status").await
 }
@@ -193,7 +215,9 @@ async fn run_trials(a: &FailoverArgs, say: &dyn Fn(&str), sig: i32, resume: Opti
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     say(&format!("grid ready after {:.1} s", t0.elapsed().as_secs_f64()));
-    let labels = shard0_labels(&status(&client).await?, 256)?;
+    let resends_before = write_resends(&client).await;
+    let range = shard0_range(&status(&client).await?)?;
+    let run = std::process::id();
 
     // The writer: one write every interval, each in its own task so a slow one does not
     // delay the next send.
@@ -202,17 +226,16 @@ async fn run_trials(a: &FailoverArgs, say: &dyn Fn(&str), sig: i32, resume: Opti
     let failures: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let (client, log, stop, labels, failures) =
-            (client.clone(), log.clone(), stop.clone(), labels.clone(), failures.clone());
+        let (client, log, stop, failures) = (client.clone(), log.clone(), stop.clone(), failures.clone());
         let interval = Duration::from_millis(a.interval_ms);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            let mut i = 0usize;
+            let (mut i, mut next) = (0usize, 0u64);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 tick.tick().await;
-                let body = json!({"concepts": [{"label": labels[i % labels.len()], "content": format!("write {i}")}],
-                                  "embed": false});
+                let label = next_label(&range, run, &mut next);
+                let body = json!({"concepts": [{"label": label, "content": format!("write {i}")}], "embed": false});
                 let (client, log, failures) = (client.clone(), log.clone(), failures.clone());
                 tokio::spawn(async move {
                     let sent = Instant::now();
@@ -226,7 +249,8 @@ async fn run_trials(a: &FailoverArgs, say: &dyn Fn(&str), sig: i32, resume: Opti
                         let mut f = failures.lock().unwrap_or_else(|p| p.into_inner());
                         *f.entry(why).or_insert(0usize) += 1;
                     }
-                    log.lock().unwrap_or_else(|p| p.into_inner()).push(Write { sent, done: Instant::now(), ok });
+                    let label = ok.then_some(label);
+                    log.lock().unwrap_or_else(|p| p.into_inner()).push(Write { sent, done: Instant::now(), ok, label });
                 });
                 i += 1;
             }
@@ -307,6 +331,21 @@ async fn run_trials(a: &FailoverArgs, say: &dyn Fn(&str), sig: i32, resume: Opti
         t["failed_took_ms"] = offs(|w, _| w.done.duration_since(w.sent).as_secs_f64() * 1e3);
     }
     let before_first = signals.first().map_or(0, |f| log.iter().filter(|w| !w.ok && w.sent < *f).count());
+    // Lost: acknowledged, but its concept is not there (a strong read from the primary).
+    let healthy_from = Instant::now();
+    while !status(&client).await.is_ok_and(|s| s["healthy"] == true) && healthy_from.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    say("reading every acknowledged write back");
+    let (mut lost, mut unreadable) = (Vec::new(), 0usize);
+    for l in log.iter().filter_map(|w| w.label.as_ref()) {
+        match client.send(hyper::Method::GET, &format!("/concepts?label={l}&consistency=strong"), None).await {
+            Ok((200, _)) => {}
+            Ok((404, _)) => lost.push(l.clone()),
+            _ => unreadable += 1,
+        }
+    }
     recoveries.sort_by(f64::total_cmp);
     let mut by_node: BTreeMap<u64, usize> = BTreeMap::new();
     for t in &trials {
@@ -323,6 +362,11 @@ async fn run_trials(a: &FailoverArgs, say: &dyn Fn(&str), sig: i32, resume: Opti
         "writes": log.len(),
         "writes_failed": log.iter().filter(|w| !w.ok).count(),
         "writes_failed_before_first_signal": before_first,
+        "writes_acked": log.iter().filter(|w| w.ok).count(),
+        "writes_resent": write_resends(&client).await.zip(resends_before).map(|(a, b)| a.saturating_sub(b)),
+        "acked_writes_lost": lost.len(),
+        "acked_writes_unreadable": unreadable,
+        "lost_examples": lost.iter().take(5).collect::<Vec<_>>(),
         "write_failures": failures.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         "write_interval_ms": a.interval_ms,
         "primaries_hit": by_node,

@@ -2,7 +2,7 @@
 //! `sutra_grid::api`, which validates and answers. Every error is `{"error": {"code", "message"}}`
 //! with its status; bodies past `API_BODY_BYTES_MAX` get 413. Prometheus text at `/metrics`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
@@ -31,6 +31,8 @@ struct Metrics {
     registry: Registry,
     requests: Family<RouteLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
+    /// Mirrors the router's count at each scrape (the lock keeps concurrent scrapes exact).
+    resends: Mutex<Counter>,
 }
 
 impl Metrics {
@@ -43,7 +45,13 @@ impl Metrics {
         });
         registry.register("requests", "HTTP requests answered, by route and status", requests.clone());
         registry.register("request_seconds", "HTTP request latency, by route and status", latency.clone());
-        Metrics { registry, requests, latency }
+        let resends = Counter::default();
+        registry.register(
+            "write_resends",
+            "write parts sent again to a new primary or after an unknown outcome",
+            resends.clone(),
+        );
+        Metrics { registry, requests, latency, resends: Mutex::new(resends) }
     }
 }
 
@@ -263,6 +271,10 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    {
+        let c = s.metrics.resends.lock().unwrap_or_else(|p| p.into_inner());
+        c.inc_by(s.api.router().write_resends().saturating_sub(c.get()));
+    }
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &s.metrics.registry).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();

@@ -25,5 +25,7 @@ fn a_killed_or_hung_primary_is_replaced_while_writes_go_on() {
         let worst = r["recovery_ms_max"].as_f64().unwrap_or(f64::MAX);
         assert!(worst < bound_ms, "{story}: writes recovered within {bound_ms} ms (worst {worst} ms): {r}");
         assert!(r["writes"].as_u64().unwrap_or(0) > 100, "{story}: the writer ran: {r}");
+        assert_eq!(r["acked_writes_lost"], 0, "{story}: no acknowledged write is lost: {r}");
+        assert_eq!(r["acked_writes_unreadable"], 0, "{story}: every acknowledged write reads back: {r}");
     }
 }

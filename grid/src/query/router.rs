@@ -117,6 +117,8 @@ pub struct Router {
     table: RwLock<Table>,
     clients: Mutex<HashMap<String, StorageClient>>,
     deadline: std::time::Duration,
+    /// Write parts sent again (a new primary, or an outcome-unknown failure), for `/metrics`.
+    resends: std::sync::atomic::AtomicU64,
 }
 
 impl Router {
@@ -127,6 +129,7 @@ impl Router {
             table: RwLock::new(Table::default()),
             clients: Mutex::new(HashMap::new()),
             deadline,
+            resends: std::sync::atomic::AtomicU64::new(0),
         });
         r.refresh().await?;
         Ok(r)
@@ -149,6 +152,11 @@ impl Router {
         if self.map_version() == 0 {
             let _ = self.refresh().await;
         }
+    }
+
+    /// Write parts sent again since this router started (a failover, or an unknown outcome).
+    pub fn write_resends(&self) -> u64 {
+        self.resends.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn map_version(&self) -> u64 {
@@ -276,6 +284,7 @@ impl Router {
                     if let Some(a) = self.primary_addr_of(shard) {
                         addr = a;
                     }
+                    self.resends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     continue;
                 }
             };
@@ -287,6 +296,7 @@ impl Router {
             }
             tokio::time::sleep(crate::client::retry_backoff(attempt, 20, 160)).await;
             attempt += 1;
+            self.resends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(a) = self.primary_addr_of(shard) {
                 addr = a;
             }
