@@ -207,7 +207,7 @@ pub enum DiskFaultKind {
     FsyncError,
     /// The disk fills up a few KiB from now.
     Full,
-    /// One read in five comes back with a bit flipped.
+    /// One read in five comes back with a bit flipped (half of them in its last 256 bytes).
     ReadBitflips,
     /// Back to a healthy disk.
     Clear,

@@ -85,7 +85,14 @@ impl State {
         if !v.is_empty() && self.faults.read_bitflip_probability > 0.0 {
             let p = self.faults.read_bitflip_probability;
             if self.rng.random_bool(p.min(1.0)) {
-                let at = self.rng.random_range(0..v.len());
+                // Half the flips land in the last 256 bytes: where a torn write would be, so a
+                // reader that takes a bad read for a torn tail gets the chance to be wrong.
+                let tail = v.len().saturating_sub(256);
+                let at = if self.rng.random_bool(0.5) {
+                    self.rng.random_range(tail..v.len())
+                } else {
+                    self.rng.random_range(0..v.len())
+                };
                 let bit = self.rng.random_range(0..8);
                 v[at] ^= 1 << bit;
                 self.stats.bitflips += 1;
