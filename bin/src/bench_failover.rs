@@ -363,7 +363,8 @@ async fn run_trials(a: &FailoverArgs, say: &dyn Fn(&str), sig: i32, resume: Opti
         "writes_failed": log.iter().filter(|w| !w.ok).count(),
         "writes_failed_before_first_signal": before_first,
         "writes_acked": log.iter().filter(|w| w.ok).count(),
-        "writes_resent": write_resends(&client).await.zip(resends_before).map(|(a, b)| a.saturating_sub(b)),
+        // Sends again, not writes: one write may be resent several times (each retry counts).
+        "write_resends": write_resends(&client).await.zip(resends_before).map(|(a, b)| a.saturating_sub(b)),
         "acked_writes_lost": lost.len(),
         "acked_writes_unreadable": unreadable,
         "lost_examples": lost.iter().take(5).collect::<Vec<_>>(),
