@@ -2059,9 +2059,9 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
     stop_obs.store(true, Ordering::Relaxed);
     let _ = observer.await;
     witness::install(None);
-    let (rto_exit, rto_silent, repl_violations) = {
+    let (rto_exit, rto_silent, rto_write_gap, repl_violations) = {
         let w = g.repl.lock().unwrap();
-        let (mut exit, mut silent) = (Vec::new(), Vec::new());
+        let (mut exit, mut silent, mut gap) = (Vec::new(), Vec::new(), Vec::new());
         for (at, shard, reported) in &w.primary_faults {
             // The first write sent after the fault that committed on that shard.
             let first = w.acks.iter().filter(|(sent, _, s)| s == shard && sent > at).map(|(_, t, _)| *t).min();
@@ -2073,8 +2073,16 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
                     silent.push(ms)
                 }
             }
+            // How long after a reported exit the first (eventually acknowledged) write to that
+            // shard was sent: part of rto_exit_ms that is the workload's pace (its writers wait
+            // for each batch before the next), not the failover.
+            if let Some(s) = w.acks.iter().filter(|(sent, _, s)| s == shard && sent > at).map(|(s, _, _)| *s).min() {
+                if *reported {
+                    gap.push(s.saturating_duration_since(*at).as_secs_f64() * 1000.0);
+                }
+            }
         }
-        (exit, silent, w.violations.clone())
+        (exit, silent, gap, w.violations.clone())
     };
 
     let m = std::mem::take(&mut *measured.lock().unwrap());
@@ -2125,6 +2133,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
             "heal_s": (heal_s * 1000.0).round() / 1000.0,
             "converge_s": converge_s,
             "rto_exit_ms": rto_exit,
+            "rto_exit_write_gap_ms": rto_write_gap,
             "rto_silent_ms": rto_silent,
             "register_ops": register_ops,
             "edges_checked": edges_checked,
