@@ -35,6 +35,12 @@ fn grid(agents: u32, per_agent: u32) -> (MasterState, Vec<u64>) {
 }
 
 fn beat_all(s: &mut MasterState, nodes: &[u64], now: u64, unreachable: &[(u64, Vec<u64>)]) {
+    heartbeats(s, nodes, now, unreachable);
+    s.evaluate(now);
+}
+
+/// `beat_all`'s heartbeats without the evaluation that follows them.
+fn heartbeats(s: &mut MasterState, nodes: &[u64], now: u64, unreachable: &[(u64, Vec<u64>)]) {
     for n in nodes {
         let u = unreachable.iter().find(|(who, _)| who == n).map(|(_, u)| u.clone()).unwrap_or_default();
         let shards: Vec<pb::ShardStat> = s
@@ -49,7 +55,6 @@ fn beat_all(s: &mut MasterState, nodes: &[u64], now: u64, unreachable: &[(u64, V
             .collect();
         s.heartbeat(*n, &u, &shards, 0, now).unwrap();
     }
-    s.evaluate(now);
 }
 
 #[test]
@@ -326,19 +331,7 @@ fn a_restarted_master_gives_unheard_primaries_the_grace_period() {
     // Heartbeats that arrive before the next evaluation outrank the Down it left behind.
     let mut late = MasterState::new(s.meta().clone());
     late.evaluate(100);
-    for n in &nodes {
-        let shards: Vec<pb::ShardStat> = late
-            .assignments(*n)
-            .iter()
-            .map(|a| pb::ShardStat {
-                shard: a.shard,
-                serving: true,
-                primary_epoch: if a.primary { a.epoch } else { 0 },
-                ..Default::default()
-            })
-            .collect();
-        late.heartbeat(*n, &[], &shards, 0, 1_100).unwrap();
-    }
+    heartbeats(&mut late, &nodes, 1_100, &[]);
     assert_eq!(late.state_of(late.map().shards[0].primary.0), NodeState::Down, "not evaluated yet");
     assert!(late.elections_due(1_100, &none, 1_000).is_empty(), "a fresh heartbeat is not Down");
     // An exit report is news: due at once.
