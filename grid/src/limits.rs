@@ -213,8 +213,12 @@ pub const LEARN_DELIVERY_WAIT_MS: u64 = 5_000;
 pub const OUTBOX_POLL_MS: u64 = 50;
 /// Deadline of one delivery call; a round that fails backs off up to `REPL_HEARTBEAT_MS * 2`.
 pub const OUTBOX_RPC_DEADLINE_MS: u64 = 1_000;
-/// Writes a primary holds unacknowledged before it pushes back ("busy").
+/// Entries a primary holds logged but not yet applied (committed) before it refuses writes
+/// ("busy").
 pub const REPL_UNCOMMITTED_MAX: usize = 8_192;
+/// Peers' append answers waiting for the log task: at most `REPL_APPENDS_IN_FLIGHT_MAX` per
+/// peer are on their way, so it fills only if the log task stalls, and then the shippers wait.
+pub const REPL_REPLY_QUEUE_DEPTH_MAX: usize = 1_024;
 /// Committed entries a primary keeps in memory for lagging replicas (older ones are read
 /// from the WAL, or replaced by a snapshot once trimmed).
 pub const REPL_RETAIN_BYTES_MAX: usize = 64 * 1024 * 1024;

@@ -3,8 +3,8 @@
 //! once their entry has committed (on a majority of the replica set, each copy fsynced), and
 //! are applied (made visible) in LSN order at that moment.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLockReadGuard};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -15,7 +15,7 @@ use crate::io::Disk;
 use crate::limits;
 use crate::model::{validate_batch, Association, BatchRejected, Consistency, ItemError, WriteBatch};
 use crate::replication::entry::{self, Body};
-use crate::replication::{witness, Append, AppendReply, EntryId, LogIndex, Replica};
+use crate::replication::{Append, AppendReply, EntryId, LogIndex, Replica};
 use crate::store::{batch_codec, checkpoint, links, Checkpoint, CheckpointError, InEdges, KeyRange, ShardStore};
 use crate::wal::{RecordType, RecoveryReport, Wal};
 
@@ -162,24 +162,10 @@ impl Shard {
             "shard recovered"
         );
         let role = Role::Replica(Replica::new(log_index, promised, commit));
-        let sh = Arc::new(Shared {
-            shard: sid,
-            retain_bytes: config.repl_retain_bytes,
-            range,
-            dir: dir.to_string(),
-            disk,
-            state: Arc::new(RwLock::new(store)),
-            core: Mutex::new(Core::new(role, promise, pending, applied)),
-            fault: Mutex::new(None),
-            changed: tokio::sync::Notify::new(),
-            syncs: AtomicU64::new(0),
-            apply_gate: Mutex::new(()),
-            trim_through: AtomicU64::new(0),
-            instance: witness::instance(),
-            node_id: AtomicU64::new(0),
-        });
+        let core = Core::new(role, promise, pending, applied, config.repl_retain_bytes);
+        let (sh, replies) = Shared::new(sid, range, dir.to_string(), disk, store, core);
         let (tx, rx) = mpsc::channel(limits::WAL_QUEUE_DEPTH_MAX);
-        tokio::spawn(log::run_log(sh.clone(), wal, rx));
+        tokio::spawn(log::run_log(sh.clone(), wal, rx, replies));
         let shard = Shard {
             id,
             range,
@@ -451,15 +437,13 @@ impl Shard {
         let sh = self.sh.clone();
         let sid = self.id.0;
         let lsn = crate::io::blocking(move || -> Result<u64, CheckpointError> {
-            // Lock order as the log task's apply: core, apply gate, state. (Taking the core
-            // under the gate deadlocked against an apply waiting on the gate with the core held.)
-            let core = sh.core();
+            // Lock order: apply gate, state, core (briefly). The log task never holds the core
+            // while it waits for the gate.
             let _gate = sh.apply_gate.lock().unwrap_or_else(|p| p.into_inner());
             let (meta, image) = {
                 let st = sh.state.read().unwrap_or_else(|p| p.into_inner());
                 let lsn = st.applied_lsn();
-                let epoch = core.role.log().epoch_of(lsn).unwrap_or(0);
-                drop(core);
+                let epoch = sh.core().role.log().epoch_of(lsn).unwrap_or(0);
                 let meta = checkpoint::CheckpointMeta { lsn, epoch, key_start: st.range.start, key_end: st.range.end };
                 let image = checkpoint::build_image(&meta, st.relations(), &st.snapshot_vertices(), st.links());
                 (meta, image)

@@ -14,10 +14,11 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use sutra_proto as pb;
 use tokio::time::Instant;
 
-use super::log::{Job, Shared};
+use super::log::Shared;
 use crate::client::StorageClient;
 use crate::ids::NodeId;
 use crate::limits;
+use crate::replication::core::Job;
 use crate::replication::{Append, AppendReply, EntryId};
 use crate::store::Checkpoint;
 
@@ -88,7 +89,7 @@ pub(crate) async fn ship(sh: Arc<Shared>, epoch: u64, peer: NodeId, addr: String
         let full = in_flight.len() >= limits::REPL_APPENDS_IN_FLIGHT_MAX;
         // An empty append only when nothing is on its way: it would overtake what is.
         let due = in_flight.is_empty() && last_sent.is_none_or(|t| t.elapsed() >= heartbeat);
-        let job = if full { Job::Wait } else { sh.next_job(epoch, peer, due) };
+        let job = if full { Job::Wait } else { sh.core().next_job(epoch, peer, due) };
         let (append, payloads) = match job {
             Job::Stop => return,
             Job::Wait => {
@@ -130,7 +131,7 @@ pub(crate) async fn ship(sh: Arc<Shared>, epoch: u64, peer: NodeId, addr: String
                     continue;
                 }
                 a.entries.truncate(n);
-                sh.resume_at(epoch, peer, from + n as u64);
+                sh.core().resume_at(epoch, peer, from + n as u64);
                 let payloads = read.into_iter().take(n).map(|(_, _, p)| Arc::new(p)).collect();
                 (a, payloads)
             }
@@ -175,10 +176,11 @@ pub(crate) async fn ship(sh: Arc<Shared>, epoch: u64, peer: NodeId, addr: String
 /// time and the peer never heard from this primary again (swarm seed 7000391).
 fn rewind(sh: &Shared, epoch: u64, peer: NodeId, in_flight: &mut FuturesUnordered<InFlight>) {
     in_flight.clear();
-    sh.rewind(epoch, peer);
+    sh.core().rewind(epoch, peer);
 }
 
-/// Handles one append's answer; false when this node no longer leads `epoch`.
+/// Handles one append's answer (the log task decides what it means); false once the log has
+/// stopped.
 async fn on_answer(
     sh: &Shared,
     epoch: u64,
@@ -191,12 +193,12 @@ async fn on_answer(
     match answer {
         Ok(r) => {
             *failures = 0;
-            sh.on_reply(epoch, peer, sent, &reply_from_pb(&r))
+            sh.forward_reply(epoch, peer, sent, reply_from_pb(&r)).await
         }
         Err(e) => {
             tracing::debug!(shard = sh.shard, peer = peer.0, error = %e, "append failed");
             *client = None;
-            sh.rewind(epoch, peer);
+            sh.core().rewind(epoch, peer);
             tokio::time::sleep(backoff(failures)).await;
             true
         }
@@ -252,7 +254,7 @@ async fn snapshot(
             e.to_string()
         })?;
         if end == total {
-            sh.on_reply(epoch, peer, sent, &reply_from_pb(&r));
+            sh.forward_reply(epoch, peer, sent, reply_from_pb(&r)).await;
             return Ok(());
         }
         offset = end;

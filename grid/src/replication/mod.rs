@@ -4,10 +4,13 @@
 //! suffix only, monotonic commit), the master's promotion rule ([`choose_primary`]) and the
 //! new primary's wait for the old lease ([`lease::lease_wait`]).
 //!
-//! `node::shard` drives these over the WAL and the network; `master::failover` fences and
+//! [`core::Core`] holds every decision of one replica around them (promise, re-sync, lease,
+//! snapshots, learners, what to ship), as a pure state machine whose calls list the writes to
+//! perform; `node::log` drives it over the WAL and the network; `master::failover` fences and
 //! promotes. A randomized model test drives three nodes through crashes, lost and reordered
 //! messages and failovers, checking that no committed entry is ever lost.
 
+pub mod core;
 pub mod entry;
 pub mod lease;
 mod log_index;
@@ -65,5 +68,7 @@ pub fn choose_primary_among(
     Ok(best.0)
 }
 
+#[cfg(test)]
+mod core_tests;
 #[cfg(test)]
 mod tests;
