@@ -1865,6 +1865,13 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
     for a in 0..c.agents {
         let seeds: Vec<u64> = (0..c.processes_per_agent).map(|_| rng.random()).collect();
         let machine = Machine::new(a, c.processes_per_agent, config.clone(), |s| seeds[s as usize]);
+        if let Some([lo, hi]) = c.fsync_latency_ms {
+            for slot in &machine.slots {
+                let ms = if hi > lo { rng.random_range(lo..hi) } else { lo };
+                let sync_latency = Duration::from_secs_f64(ms.max(0.0) / 1000.0);
+                slot.disk.set_faults(SimDiskFaults { sync_latency, ..slot.disk.faults() });
+            }
+        }
         let processes: Vec<ProcessSpec> = (0..c.processes_per_agent)
             .map(|s| ProcessSpec {
                 slot: s as u32,

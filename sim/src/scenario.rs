@@ -44,6 +44,11 @@ pub struct Shape {
     /// production setting, 300 s, so only scenarios that lower it see replacements).
     #[serde(default)]
     pub replace_down_after_s: Option<f64>,
+    /// Each disk's fsync takes a latency drawn once per disk from `[lo, hi]` ms (default 0:
+    /// a write and its fsync are one step). Non-zero opens the window where a crash lands
+    /// between a group's write and its fsync while peers' answers keep arriving.
+    #[serde(default)]
+    pub fsync_latency_ms: Option<[f64; 2]>,
 }
 
 fn three() -> u32 {
@@ -375,6 +380,9 @@ fn validate(s: &Scenario) -> Result<(), String> {
     let nodes = c.agents as u32 * c.processes_per_agent as u32;
     if c.replication == 0 || c.replication > nodes {
         return Err(format!("cluster.replication must be 1 to the node count ({nodes}); got {}", c.replication));
+    }
+    if c.fsync_latency_ms.is_some_and(|[lo, hi]| !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi && hi <= 100.0)) {
+        return Err("cluster.fsync_latency_ms must be [lo, hi] with 0 <= lo <= hi <= 100".into());
     }
     if c.replace_down_after_s.is_some_and(|t| !(0.5..=600.0).contains(&t)) {
         return Err("cluster.replace_down_after_s must be 0.5 to 600".into());
