@@ -381,7 +381,9 @@ fn validate(s: &Scenario) -> Result<(), String> {
     if c.replication == 0 || c.replication > nodes {
         return Err(format!("cluster.replication must be 1 to the node count ({nodes}); got {}", c.replication));
     }
-    if c.fsync_latency_ms.is_some_and(|[lo, hi]| !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi && hi <= 100.0)) {
+    if c.fsync_latency_ms
+        .is_some_and(|[lo, hi]| !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi && hi <= 100.0))
+    {
         return Err("cluster.fsync_latency_ms must be [lo, hi] with 0 <= lo <= hi <= 100".into());
     }
     if c.replace_down_after_s.is_some_and(|t| !(0.5..=600.0).contains(&t)) {
