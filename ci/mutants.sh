@@ -5,6 +5,11 @@
 #   scenario: primary-crash
 #   seeds: 500
 #   why: one line on what the bug breaks
+#   test: cargo test -q -p sutra-grid --lib core_rules     (optional)
+#
+# An entry the sweep misses still counts as missed; if it names a `test:`, that command also
+# runs in the scratch copy and the report says whether it caught the bug, so a miss the unit
+# tests cover is told apart from one nothing covers.
 #
 # For each entry this copies the working tree to a scratch directory, applies the patch, builds
 # the simulator there (one shared target dir, so only the patched crate recompiles), sweeps
@@ -56,6 +61,14 @@ for patch in ci/mutants/*.patch; do
     results+=("$name: caught by $scenario seed $first ($ran seeds, $((SECONDS - start)) s): $why")
   else
     results+=("$name: MISSED by $scenario in $ran seeds from $base ($((SECONDS - start)) s)")
+    test_cmd=$(sed -n 's/^test: *//p' "$patch" | head -1)
+    if [ -n "$test_cmd" ]; then
+      if (cd "$scratch" && CARGO_TARGET_DIR="$target-test" bash -c "$test_cmd" >/dev/null 2>&1); then
+        results[-1]+="; its test passed too: \`$test_cmd\`"
+      else
+        results[-1]+="; caught by its test \`$test_cmd\`"
+      fi
+    fi
     missed=$((missed + 1))
   fi
   echo "${results[-1]}"

@@ -8,6 +8,8 @@
 #   ci/sim.sh sweep SCENARIO --budget-s S          fresh seeds until S wall seconds are spent;
 #                                                  prints how many ran (--seeds K caps them)
 #   ci/sim.sh build                                build the simulator only
+#   ci/sim.sh test                                 the simulator's unit tests (scenario files,
+#                                                  swarm drawing every step)
 #   ci/sim.sh regressions                          every seed in chaos-scenarios/regressions.txt
 #   ci/sim.sh ... --check-determinism N            also run the first N seeds twice and compare
 #
@@ -35,8 +37,11 @@ case "$verb" in
     exec "$bin" regressions "$@" ;;
   build)
     exit 0 ;;
+  test)
+    shift
+    exec cargo test -q -p sutra-sim "${profile_flag[@]}" "$@" ;;
   ""|-h|--help)
-    sed -n '2,16p' "$0"; exit 2 ;;
+    sed -n '2,18p' "$0"; exit 2 ;;
   *)
     exec "$bin" "$@" ;;
 esac

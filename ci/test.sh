@@ -103,6 +103,9 @@ echo "$out" | grep -q "reusing the data" || { echo "sutra dev did not reuse its 
 step "simulation build, linted (RUSTFLAGS=--cfg madsim, target/sim)"
 bash ci/sim.sh build
 
+step "simulation unit tests (scenario files parse and validate, swarm draws every step)"
+bash ci/sim.sh test
+
 step "simulation: regression seeds"
 bash ci/sim.sh regressions
 
@@ -131,8 +134,8 @@ for scenario in node-crash-restart master-restart gossip-partition control-plane
   sweep_and_replay "$scenario"
 done
 
-step "simulation: replication (failover, repeated primary kills, partitions, disk faults, replacement, drain, minority fence, swarm), ${SIM_BUDGET_S} s per scenario"
-for scenario in primary-crash primary-restarts network-partition disk-faults replace-node drain minority-fence swarm; do
+step "simulation: replication (failover, repeated primary kills, partitions, disk faults, a slow primary disk, replacement, drain, scale-out, minority fence, swarm), ${SIM_BUDGET_S} s per scenario"
+for scenario in primary-crash primary-restarts network-partition disk-faults slow-primary-disk replace-node drain scale-out minority-fence swarm; do
   sweep_and_replay "$scenario"
 done
 

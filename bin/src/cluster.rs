@@ -43,6 +43,11 @@ pub struct MasterArgs {
     /// on a healthy process catches up, joins, and the lost one is removed.
     #[arg(long, default_value_t = limits::REPLACE_DOWN_AFTER_MS / 1000)]
     replace_down_after_s: u64,
+    /// Do not move replicas to even the load across nodes (by default the master moves a
+    /// replica, learner first, whenever two nodes differ by 2 or more replicas, at most
+    /// 8 shards at a time grid-wide).
+    #[arg(long)]
+    no_rebalance: bool,
 }
 
 pub async fn master(a: MasterArgs) -> Result<()> {
@@ -51,8 +56,11 @@ pub async fn master(a: MasterArgs) -> Result<()> {
     if a.replace_down_after_s == 0 || a.replace_down_after_s > 7 * 24 * 3600 {
         anyhow::bail!("--replace-down-after-s must be between 1 and 604800 (a week)");
     }
-    let membership =
-        MembershipConfig { replace_after_ms: a.replace_down_after_s * 1000, ..MembershipConfig::default() };
+    let membership = MembershipConfig {
+        replace_after_ms: a.replace_down_after_s * 1000,
+        rebalance: !a.no_rebalance,
+        ..MembershipConfig::default()
+    };
     let running = start_master(&a.data_dir, a.listen, http, a.vector_dim, membership, stop).await?;
     running.wait().await
 }

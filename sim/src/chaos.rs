@@ -48,6 +48,10 @@ const FOLLOWER_2: Proc = (254, 3);
 const SHARD_PRIMARY: u8 = 253;
 /// The master, as a clock-skew target.
 const MASTER_PROC: Proc = (253, 0);
+/// The machine of `last-primary`, resolved when the step runs.
+const LAST_PRIMARY_AGENT: u8 = 254;
+/// How long every fsync takes on a disk with the `slow-fsync` fault.
+const SLOW_FSYNC: Duration = Duration::from_millis(40);
 /// Quiescence: every replica of every shard at the same commit LSN and state, within this.
 const CONVERGE_BUDGET: Duration = Duration::from_secs(15);
 const BOOT_BUDGET: Duration = Duration::from_secs(30);
@@ -120,6 +124,8 @@ struct Grid {
     repl: Arc<Mutex<ReplWitness>>,
     /// The process the last `primary` step named, and its shard.
     last_primary: Mutex<Option<(Proc, u32)>>,
+    /// Each disk's fsync latency as the scenario drew it, `[agent][slot]`; `clear` restores it.
+    base_sync: Vec<Vec<Duration>>,
     /// Operator commands run one at a time, in step order: a drain still retrying across a
     /// master restart must not land after the undrain that followed it.
     operator: tokio::sync::Mutex<()>,
@@ -301,9 +307,11 @@ impl Grid {
             DiskFaultKind::ReadBitflips => {
                 disk.set_faults(SimDiskFaults { read_bitflip_probability: 0.2, ..disk.faults() })
             }
+            DiskFaultKind::SlowFsync => disk.set_faults(SimDiskFaults { sync_latency: SLOW_FSYNC, ..disk.faults() }),
             DiskFaultKind::Clear => {
                 disk.fail_next_syncs(0);
-                disk.set_faults(SimDiskFaults { sync_latency: disk.faults().sync_latency, ..SimDiskFaults::default() });
+                let sync_latency = self.base_sync[p.0 as usize][p.1 as usize];
+                disk.set_faults(SimDiskFaults { sync_latency, ..SimDiskFaults::default() });
             }
         }
         let mut t = self.truth.lock().unwrap();
@@ -503,6 +511,37 @@ async fn observe(g: Arc<Grid>, stop: Arc<AtomicBool>) {
     }
 }
 
+/// Waits until every Up node holds between `min` and 1.25 × `min` replicas and no membership
+/// change is under way (the rebalancer has evened the load); returns the seconds it took.
+async fn wait_balanced(g: &Grid, budget: Duration) -> Result<f64, String> {
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        {
+            let o = g.obs.lock().unwrap();
+            if let Some(st) = o.last.as_ref() {
+                let map = st.map.clone().unwrap_or_default();
+                let up: Vec<u64> =
+                    st.nodes.iter().filter(|n| n.state == pb::NodeState::Up as i32).map(|n| n.node_id).collect();
+                let load: Vec<usize> = up
+                    .iter()
+                    .map(|n| map.shards.iter().filter(|s| s.replicas.contains(n) || s.learner == *n).count())
+                    .collect();
+                let (min, max) = (load.iter().copied().min().unwrap_or(0), load.iter().copied().max().unwrap_or(0));
+                let settled = map.shards.iter().all(|s| s.replacing == 0 && s.learner == 0);
+                if settled && min > 0 && max * 4 <= min * 5 {
+                    return Ok(start.elapsed().as_secs_f64());
+                }
+                last = format!("replicas per Up node {load:?}, changes under way: {}", !settled);
+            }
+        }
+        if start.elapsed() > budget {
+            return Err(format!("not even within {budget:?} (max/min must be ≤ 1.25): {last}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The map may change only by elections and one-member-at-a-time membership changes: the
 /// same ranges as at `init`; `replication` voters, or one more while a new one joins; the
 /// version never going back; each shard's epoch growing with a new primary, never the same
@@ -513,6 +552,13 @@ fn map_change_problem(
     m: &pb::ShardMap,
     replication: usize,
 ) -> Option<String> {
+    let changing = m.shards.iter().filter(|s| s.replacing != 0).count();
+    if changing > sutra_grid::limits::MEMBERSHIP_CHANGES_MAX {
+        return Some(format!(
+            "{changing} shards change membership at once (bound {})",
+            sutra_grid::limits::MEMBERSHIP_CHANGES_MAX
+        ));
+    }
     let init = init?;
     if init.shards.len() != m.shards.len() {
         return Some(format!("the map went from {} to {} shards", init.shards.len(), m.shards.len()));
@@ -727,6 +773,7 @@ fn resolve(sc: &Scenario, rng: &mut sutra_grid::io::Rng) -> Vec<Planned> {
                 let a = match agent.as_str() {
                     "random" => rng.random_range(0..c.agents),
                     "same" => last_agent,
+                    "last-primary" => LAST_PRIMARY_AGENT,
                     s => s.parse().unwrap_or(0),
                 };
                 last_agent = a;
@@ -842,8 +889,13 @@ fn perform(
     let checks: BTreeSet<Check> = g.sc.checks.iter().copied().collect();
     let checker = g.checker.clone();
     let resolved;
-    let step = if step.procs.iter().any(|p| p.0 == PICK_PRIMARY.0 || p.0 == SHARD_PRIMARY) {
+    let step = if step.procs.iter().any(|p| p.0 == PICK_PRIMARY.0 || p.0 == SHARD_PRIMARY)
+        || step.agent == Some(LAST_PRIMARY_AGENT)
+    {
         let mut st = step.clone();
+        if st.agent == Some(LAST_PRIMARY_AGENT) {
+            st.agent = Some(g.last_primary.lock().unwrap().map_or(0, |l| l.0 .0));
+        }
         for p in st.procs.iter_mut() {
             if *p == PICK_PRIMARY || p.0 == SHARD_PRIMARY {
                 let k = if p.0 == SHARD_PRIMARY { p.1 as usize } else { st.at.as_millis() as usize };
@@ -1452,12 +1504,11 @@ fn check_linearizable(hist: &BTreeMap<u32, Vec<linear::Event>>) -> Vec<String> {
     hist.iter().filter_map(|(k, h)| linear::check(h).err().map(|e| format!("register-{k}: {e}"))).take(5).collect()
 }
 
-/// Waits until the master has reported the grid healthy (every process Up, every replica
-/// hosted) for `HEALTHY_FOR` on end, counting only polls made after this call: a status polled
-/// just before a repair (say, a restart) must not pass for its outcome.
-async fn wait_healthy(g: &Grid, budget: Duration) -> Result<f64, String> {
+/// Waits until the master has reported the grid healthy (`total` processes registered, every
+/// one Up, every replica hosted) for `HEALTHY_FOR` on end, counting only polls made after this
+/// call: a status polled just before a repair (say, a restart) must not pass for its outcome.
+async fn wait_healthy(g: &Grid, budget: Duration, total: usize) -> Result<f64, String> {
     let start = Instant::now();
-    let total = g.procs().len();
     let mut healthy_since: Option<Instant> = None;
     loop {
         let (healthy, problems, at) = {
@@ -1907,6 +1958,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
     let checker = h.create_node().name("checker").ip(plan::client_ip(0)).build();
     let clients = h.create_node().name("client-1").ip(plan::client_ip(1)).build();
 
+    let base_sync = machines.iter().map(|m| m.slots.iter().map(|s| s.disk.faults().sync_latency).collect()).collect();
     let now = Instant::now();
     let g = Arc::new(Grid {
         sc: sc.clone(),
@@ -1943,6 +1995,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
         t0: now,
         repl: Arc::new(Mutex::new(ReplWitness::default())),
         last_primary: Mutex::new(None),
+        base_sync,
         operator: tokio::sync::Mutex::new(()),
     });
     {
@@ -1952,8 +2005,13 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
     let stop_obs = Arc::new(AtomicBool::new(false));
     let observer = checker.spawn(observe(g.clone(), stop_obs.clone()));
 
+    // Machines that join later stay off until a step boots their agent.
+    let first_joining = c.agents - c.joining_agents;
+    for a in first_joining..c.agents {
+        g.kill_agent(a, false);
+    }
     // Boot: every process registered and Up, then `init`, then healthy.
-    let total = g.procs().len();
+    let total = g.procs().iter().filter(|p| p.0 < first_joining).count();
     let boot_start = Instant::now();
     loop {
         let up = g.obs.lock().unwrap().states.values().filter(|(s, _)| *s == NodeState::Up).count();
@@ -1979,7 +2037,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
         .await
         .map_err(|e| format!("init task: {e}"))??;
     g.obs.lock().unwrap().initial_map = Some(map.clone());
-    wait_healthy(&g, BOOT_BUDGET).await.map_err(|e| format!("boot: {e}"))?;
+    wait_healthy(&g, BOOT_BUDGET, total).await.map_err(|e| format!("boot: {e}"))?;
     let boot_s = boot_start.elapsed().as_secs_f64();
 
     // Fault phase (buggify fires only here: the heal repairs everything).
@@ -2039,11 +2097,16 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
         undone.map_err(|e| format!("{e}"))?.map_err(|e| format!("heal: {e}"))?;
         g.note(format!("heal: machine {a} back in service"));
     }
-    let heal = wait_healthy(&g, Duration::from_secs_f64(sc.heal.budget_s)).await;
+    let heal = wait_healthy(&g, Duration::from_secs_f64(sc.heal.budget_s), g.procs().len()).await;
     for t in tasks {
         let _ = t.await;
     }
     let heal_s = heal.map_err(|e| format!("liveness: {e}"))?;
+    let balance_s = if sc.checks.contains(&Check::Balance) {
+        Some(wait_balanced(&g, Duration::from_secs_f64(sc.heal.budget_s)).await.map_err(|e| format!("balance: {e}"))?)
+    } else {
+        None
+    };
     if sc.checks.contains(&Check::AckedWrites) {
         let acked = acked.lock().unwrap().clone();
         clients.spawn(async move { check_writes(&acked).await }).await.map_err(|e| format!("{e}"))??;
@@ -2128,6 +2191,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
         json: json!({
             "scenario": sc.name,
             "boot_s": (boot_s * 1000.0).round() / 1000.0,
+            "balance_s": balance_s,
             "faults": steps.len(),
             "exit_detect_ms": {"median": median(&m.exit_detect_ms), "max": max(&m.exit_detect_ms), "n": m.exit_detect_ms.len()},
             "silent_detect_ms": {"median": median(&m.silent_detect_ms), "max": max(&m.silent_detect_ms), "n": m.silent_detect_ms.len()},

@@ -44,6 +44,10 @@ pub struct Shape {
     /// production setting, 300 s, so only scenarios that lower it see replacements).
     #[serde(default)]
     pub replace_down_after_s: Option<f64>,
+    /// The last this many agents are off at boot (the grid is initialised without them) until
+    /// a `restart-agent` step boots them: machines joining a running grid.
+    #[serde(default)]
+    pub joining_agents: u8,
     /// Each disk's fsync takes a latency drawn once per disk from `[lo, hi]` ms (default 0:
     /// a write and its fsync are one step). Non-zero opens the window where a crash lands
     /// between a group's write and its fsync while peers' answers keep arriving.
@@ -100,7 +104,8 @@ pub struct Step {
 /// first / second voter other than the primary of the shard the last `primary` drew), or
 /// `"same"` (the process the previous step named).
 pub type NodeRef = String;
-/// A machine: `"A"`, `"random"`, or `"same"`.
+/// A machine: `"A"`, `"random"`, `"same"`, or `"last-primary"` (when the step runs: the machine
+/// of the process the last `primary` named).
 pub type AgentRef = String;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -214,6 +219,9 @@ pub enum DiskFaultKind {
     Full,
     /// One read in five comes back with a bit flipped (half of them in its last 256 bytes).
     ReadBitflips,
+    /// Every fsync takes `SLOW_FSYNC` (40 ms): a failing or contended disk, slower than a
+    /// network round trip, so peers acknowledge before this replica's own fsync ends.
+    SlowFsync,
     /// Back to a healthy disk.
     Clear,
 }
@@ -336,6 +344,9 @@ pub enum Check {
     /// After a master restart its node registry is what it was before, and its map too or
     /// moved on only by elections.
     MasterMetadata,
+    /// After the heal the rebalancer evens the load: every Up node holds between `min` and
+    /// 1.25 × `min` replicas, with no membership change under way, within the heal budget.
+    Balance,
     /// Every acknowledged write is readable after the heal.
     AckedWrites,
     /// Replication (architecture.md §5): one primary per (shard, epoch); no replica's commit LSN goes
@@ -377,7 +388,10 @@ fn validate(s: &Scenario) -> Result<(), String> {
     if s.workload.registers > 16 {
         return Err(format!("workload.registers must be at most 16; got {}", s.workload.registers));
     }
-    let nodes = c.agents as u32 * c.processes_per_agent as u32;
+    if c.joining_agents >= c.agents {
+        return Err(format!("cluster.joining_agents must be below agents ({}); got {}", c.agents, c.joining_agents));
+    }
+    let nodes = (c.agents - c.joining_agents) as u32 * c.processes_per_agent as u32;
     if c.replication == 0 || c.replication > nodes {
         return Err(format!("cluster.replication must be 1 to the node count ({nodes}); got {}", c.replication));
     }
@@ -490,12 +504,12 @@ fn check_node_ref(r: &str, c: &Shape) -> Result<(), String> {
 }
 
 fn check_agent_ref(r: &str, c: &Shape) -> Result<(), String> {
-    if r == "random" || r == "same" {
+    if r == "random" || r == "same" || r == "last-primary" {
         return Ok(());
     }
     match r.parse::<u8>() {
         Ok(a) if a < c.agents => Ok(()),
-        _ => Err(format!("agent {r:?} must be 0..{}, \"random\" or \"same\"", c.agents)),
+        _ => Err(format!("agent {r:?} must be 0..{}, \"random\", \"same\" or \"last-primary\"", c.agents)),
     }
 }
 
@@ -542,6 +556,21 @@ mod tests {
     }
 
     #[test]
+    fn every_scenario_file_parses() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../chaos-scenarios");
+        let mut n = 0;
+        for f in std::fs::read_dir(dir).unwrap() {
+            let path = f.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                parse(&text, &path.display().to_string()).unwrap();
+                n += 1;
+            }
+        }
+        assert!(n >= 10, "only {n} scenario files in {dir}");
+    }
+
+    #[test]
     fn a_good_file_parses() {
         let s = parse(OK, "t.yaml").unwrap();
         assert_eq!(s.timeline.len(), 2);
@@ -571,5 +600,15 @@ mod tests {
         assert!(parse(&bad, "t.yaml").unwrap_err().contains("timeline[0]"));
         let bad = OK.replace("agents: 3", "agents: 1");
         assert!(parse(&bad, "t.yaml").unwrap_err().contains("replication"));
+        // Joining machines do not count towards what init needs, and one must be there at boot.
+        let bad = OK.replace("agents: 3,", "agents: 3, joining_agents: 3,");
+        assert!(parse(&bad, "t.yaml").unwrap_err().contains("joining_agents"));
+        let bad = OK.replace("agents: 3,", "agents: 3, joining_agents: 2,");
+        assert!(parse(&bad, "t.yaml").unwrap_err().contains("replication"));
+        let ok = OK.replace("agents: 3,", "agents: 5, joining_agents: 2,");
+        assert_eq!(parse(&ok, "t.yaml").unwrap().cluster.joining_agents, 2);
+        // Machine targets resolved when the step runs, and the slow disk.
+        let ok = OK.replace("checks:", "  - {at_s: 2, do: kill-machine, agent: last-primary}\n  - {at_s: 3, do: disk-fault, node: primary, fault: slow-fsync}\nchecks:");
+        assert_eq!(parse(&ok, "t.yaml").unwrap().timeline.len(), 4);
     }
 }

@@ -186,6 +186,9 @@ pub struct MembershipConfig {
     pub catch_up_lag: u64,
     /// Shards changing membership at once, grid-wide.
     pub changes_max: usize,
+    /// Move replicas from the most to the least loaded nodes (a machine added, one back after
+    /// a replacement or an undrain) while two nodes differ by 2 or more replicas.
+    pub rebalance: bool,
 }
 
 impl Default for MembershipConfig {
@@ -195,6 +198,7 @@ impl Default for MembershipConfig {
             learner_timeout_ms: limits::LEARNER_CATCH_UP_TIMEOUT_MS,
             catch_up_lag: limits::LEARNER_CATCH_UP_LAG_ENTRIES,
             changes_max: limits::MEMBERSHIP_CHANGES_MAX,
+            rebalance: true,
         }
     }
 }
@@ -707,9 +711,13 @@ impl MasterState {
                 (Some(l), Some(old)) => {
                     let learner = self.nodes.get(&l.0).and_then(|n| n.shards.get(&shard));
                     let since = learner_since.get(&shard).copied().unwrap_or(now_ms);
+                    // A move that still evens the load goes on once its node is back (or was
+                    // a rebalancing move from the start): finishing it leaves the learner's
+                    // node less full than the old one was.
+                    let evens = cfg.rebalance && load.get(&l.0) < load.get(&old.0);
                     let why = if !matches!(self.state_of(l.0), NodeState::Up) {
                         Some(format!("learner node {} is {}", l.0, self.state_of(l.0).name()))
-                    } else if !self.replaceable(old.0, now_ms, cfg.replace_after_ms) {
+                    } else if !self.replaceable(old.0, now_ms, cfg.replace_after_ms) && !evens {
                         Some(format!("node {} no longer needs replacing", old.0))
                     } else if now_ms.saturating_sub(since) > cfg.learner_timeout_ms {
                         Some(format!("learner node {} did not catch up within {} ms", l.0, cfg.learner_timeout_ms))
@@ -738,6 +746,14 @@ impl MasterState {
                     }
                     let Some(old) = voters.iter().copied().find(|v| self.replaceable(*v, now_ms, cfg.replace_after_ms))
                     else {
+                        if cfg.rebalance {
+                            if let Some((learner, from)) = self.rebalance_move(&voters, &load) {
+                                *load.entry(learner).or_default() += 1;
+                                *load.entry(from).or_default() -= 1;
+                                in_flight += 1;
+                                out.push(MemberChange::AddLearner { shard, learner, replacing: from });
+                            }
+                        }
                         continue;
                     };
                     let agent_of = |n: u64| self.meta.nodes.get(&n).map(|r| r.agent.as_str());
@@ -761,6 +777,34 @@ impl MasterState {
             }
         }
         out
+    }
+
+    /// The rebalancing move for a shard with `voters`, if one evens the load: (learner node,
+    /// voter it replaces), from the voter on the fullest node to the emptiest Up node that
+    /// holds no replica of the shard and whose machine none of the other voters use, when the
+    /// two differ by 2 or more replicas (so a move never just swaps which node is fuller).
+    fn rebalance_move(&self, voters: &[u64], load: &BTreeMap<u64, usize>) -> Option<(u64, u64)> {
+        let count = |n: u64| load.get(&n).copied().unwrap_or(0);
+        let agent_of = |n: u64| self.meta.nodes.get(&n).map(|r| r.agent.as_str());
+        let mut best: Option<(usize, u64, u64)> = None;
+        for &from in voters {
+            let others: BTreeSet<&str> = voters.iter().filter(|v| **v != from).filter_map(|v| agent_of(*v)).collect();
+            for (id, r) in &self.meta.nodes {
+                if voters.contains(id)
+                    || r.draining
+                    || self.state_of(*id) != NodeState::Up
+                    || others.contains(r.agent.as_str())
+                    || count(from) < count(*id) + 2
+                {
+                    continue;
+                }
+                let gap = count(from) - count(*id);
+                if best.is_none_or(|(g, _, _)| gap > g) {
+                    best = Some((gap, *id, from));
+                }
+            }
+        }
+        best.map(|(_, to, from)| (to, from))
     }
 
     /// The op that records (or, with `None`, abandons) a learner for `shard`, keeping its epoch.

@@ -460,3 +460,104 @@ fn a_learner_is_given_up_when_the_voter_it_replaces_comes_back() {
     s.commit(&op);
     assert_eq!((s.map().shards[0].learner, s.map().shards[0].replacing), (None, None));
 }
+
+/// Registers `agents` more agents, `per_agent` nodes each, at `now` (machines joining a grid).
+fn join(s: &mut MasterState, nodes: &mut Vec<u64>, agents: std::ops::Range<u32>, per_agent: u32, now: u64) {
+    for a in agents {
+        let name = format!("agent-{a}");
+        let (_, op) = s.register_agent(&name, now).unwrap();
+        commit(s, op);
+        for slot in 0..per_agent {
+            let port = 7100 + a * 10 + slot;
+            let (id, op) = s
+                .register_node(&name, slot, &format!("10.0.0.1:{port}"), &format!("10.0.0.1:{}", port + 100), 1, now)
+                .unwrap();
+            commit(s, op);
+            nodes.push(id);
+        }
+    }
+}
+
+/// Replicas (voters and learners) per node, over `nodes`.
+fn replica_load(s: &MasterState, nodes: &[u64]) -> Vec<usize> {
+    let m = s.map();
+    nodes
+        .iter()
+        .map(|n| m.shards.iter().filter(|e| e.replicas.iter().chain(e.learner.iter()).any(|r| r.0 == *n)).count())
+        .collect()
+}
+
+/// Carries out `membership_due`'s changes as the failover task does (a reconfiguration keeps
+/// the primary if it stays a voter, else the first remaining voter leads).
+fn apply_changes(s: &mut MasterState, due: Vec<super::state::MemberChange>) {
+    use super::state::MemberChange;
+    for c in due {
+        let op = match c {
+            MemberChange::AddLearner { shard, learner, replacing } => {
+                let epoch = s.map().shards[shard as usize].epoch.0;
+                s.set_learner(shard, Some((learner, replacing)), epoch)
+            }
+            MemberChange::DropLearner { shard, .. } => {
+                let epoch = s.map().shards[shard as usize].epoch.0;
+                s.set_learner(shard, None, epoch)
+            }
+            MemberChange::Reconfigure { shard, voters } => {
+                let e = s.map().shards[shard as usize].clone();
+                let primary = if voters.contains(&e.primary.0) { e.primary.0 } else { voters[0] };
+                s.reconfigure(shard, primary, e.epoch.0 + 1, &voters)
+            }
+        };
+        s.commit(&op.unwrap());
+    }
+}
+
+#[test]
+fn replicas_move_onto_machines_that_join_until_the_load_is_even() {
+    use super::state::MembershipConfig;
+    let (mut s, mut nodes) = grid(3, 2);
+    let op = s.init(8, 3).unwrap().unwrap();
+    s.commit(&op);
+    let cfg = MembershipConfig { changes_max: 3, ..MembershipConfig::default() };
+    let since = std::collections::BTreeMap::new();
+    beat_leading(&mut s, &nodes, 100, 5_000);
+    assert!(s.membership_due(100, &cfg, &since).is_empty(), "an even grid stays put");
+
+    join(&mut s, &mut nodes, 3..6, 2, 200);
+    let mut t = 200;
+    let mut moves = 0;
+    for _ in 0..200 {
+        t += HEARTBEAT_INTERVAL_MS;
+        beat_leading(&mut s, &nodes, t, 5_000);
+        let due = s.membership_due(t, &cfg, &since);
+        if due.is_empty() && s.map().shards.iter().all(|e| e.learner.is_none() && e.replacing.is_none()) {
+            break;
+        }
+        moves += due.iter().filter(|c| matches!(c, super::state::MemberChange::AddLearner { .. })).count();
+        apply_changes(&mut s, due);
+        let m = s.map();
+        assert!(m.shards.iter().filter(|e| e.replacing.is_some()).count() <= cfg.changes_max, "in-flight bound");
+        for e in &m.shards {
+            assert!(e.replicas.len() <= 4, "one member at a time: {e:?}");
+            let agents: std::collections::BTreeSet<&str> =
+                e.replicas.iter().map(|r| s.meta().nodes[&r.0].agent.as_str()).collect();
+            assert_eq!(agents.len(), e.replicas.len(), "two voters of shard {} on one machine", e.id.0);
+        }
+    }
+    let load = replica_load(&s, &nodes);
+    let (min, max) = (*load.iter().min().unwrap(), *load.iter().max().unwrap());
+    assert!(max - min <= 1, "not even after the joins: {load:?}");
+    assert!(moves >= 12, "the 6 new nodes hold 12 of 24 replicas by moving them: {moves} moves");
+    assert!(s.map().shards.iter().all(|e| e.replicas.len() == 3));
+    // Settled: no more moves.
+    beat_leading(&mut s, &nodes, t + 1_000, 5_000);
+    assert!(s.membership_due(t + 1_000, &cfg, &since).is_empty());
+
+    // Without rebalancing, nothing moves.
+    let (mut s, mut nodes) = grid(3, 2);
+    let op = s.init(8, 3).unwrap().unwrap();
+    s.commit(&op);
+    join(&mut s, &mut nodes, 3..6, 2, 200);
+    beat_leading(&mut s, &nodes, 300, 5_000);
+    let off = MembershipConfig { rebalance: false, ..MembershipConfig::default() };
+    assert!(s.membership_due(300, &off, &since).is_empty());
+}

@@ -304,7 +304,6 @@ pub(crate) async fn run_log(
     mut rx: mpsc::Receiver<Cmd>,
     mut replies: mpsc::Receiver<PeerReply>,
 ) {
-    let sync_latency = sh.disk.sync_latency();
     // Grows to the largest group and is reused: preallocating the group bound (8 MiB) per
     // replica cost a page-faulting allocation at every open.
     let mut buf: Vec<u8> = Vec::new();
@@ -348,6 +347,8 @@ pub(crate) async fn run_log(
             }
         }
         if res.is_ok() && !buf.is_empty() {
+            // Read per group: a simulated disk can turn slow while the replica runs.
+            let sync_latency = sh.disk.sync_latency();
             // Peers' answers keep committing (and acknowledging) earlier groups meanwhile.
             res = if sync_latency.is_zero() {
                 let first_lsn = step.first_lsn;
