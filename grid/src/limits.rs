@@ -242,3 +242,13 @@ pub const LEARNER_CATCH_UP_TIMEOUT_MS: u64 = 30 * 60 * 1000;
 pub const LEARNER_CATCH_UP_LAG_ENTRIES: u64 = 1_024;
 /// Shards changing their membership at once, grid-wide (bounds the copying).
 pub const MEMBERSHIP_CHANGES_MAX: usize = 8;
+/// A node must have stayed Up this long before the rebalancer hands it a primary: a process
+/// back from a restart, or flapping, is not given leadership (its restarts would chase it).
+pub const LEADER_TRANSFER_SETTLE_MS: u64 = 10_000;
+/// After a leadership transfer of a shard, the next one waits this long (a transfer costs
+/// writers a fence; one that did not take is not retried at once).
+pub const LEADER_TRANSFER_RETRY_MS: u64 = 5_000;
+/// How long a primary handing its role over stops taking writes while the target catches up
+/// (the master asks for this; a storage node caps any request at the maximum).
+pub const LEADER_HANDOVER_WAIT_MS: u64 = 300;
+pub const LEADER_HANDOVER_WAIT_MS_MAX: u64 = 2_000;

@@ -107,6 +107,8 @@ struct Observed {
     polls_failed: u64,
     /// Voter-set changes seen (a learner joining, a replaced voter leaving).
     voter_changes: u64,
+    /// When a poll last saw a voter set change.
+    last_voter_change: Option<Instant>,
 }
 
 struct Grid {
@@ -505,14 +507,18 @@ async fn observe(g: Arc<Grid>, stop: Arc<AtomicBool>) {
                 o.log.push(format!("{t:.3}s map v{}: {changes} voter set(s) changed", m.version));
             }
             o.voter_changes += changes as u64;
+            if changes > 0 {
+                o.last_voter_change = Some(now);
+            }
         }
         o.last = Some(st);
         o.last_at = Some(now);
     }
 }
 
-/// Waits until every Up node holds between `min` and 1.25 × `min` replicas and no membership
-/// change is under way (the rebalancer has evened the load); returns the seconds it took.
+/// Waits until every Up node holds between `min` and 1.25 × `min` replicas, none leads more
+/// than one shard above an even share, and no membership change is under way (the rebalancer
+/// has evened the load); returns the seconds it took.
 async fn wait_balanced(g: &Grid, budget: Duration) -> Result<f64, String> {
     let start = Instant::now();
     let mut last = String::new();
@@ -529,10 +535,15 @@ async fn wait_balanced(g: &Grid, budget: Duration) -> Result<f64, String> {
                     .collect();
                 let (min, max) = (load.iter().copied().min().unwrap_or(0), load.iter().copied().max().unwrap_or(0));
                 let settled = map.shards.iter().all(|s| s.replacing == 0 && s.learner == 0);
-                if settled && min > 0 && max * 4 <= min * 5 {
+                // Primaries: none more than one above an even share.
+                let leads: Vec<usize> =
+                    up.iter().map(|n| map.shards.iter().filter(|s| s.primary == *n).count()).collect();
+                let share = map.shards.len().div_ceil(up.len().max(1));
+                let leads_ok = leads.iter().all(|l| *l <= share + 1);
+                if settled && min > 0 && max * 4 <= min * 5 && leads_ok {
                     return Ok(start.elapsed().as_secs_f64());
                 }
-                last = format!("replicas per Up node {load:?}, changes under way: {}", !settled);
+                last = format!("replicas per Up node {load:?}, primaries {leads:?}, changes under way: {}", !settled);
             }
         }
         if start.elapsed() > budget {
@@ -1990,6 +2001,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
             polls_ok: 0,
             polls_failed: 0,
             voter_changes: 0,
+            last_voter_change: None,
         })),
         checker: checker.clone(),
         t0: now,
@@ -2154,6 +2166,18 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
         }
         (exit, silent, gap, w.violations.clone())
     };
+    // Acknowledged per-shard write parts, sent to acknowledged (the pauses elections,
+    // transfers and moves cost writers).
+    let mut ack_ms: Vec<f64> = g
+        .repl
+        .lock()
+        .unwrap()
+        .acks
+        .iter()
+        .map(|(sent, acked, _)| acked.saturating_duration_since(*sent).as_secs_f64() * 1000.0)
+        .collect();
+    ack_ms.sort_by(f64::total_cmp);
+    let pct = |q: f64| ack_ms.get(((ack_ms.len() as f64 * q) as usize).min(ack_ms.len().saturating_sub(1))).copied();
 
     let m = std::mem::take(&mut *measured.lock().unwrap());
     let o = g.obs.lock().unwrap();
@@ -2199,10 +2223,16 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
             "expects": m.expects,
             "replaced_ms": {"median": median(&m.replaced_ms), "max": max(&m.replaced_ms), "n": m.replaced_ms.len()},
             "voter_changes": o.voter_changes,
+            // Seconds into the fault phase (negative: during boot).
+            "last_voter_change_s": o.last_voter_change.map(|t| {
+                let s = if t >= t0 { t.duration_since(t0).as_secs_f64() } else { -t0.duration_since(t).as_secs_f64() };
+                (s * 1000.0).round() / 1000.0
+            }),
             "writes_acked": acked_n,
             "write_failures": write_failures,
             "heal_s": (heal_s * 1000.0).round() / 1000.0,
             "converge_s": converge_s,
+            "write_ack_ms": {"median": pct(0.5), "p99": pct(0.99), "max": ack_ms.last().copied(), "n": ack_ms.len()},
             "rto_exit_ms": rto_exit,
             "rto_exit_write_gap_ms": rto_write_gap,
             "rto_silent_ms": rto_silent,

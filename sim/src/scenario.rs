@@ -345,7 +345,8 @@ pub enum Check {
     /// moved on only by elections.
     MasterMetadata,
     /// After the heal the rebalancer evens the load: every Up node holds between `min` and
-    /// 1.25 × `min` replicas, with no membership change under way, within the heal budget.
+    /// 1.25 × `min` replicas and leads at most one shard more than an even share, with no
+    /// membership change under way, within the heal budget.
     Balance,
     /// Every acknowledged write is readable after the heal.
     AckedWrites,

@@ -253,6 +253,10 @@ impl StorageClient {
         self.once("fence", self.inner.clone().fence(pb::FenceRequest { shard, epoch })).await
     }
 
+    pub async fn handover(&self, req: pb::HandoverRequest) -> Result<pb::HandoverResponse, ClientError> {
+        self.once("handover", self.inner.clone().handover(req)).await
+    }
+
     pub async fn promote(&self, req: pb::PromoteRequest) -> Result<pb::PromoteResponse, ClientError> {
         self.once("promote", self.inner.clone().promote(req)).await
     }

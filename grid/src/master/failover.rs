@@ -33,6 +33,9 @@ pub async fn run_failovers(master: Arc<Master>) {
     // started, its start (so restarted masters give nodes a grace period to report in).
     let mut named_at: BTreeMap<u32, u64> = BTreeMap::new();
     let mut not_before: BTreeMap<u32, u64> = BTreeMap::new();
+    // Per shard, no leadership transfer before this: one that did not take (the target had
+    // not received everything when fenced) is not retried at once, and none churns.
+    let mut transfer_not_before: BTreeMap<u32, u64> = BTreeMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(limits::MASTER_TICK_MS)).await;
         let now = master.now_ms();
@@ -58,7 +61,7 @@ pub async fn run_failovers(master: Arc<Master>) {
                 continue;
             }
             let m = master.clone();
-            running.insert(s, tokio::spawn(async move { elect(m, s, None).await.map(Some) }));
+            running.insert(s, tokio::spawn(async move { elect(m, s, None, None).await.map(Some) }));
         }
         let changes = master.with(|st, now| {
             learner_since.retain(|s, _| st.map().shards.iter().any(|e| e.id.0 == *s && e.learner.is_some()));
@@ -71,6 +74,12 @@ pub async fn run_failovers(master: Arc<Master>) {
             let s = change.shard();
             if running.contains_key(&s) || not_before.get(&s).is_some_and(|t| *t > now) {
                 continue;
+            }
+            if matches!(change, MemberChange::TransferLeader { .. }) {
+                if transfer_not_before.get(&s).is_some_and(|t| *t > now) {
+                    continue;
+                }
+                transfer_not_before.insert(s, now + limits::LEADER_TRANSFER_RETRY_MS);
             }
             running.insert(s, tokio::spawn(change_membership(master.clone(), change)));
         }
@@ -103,15 +112,57 @@ async fn change_membership(master: Arc<Master>, change: MemberChange) -> Result<
             Ok(None)
         }
         MemberChange::Reconfigure { shard, voters } => {
-            elect(master, shard, Some(voters.into_iter().map(NodeId).collect())).await.map(Some)
+            elect(master, shard, Some(voters.into_iter().map(NodeId).collect()), None).await.map(Some)
+        }
+        MemberChange::TransferLeader { shard, to } => {
+            // Without the handover the fence would find the target behind the old primary by
+            // whatever was in flight, and the election would only bump the epoch.
+            match handover(&master, shard, to).await {
+                Ok(true) => elect(master, shard, None, Some(NodeId(to))).await.map(Some),
+                Ok(false) => {
+                    tracing::info!(shard, to, "leadership transfer: the target did not catch up in time; not moving");
+                    Ok(None)
+                }
+                Err(e) => {
+                    tracing::info!(shard, to, error = %e, "leadership transfer: the primary refused the handover");
+                    Ok(None)
+                }
+            }
         }
     }
 }
 
+/// Asks `shard`'s primary to stop taking writes until voter `to` holds its whole log; true
+/// once it does (the primary takes writes again after `LEADER_HANDOVER_WAIT_MS` if no fence
+/// follows).
+async fn handover(master: &Master, shard: u32, to: u64) -> Result<bool, String> {
+    let (epoch, addr) = master
+        .with(|st, _| {
+            st.map().shards.iter().find(|e| e.id.0 == shard).map(|e| (e.epoch.0, st.storage_addr(e.primary.0)))
+        })
+        .ok_or_else(|| format!("no shard {shard}"))?;
+    let wait = Duration::from_millis(limits::LEADER_HANDOVER_WAIT_MS);
+    let deadline = wait + Duration::from_millis(limits::REPL_RPC_DEADLINE_MS / 2);
+    let req = pb::HandoverRequest { shard, epoch, to, wait_ms: wait.as_millis() as u64 };
+    let reply = tokio::time::timeout(deadline, async {
+        let c = StorageClient::connect(&addr).await.map_err(|e| e.to_string())?.with_deadline(deadline);
+        c.handover(req).await.map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|_| "no answer in time".to_string())??;
+    Ok(reply.caught_up)
+}
+
 /// One election for `shard`; returns the new epoch. With `next_voters`, the new epoch has that
 /// voter set (one member added or removed): the current voters are fenced as always, and the
-/// new primary is the most up-to-date fenced member of the new set.
-pub async fn elect(master: Arc<Master>, shard: u32, next_voters: Option<Vec<NodeId>>) -> Result<u64, String> {
+/// new primary is the most up-to-date fenced member of the new set. With `prefer` (a
+/// leadership transfer), that member leads if its fenced log is as great as the greatest.
+pub async fn elect(
+    master: Arc<Master>,
+    shard: u32,
+    next_voters: Option<Vec<NodeId>>,
+    prefer: Option<NodeId>,
+) -> Result<u64, String> {
     let (entry, addrs, old_exited) = master.with(|st, _| {
         let e = st.map().shards.iter().find(|e| e.id.0 == shard).cloned();
         let addrs: BTreeMap<NodeId, String> = e
@@ -189,11 +240,13 @@ pub async fn elect(master: Arc<Master>, shard: u32, next_voters: Option<Vec<Node
     let pick = choose_primary_among(&entry.replicas, &healthy, &voters)
         .or_else(|_| choose_primary_among(&entry.replicas, &replies, &voters))
         .map(|best| {
-            // On a tie keep the placement's primary (placement spreads primaries over nodes).
+            // On a tie: the transfer's target, else keep the placement's primary (placement
+            // spreads primaries over nodes).
             let best_log = replies.iter().find(|(n, _)| *n == best).map(|(_, l)| *l);
-            let keep = voters.contains(&entry.primary)
-                && healthy.iter().any(|(n, l)| *n == entry.primary && Some(*l) == best_log);
-            if keep {
+            let tied = |p: NodeId| voters.contains(&p) && healthy.iter().any(|(n, l)| *n == p && Some(*l) == best_log);
+            if let Some(p) = prefer.filter(|p| tied(*p)) {
+                p
+            } else if tied(entry.primary) {
                 entry.primary
             } else {
                 best

@@ -139,6 +139,9 @@ struct NodeLive {
     reason: String,
     /// Since when the node has been Down (the master's clock), for replacing it.
     down_since_ms: Option<u64>,
+    /// Since when the node has been Up after being Down or Degraded: a process back from a
+    /// restart (or flapping) is not handed primaries until it has stayed Up a while.
+    up_since_ms: Option<u64>,
 }
 
 /// One hosted replica, as the node's latest heartbeat reported it.
@@ -165,6 +168,7 @@ impl Default for NodeLive {
             state: NodeState::Down,
             reason: "no heartbeat since the master started".into(),
             down_since_ms: Some(0),
+            up_since_ms: None,
         }
     }
 }
@@ -212,6 +216,9 @@ pub enum MemberChange {
     DropLearner { shard: u32, why: String },
     /// Fence the current voters and lead the next epoch with `voters`.
     Reconfigure { shard: u32, voters: Vec<u64> },
+    /// Hand the primary role to voter `to` (caught up): an election with the same voters that
+    /// picks `to` when its fenced log is as great as any (else the greatest, as always).
+    TransferLeader { shard: u32, to: u64 },
 }
 
 impl MemberChange {
@@ -219,7 +226,8 @@ impl MemberChange {
         match self {
             MemberChange::AddLearner { shard, .. }
             | MemberChange::DropLearner { shard, .. }
-            | MemberChange::Reconfigure { shard, .. } => *shard,
+            | MemberChange::Reconfigure { shard, .. }
+            | MemberChange::TransferLeader { shard, .. } => *shard,
         }
     }
 }
@@ -511,6 +519,11 @@ impl MasterState {
             } else {
                 live.down_since_ms = None;
             }
+            match (t.from, t.to) {
+                (NodeState::Down | NodeState::Degraded, NodeState::Up) => live.up_since_ms = Some(now_ms),
+                (_, NodeState::Down | NodeState::Degraded) => live.up_since_ms = None,
+                _ => {}
+            }
             live.state = t.to;
             live.reason = t.reason.clone();
             tracing::info!(node = t.node, from = t.from.name(), to = t.to.name(), reason = %t.reason, "node state");
@@ -695,10 +708,12 @@ impl MasterState {
         }
         let mut in_flight = self.meta.map.shards.iter().filter(|s| s.replacing.is_some()).count();
         let mut load: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
         for s in &self.meta.map.shards {
             for n in s.replicas.iter().chain(s.learner.iter()) {
                 *load.entry(n.0).or_default() += 1;
             }
+            *leads.entry(s.primary.0).or_default() += 1;
         }
         for s in &self.meta.map.shards {
             let shard = s.id.0;
@@ -752,6 +767,13 @@ impl MasterState {
                                 *load.entry(from).or_default() -= 1;
                                 in_flight += 1;
                                 out.push(MemberChange::AddLearner { shard, learner, replacing: from });
+                            } else if let Some(to) =
+                                self.leader_move(now_ms, shard, s.primary.0, primary.commit_lsn, &voters, &leads)
+                            {
+                                *leads.entry(to).or_default() += 1;
+                                *leads.entry(s.primary.0).or_default() -= 1;
+                                in_flight += 1;
+                                out.push(MemberChange::TransferLeader { shard, to });
                             }
                         }
                         continue;
@@ -805,6 +827,41 @@ impl MasterState {
             }
         }
         best.map(|(_, to, from)| (to, from))
+    }
+
+    /// The voter to hand `shard`'s primary role to, if one evens the primaries: the voter on
+    /// the node leading fewest shards, when the primary's node leads 2 or more more, that is
+    /// caught up (serving, holding the commit point) and has been Up for
+    /// `LEADER_TRANSFER_SETTLE_MS` (a restarting or flapping process gets no primaries).
+    fn leader_move(
+        &self,
+        now_ms: u64,
+        shard: u32,
+        primary: u64,
+        commit_lsn: u64,
+        voters: &[u64],
+        leads: &BTreeMap<u64, usize>,
+    ) -> Option<u64> {
+        let count = |n: u64| leads.get(&n).copied().unwrap_or(0);
+        voters
+            .iter()
+            .copied()
+            .filter(|v| *v != primary && self.state_of(*v) == NodeState::Up)
+            .filter(|v| {
+                self.nodes
+                    .get(v)
+                    .and_then(|l| l.up_since_ms)
+                    .is_some_and(|t| now_ms.saturating_sub(t) >= limits::LEADER_TRANSFER_SETTLE_MS)
+            })
+            .filter(|v| !self.meta.nodes.get(v).is_some_and(|r| r.draining))
+            .filter(|v| {
+                self.nodes
+                    .get(v)
+                    .and_then(|l| l.shards.get(&shard))
+                    .is_some_and(|r| r.serving && r.last_lsn >= commit_lsn)
+            })
+            .filter(|v| count(primary) >= count(*v) + 2)
+            .min_by_key(|v| (count(*v), *v))
     }
 
     /// The op that records (or, with `None`, abandons) a learner for `shard`, keeping its epoch.

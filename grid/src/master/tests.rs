@@ -506,6 +506,11 @@ fn apply_changes(s: &mut MasterState, due: Vec<super::state::MemberChange>) {
                 let primary = if voters.contains(&e.primary.0) { e.primary.0 } else { voters[0] };
                 s.reconfigure(shard, primary, e.epoch.0 + 1, &voters)
             }
+            MemberChange::TransferLeader { shard, to } => {
+                let e = s.map().shards[shard as usize].clone();
+                assert!(e.replicas.contains(&crate::ids::NodeId(to)), "transfer to a non-voter");
+                s.elect(shard, to, e.epoch.0 + 1)
+            }
         };
         s.commit(&op.unwrap());
     }
@@ -546,6 +551,8 @@ fn replicas_move_onto_machines_that_join_until_the_load_is_even() {
     let load = replica_load(&s, &nodes);
     let (min, max) = (*load.iter().min().unwrap(), *load.iter().max().unwrap());
     assert!(max - min <= 1, "not even after the joins: {load:?}");
+    let leads: Vec<usize> = nodes.iter().map(|n| s.map().shards.iter().filter(|e| e.primary.0 == *n).count()).collect();
+    assert!(leads.iter().max().unwrap() - leads.iter().min().unwrap() <= 1, "primaries not even: {leads:?}");
     assert!(moves >= 12, "the 6 new nodes hold 12 of 24 replicas by moving them: {moves} moves");
     assert!(s.map().shards.iter().all(|e| e.replicas.len() == 3));
     // Settled: no more moves.
@@ -560,4 +567,46 @@ fn replicas_move_onto_machines_that_join_until_the_load_is_even() {
     beat_leading(&mut s, &nodes, 300, 5_000);
     let off = MembershipConfig { rebalance: false, ..MembershipConfig::default() };
     assert!(s.membership_due(300, &off, &since).is_empty());
+}
+
+#[test]
+fn primaries_move_by_transfer_to_caught_up_voters_only() {
+    use super::state::{MemberChange, MembershipConfig};
+    // One node leads every shard: three shards, all led by the same node.
+    let (mut s, nodes) = grid(3, 1);
+    let op = s.init(3, 3).unwrap().unwrap();
+    s.commit(&op);
+    let p = s.map().shards[0].primary.0;
+    for shard in 1..3u32 {
+        let e = s.map().shards[shard as usize].clone();
+        if e.primary.0 != p {
+            let op = s.elect(shard, p, e.epoch.0 + 1).unwrap();
+            s.commit(&op);
+        }
+    }
+    let cfg = MembershipConfig::default();
+    let since = std::collections::BTreeMap::new();
+    // Nodes just Up (as after a restart): no primaries for them yet.
+    beat_leading(&mut s, &nodes, 100, 5_000);
+    assert!(s.membership_due(100, &cfg, &since).is_empty());
+    let settled = crate::limits::LEADER_TRANSFER_SETTLE_MS + 100;
+    // Followers far behind the commit point: no transfer (it would only bump the epoch).
+    beat_leading(&mut s, &nodes, settled, 10);
+    assert!(s.membership_due(settled, &cfg, &since).is_empty());
+    // Caught up: transfers until no node leads 2 more than another.
+    beat_leading(&mut s, &nodes, settled + 100, 5_000);
+    let due = s.membership_due(settled + 100, &cfg, &since);
+    assert!(!due.is_empty() && due.iter().all(|c| matches!(c, MemberChange::TransferLeader { .. })), "{due:?}");
+    apply_changes(&mut s, due);
+    beat_leading(&mut s, &nodes, settled + 200, 5_000);
+    let due = s.membership_due(settled + 200, &cfg, &since);
+    assert!(due.is_empty(), "{due:?}");
+    let leads: Vec<usize> = nodes.iter().map(|n| s.map().shards.iter().filter(|e| e.primary.0 == *n).count()).collect();
+    assert_eq!(leads, vec![1, 1, 1]);
+    let off = MembershipConfig { rebalance: false, ..MembershipConfig::default() };
+    let (mut s2, nodes2) = grid(3, 1);
+    let op = s2.init(3, 3).unwrap().unwrap();
+    s2.commit(&op);
+    beat_leading(&mut s2, &nodes2, 100, 5_000);
+    assert!(s2.membership_due(100, &off, &since).is_empty());
 }

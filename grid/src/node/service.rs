@@ -330,6 +330,18 @@ impl pb::storage_server::Storage for StorageService {
         }))
     }
 
+    async fn handover(&self, req: Request<pb::HandoverRequest>) -> Result<Response<pb::HandoverResponse>, Status> {
+        let req = req.into_inner();
+        let wait = std::time::Duration::from_millis(req.wait_ms.min(limits::LEADER_HANDOVER_WAIT_MS_MAX));
+        let caught_up = self
+            .node
+            .shard(req.shard)?
+            .handover(req.epoch, NodeId(req.to), wait)
+            .await
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::HandoverResponse { caught_up }))
+    }
+
     async fn promote(&self, req: Request<pb::PromoteRequest>) -> Result<Response<pb::PromoteResponse>, Status> {
         let req = req.into_inner();
         if req.replicas.len() != req.replica_addrs.len() || req.replicas.is_empty() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::log::{self, apply_body, Cmd, Core, Promise, Promotion, Role, Shared, Waiter, WriteKind};
-use crate::ids::{ConceptId, ShardId};
+use crate::ids::{ConceptId, NodeId, ShardId};
 use crate::io::Disk;
 use crate::limits;
 use crate::model::{validate_batch, Association, BatchRejected, Consistency, ItemError, WriteBatch};
@@ -273,6 +273,25 @@ impl Shard {
     /// how long ago it last accepted an append.
     pub async fn fence(&self, epoch: u64) -> Result<super::log::Fenced, String> {
         self.command(|tx| Cmd::Fence(epoch, tx)).await
+    }
+
+    /// Before a leadership transfer: stop taking writes for up to `wait` and return once voter
+    /// `to` holds every entry logged here (true), or when `wait` runs out (false).
+    pub async fn handover(&self, epoch: u64, to: NodeId, wait: Duration) -> Result<bool, String> {
+        if let Some(f) = self.fault() {
+            return Err(f);
+        }
+        let until = tokio::time::Instant::now() + wait;
+        self.sh.core().begin_handover(epoch, to, until)?;
+        loop {
+            if self.sh.core().handed_over(to) {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= until {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     /// The master names this replica primary.

@@ -127,6 +127,9 @@ pub struct Lead {
     pub epoch: u64,
     pub activate_at: Instant,
     pub acks: BTreeMap<NodeId, Instant>,
+    /// Handing the role over: no new writes until then (the fence that follows ends this
+    /// lead; if none comes, writes resume).
+    pub handover_until: Option<Instant>,
 }
 
 /// A fenced replica's answer: its last entry, and how long ago it last accepted an append.
@@ -249,6 +252,29 @@ impl Core {
             .collect()
     }
 
+    /// Starts handing the primary role of `epoch` to voter `to`: no new writes until `until`
+    /// (the master's fence, once `to` holds everything, ends this lead).
+    pub fn begin_handover(&mut self, epoch: u64, to: NodeId, until: Instant) -> Result<(), String> {
+        let Role::Primary(p) = &self.role else { return Err("this replica is not primary".into()) };
+        if p.epoch != epoch {
+            return Err(format!("this replica leads epoch {}, not {epoch}", p.epoch));
+        }
+        if to == p.me || !p.voters.contains(&to) {
+            return Err(format!("node {} is not another voter of this shard", to.0));
+        }
+        match self.lead.as_mut() {
+            Some(l) => l.handover_until = Some(until),
+            None => return Err("this replica does not lead yet".into()),
+        }
+        Ok(())
+    }
+
+    /// Whether voter `to` holds every entry this primary has logged (a handover may go on).
+    pub fn handed_over(&self, to: NodeId) -> bool {
+        let Role::Primary(p) = &self.role else { return false };
+        p.peers.get(&to).is_some_and(|g| g.matched >= p.log.last().lsn)
+    }
+
     /// True while this primary may acknowledge writes and serve strong reads: activated, its
     /// epoch-start entry committed, and a lease from a majority (rule 6).
     pub fn leads_with_lease(&self, now: Instant) -> bool {
@@ -303,6 +329,9 @@ impl Core {
         };
         if !active {
             return Err(Refused::NotPrimary("the new primary is waiting out the old primary's lease".into()));
+        }
+        if self.lead.as_ref().and_then(|l| l.handover_until).is_some_and(|t| now < t) {
+            return Err(Refused::NotPrimary("handing the primary role to another replica".into()));
         }
         let uncommitted = p.log.last().lsn.saturating_sub(self.applied) as usize;
         if uncommitted >= limits::REPL_UNCOMMITTED_MAX {
@@ -412,7 +441,7 @@ impl Core {
         let payload = Arc::new(entry::encode(p.commit, Body::EpochStart));
         self.role = Role::Primary(p);
         self.push(start, payload, ready);
-        self.lead = Some(Lead { epoch, activate_at: now + lease_wait, acks: BTreeMap::new() });
+        self.lead = Some(Lead { epoch, activate_at: now + lease_wait, acks: BTreeMap::new(), handover_until: None });
         ready.lead_started = Some(epoch);
         Ok(Promoted::Started { epoch_start: start.lsn })
     }

@@ -207,6 +207,23 @@ impl Harness {
             "lease" => {
                 let _ = writeln!(out, "leads with lease: {}", self.core().leads_with_lease(now));
             }
+            "handover" => {
+                let to = NodeId(arg(args, "to").expect("to=").parse().expect("node"));
+                let ms: u64 = arg(args, "for").expect("for=").parse().expect("ms");
+                let until = now + Duration::from_millis(ms);
+                match self.core().begin_handover(args[0].parse().expect("epoch"), to, until) {
+                    Ok(()) => {
+                        let _ = writeln!(out, "handing over to {}", to.0);
+                    }
+                    Err(e) => {
+                        let _ = writeln!(out, "refused: {e}");
+                    }
+                }
+            }
+            "handed-over" => {
+                let to = NodeId(arg(args, "to").expect("to=").parse().expect("node"));
+                let _ = writeln!(out, "handed over to {}: {}", to.0, self.core().handed_over(to));
+            }
             "state" => {}
             other => panic!("unknown command `{other}`"),
         }
