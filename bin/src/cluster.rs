@@ -330,6 +330,41 @@ pub struct DrainArgs {
     undo: bool,
 }
 
+#[derive(clap::Args)]
+pub struct RebalanceArgs {
+    #[arg(long, default_value = MASTER_DEFAULT)]
+    master: String,
+    /// Only print the moves the rebalancer would start now and those under way.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub async fn rebalance(a: RebalanceArgs) -> Result<()> {
+    let c = MasterClient::connect(&a.master).await?;
+    let r = c.rebalance().await?;
+    let list = |title: &str, v: &[String]| {
+        println!("{title}: {}", if v.is_empty() { "none" } else { "" });
+        for l in v {
+            println!("  {l}");
+        }
+    };
+    list("would start now", &r.planned);
+    list("under way", &r.in_flight);
+    if a.dry_run {
+        return Ok(());
+    }
+    if !r.enabled {
+        anyhow::bail!(
+            "rebalancing is off on this master (--no-rebalance): nothing was started; restart it without the flag to let it run"
+        );
+    }
+    println!(
+        "the master rebalances on its own: it starts these moves itself, at most {} shards at a time",
+        limits::MEMBERSHIP_CHANGES_MAX
+    );
+    Ok(())
+}
+
 pub async fn drain(a: DrainArgs) -> Result<()> {
     let c = MasterClient::connect(&a.master).await?;
     let n = c.drain(a.node, !a.undo).await?;

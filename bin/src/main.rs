@@ -50,6 +50,9 @@ enum Cmd {
     Status(cluster::StatusArgs),
     /// Mark a node Draining (or undo it).
     Drain(cluster::DrainArgs),
+    /// Show the replica moves and primary transfers the master's rebalancer would start, and
+    /// those under way (`--dry-run`: print only).
+    Rebalance(cluster::RebalanceArgs),
     /// Learn sentences (or a JSON /learn request from --file).
     Learn(verbs::LearnArgs),
     /// Look a concept up, by label or 32-hex-char id.
@@ -228,6 +231,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Drain(a) => {
             init_tracing("warn");
             rt.block_on(cluster::drain(a))
+        }
+        Cmd::Rebalance(a) => {
+            init_tracing("warn");
+            rt.block_on(cluster::rebalance(a))
         }
         Cmd::Learn(a) => {
             init_tracing("warn");

@@ -101,6 +101,13 @@ impl MasterClient {
             .await
     }
 
+    pub async fn rebalance(&self) -> Result<pb::RebalanceResponse, ClientError> {
+        idempotent(&self.inner, self.deadline, "rebalance", |mut c| async move {
+            c.rebalance(pb::RebalanceRequest {}).await
+        })
+        .await
+    }
+
     pub async fn drain(&self, node_id: u64, drain: bool) -> Result<pb::NodeStatus, ClientError> {
         idempotent(&self.inner, self.deadline, "drain", |mut c| async move {
             c.drain(pb::DrainRequest { node_id, drain }).await

@@ -127,6 +127,12 @@ impl pb::master_server::Master for MasterService {
         Ok(Response::new(self.master.with(|s, now| s.status(now))))
     }
 
+    async fn rebalance(&self, _: Request<pb::RebalanceRequest>) -> Result<Response<pb::RebalanceResponse>, Status> {
+        let enabled = self.master.membership.rebalance;
+        let (planned, in_flight) = self.master.with(|s, now| s.rebalance_plan(now, &self.master.membership));
+        Ok(Response::new(pb::RebalanceResponse { enabled, planned, in_flight }))
+    }
+
     async fn drain(&self, req: Request<pb::DrainRequest>) -> Result<Response<pb::NodeStatus>, Status> {
         let req = req.into_inner();
         let id = req.node_id;

@@ -801,6 +801,40 @@ impl MasterState {
         out
     }
 
+    /// What `sutra rebalance` shows: the moves and transfers the rebalancer would start now
+    /// (as if it were on), and the membership changes under way, one line each.
+    pub fn rebalance_plan(&self, now_ms: u64, cfg: &MembershipConfig) -> (Vec<String>, Vec<String>) {
+        let on = MembershipConfig { rebalance: true, ..cfg.clone() };
+        let primary_of = |shard: u32| self.meta.map.shards.iter().find(|e| e.id.0 == shard).map_or(0, |e| e.primary.0);
+        let planned = self
+            .membership_due(now_ms, &on, &BTreeMap::new())
+            .into_iter()
+            .filter_map(|c| match c {
+                MemberChange::AddLearner { shard, learner, replacing } => Some(format!(
+                    "shard {shard}: move the replica on node {replacing} to node {learner} (learner first, then voter, then node {replacing} leaves)"
+                )),
+                MemberChange::TransferLeader { shard, to } => {
+                    Some(format!("shard {shard}: transfer the primary from node {} to node {to}", primary_of(shard)))
+                }
+                _ => None,
+            })
+            .collect();
+        let in_flight = self
+            .meta
+            .map
+            .shards
+            .iter()
+            .filter_map(|e| match (e.learner, e.replacing) {
+                (Some(l), Some(old)) => {
+                    Some(format!("shard {}: node {} catching up as a learner to replace node {}", e.id.0, l.0, old.0))
+                }
+                (None, Some(old)) => Some(format!("shard {}: joined; node {} leaving the voters", e.id.0, old.0)),
+                _ => None,
+            })
+            .collect();
+        (planned, in_flight)
+    }
+
     /// The rebalancing move for a shard with `voters`, if one evens the load: (learner node,
     /// voter it replaces), from the voter on the fullest node to the emptiest Up node that
     /// holds no replica of the shard and whose machine none of the other voters use, when the

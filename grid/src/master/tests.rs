@@ -528,7 +528,14 @@ fn replicas_move_onto_machines_that_join_until_the_load_is_even() {
     assert!(s.membership_due(100, &cfg, &since).is_empty(), "an even grid stays put");
 
     join(&mut s, &mut nodes, 3..6, 2, 200);
-    let mut t = 200;
+    beat_leading(&mut s, &nodes, 250, 5_000);
+    let (planned, in_flight) = s.rebalance_plan(250, &cfg);
+    assert_eq!(planned.len(), cfg.changes_max, "{planned:?}");
+    assert!(planned.iter().all(|l| l.contains("move the replica on node")), "{planned:?}");
+    assert!(in_flight.is_empty());
+    let (off_plan, _) = s.rebalance_plan(250, &MembershipConfig { rebalance: false, ..cfg.clone() });
+    assert_eq!(off_plan, planned, "the plan shows what would run even when rebalancing is off");
+    let mut t = 250;
     let mut moves = 0;
     for _ in 0..200 {
         t += HEARTBEAT_INTERVAL_MS;
@@ -539,6 +546,8 @@ fn replicas_move_onto_machines_that_join_until_the_load_is_even() {
         }
         moves += due.iter().filter(|c| matches!(c, super::state::MemberChange::AddLearner { .. })).count();
         apply_changes(&mut s, due);
+        let (_, in_flight) = s.rebalance_plan(t, &cfg);
+        assert_eq!(in_flight.len(), s.map().shards.iter().filter(|e| e.replacing.is_some()).count());
         let m = s.map();
         assert!(m.shards.iter().filter(|e| e.replacing.is_some()).count() <= cfg.changes_max, "in-flight bound");
         for e in &m.shards {
