@@ -1765,18 +1765,28 @@ fn reference_paths(
 /// Quiescence: every replica of every shard reports the same commit LSN and state digest,
 /// and the map's primary leads the map's epoch. Returns how long that took.
 async fn check_replicas(st: &pb::StatusResponse) -> Result<f64, String> {
-    let map = st.map.clone().unwrap_or_default();
+    let mut map = st.map.clone().unwrap_or_default();
     let addrs: BTreeMap<u64, String> = st.nodes.iter().map(|n| (n.node_id, n.storage_addr.clone())).collect();
     let start = Instant::now();
     let mut clients: BTreeMap<u64, sutra_grid::client::StorageClient> = BTreeMap::new();
+    let master = MasterClient::connect(&plan::master_addr().to_string()).await.ok();
     loop {
+        // The map may still move (the rebalancer transfers primaries after the heal): check
+        // the latest one.
+        if let Some(m) = &master {
+            if let Ok(latest) = m.status().await {
+                map = latest.map.unwrap_or(map);
+            }
+        }
         let mut problem = None;
         'shards: for e in &map.shards {
             let mut seen: Vec<(u64, u64, u64, u64)> = Vec::new();
             for r in &e.replicas {
                 let c = match clients.get(r) {
                     Some(c) => c.clone(),
-                    None => match sutra_grid::client::StorageClient::connect(&addrs[r]).await {
+                    None => match sutra_grid::client::StorageClient::connect(addrs.get(r).map_or("", |a| a.as_str()))
+                        .await
+                    {
                         Ok(c) => {
                             clients.insert(*r, c.clone());
                             c

@@ -281,16 +281,17 @@ impl Shard {
         if let Some(f) = self.fault() {
             return Err(f);
         }
-        let until = tokio::time::Instant::now() + wait;
+        // The core compares against the lease clock writes are stamped with.
+        let until = crate::io::clock::lease_now() + wait;
         self.sh.core().begin_handover(epoch, to, until)?;
         loop {
             if self.sh.core().handed_over(to) {
                 return Ok(true);
             }
-            if tokio::time::Instant::now() >= until {
+            if crate::io::clock::lease_now() >= until {
                 return Ok(false);
             }
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
