@@ -287,3 +287,67 @@ async fn a_lost_machines_replica_is_rebuilt_on_a_spare_process() {
     let ids: Vec<ConceptId> = (0..30).flat_map(|i| common::ids(1, i)).collect();
     assert_eq!(router.get_concepts_at(&ids, Consistency::Strong).await.unwrap().len(), 90);
 }
+
+/// A machine joins a running grid: the master's rebalancer moves replicas onto its processes
+/// (learner, voter, old member out) and spreads primaries by leadership transfer, while every
+/// acknowledged write stays readable; `sutra rebalance` then has nothing left to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_machine_gets_its_share_of_replicas_and_primaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let master = format!("127.0.0.1:{}", common::free_port());
+    let m =
+        sutra(&["master", "--listen", &master, "--no-http", "--data-dir"]).arg(root.join("master")).spawn().unwrap();
+    let agent = |name: &str| {
+        sutra(&["agent", "--master", &master, "--name", name, "--processes", "3", "--vector-dim", "4"])
+            .args(["--base-port", &common::free_base(3).to_string(), "--data-root"])
+            .arg(root.join(name))
+            .spawn()
+            .unwrap()
+    };
+    let mut procs = Reap(vec![m, agent("m1")]);
+    let up = |n: usize| {
+        let master = master.clone();
+        async move || {
+            let st = status(&master).await?;
+            (st.nodes.len() == n && st.nodes.iter().all(|n| n.state == NodeState::Up.to_pb() as i32)).then_some(())
+        }
+    };
+    until("m1's 3 processes Up", Duration::from_secs(30), up(3)).await;
+    let out = run(&["init", "--master", &master, "--shards", "6", "--replication", "3"]);
+    assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+    let router = Router::new(MasterClient::connect(&master).await.unwrap(), Duration::from_secs(10)).await.unwrap();
+    until("writes accepted", Duration::from_secs(10), async || router.write(&common::batch(1, 0)).await.ok()).await;
+    for i in 1..30 {
+        router.write(&common::batch(1, i)).await.unwrap();
+    }
+
+    procs.0.push(agent("m2"));
+    until("m2's processes Up", Duration::from_secs(30), up(6)).await;
+    // Writes go on while replicas move.
+    for i in 30..60 {
+        router.write(&common::batch(1, i)).await.unwrap();
+    }
+    let (st, took) = until("3 replicas and 1 primary on each of 6 processes", Duration::from_secs(90), async || {
+        let st = status(&master).await?;
+        let even = st.nodes.iter().all(|n| n.replicas == 3 && n.primaries == 1);
+        (st.healthy && even).then_some(st)
+    })
+    .await;
+    println!(
+        "real mode: a joining machine holds its share (3 replicas, 1 primary per process) {took:?} after it was Up"
+    );
+    for e in &st.map.as_ref().unwrap().shards {
+        let machines: std::collections::BTreeSet<&str> = e
+            .replicas
+            .iter()
+            .filter_map(|r| st.nodes.iter().find(|n| n.node_id == *r).map(|n| n.agent.as_str()))
+            .collect();
+        assert_eq!(machines.len(), 2, "shard {} keeps voters on both machines", e.shard);
+    }
+    let ids: Vec<ConceptId> = (0..60).flat_map(|i| common::ids(1, i)).collect();
+    assert_eq!(router.get_concepts_at(&ids, Consistency::Strong).await.unwrap().len(), 180);
+    let out = run(&["rebalance", "--master", &master, "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("would start now: none"), "{text}");
+}

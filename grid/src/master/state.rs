@@ -837,19 +837,22 @@ impl MasterState {
 
     /// The rebalancing move for a shard with `voters`, if one evens the load: (learner node,
     /// voter it replaces), from the voter on the fullest node to the emptiest Up node that
-    /// holds no replica of the shard and whose machine none of the other voters use, when the
-    /// two differ by 2 or more replicas (so a move never just swaps which node is fuller).
+    /// holds no replica of the shard, when the two differ by 2 or more replicas (so a move
+    /// never just swaps which node is fuller), and never onto fewer machines than the shard
+    /// uses now (with 2 machines a shard may keep two voters on one, but no move adds a pair).
     fn rebalance_move(&self, voters: &[u64], load: &BTreeMap<u64, usize>) -> Option<(u64, u64)> {
         let count = |n: u64| load.get(&n).copied().unwrap_or(0);
         let agent_of = |n: u64| self.meta.nodes.get(&n).map(|r| r.agent.as_str());
+        let machines = voters.iter().filter_map(|v| agent_of(*v)).collect::<BTreeSet<_>>().len();
         let mut best: Option<(usize, u64, u64)> = None;
         for &from in voters {
             let others: BTreeSet<&str> = voters.iter().filter(|v| **v != from).filter_map(|v| agent_of(*v)).collect();
             for (id, r) in &self.meta.nodes {
+                let after = others.len() + usize::from(!others.contains(r.agent.as_str()));
                 if voters.contains(id)
                     || r.draining
                     || self.state_of(*id) != NodeState::Up
-                    || others.contains(r.agent.as_str())
+                    || after < machines
                     || count(from) < count(*id) + 2
                 {
                     continue;

@@ -619,3 +619,32 @@ fn primaries_move_by_transfer_to_caught_up_voters_only() {
     beat_leading(&mut s2, &nodes2, 100, 5_000);
     assert!(s2.membership_due(100, &off, &since).is_empty());
 }
+
+#[test]
+fn a_second_machine_takes_half_the_replicas_without_a_shard_on_one_machine() {
+    use super::state::MembershipConfig;
+    // A grid started on one machine: every shard's voters share it.
+    let (mut s, mut nodes) = grid(1, 3);
+    let op = s.init(6, 3).unwrap().unwrap();
+    s.commit(&op);
+    join(&mut s, &mut nodes, 1..2, 3, 100);
+    let cfg = MembershipConfig::default();
+    let since = std::collections::BTreeMap::new();
+    let mut t = 100;
+    for _ in 0..200 {
+        t += HEARTBEAT_INTERVAL_MS;
+        beat_leading(&mut s, &nodes, t, 5_000);
+        let due = s.membership_due(t, &cfg, &since);
+        if due.is_empty() && s.map().shards.iter().all(|e| e.replacing.is_none()) {
+            break;
+        }
+        apply_changes(&mut s, due);
+    }
+    let load = replica_load(&s, &nodes);
+    assert!(load.iter().max().unwrap() - load.iter().min().unwrap() <= 1, "{load:?}");
+    for e in &s.map().shards {
+        let machines: std::collections::BTreeSet<&str> =
+            e.replicas.iter().map(|r| s.meta().nodes[&r.0].agent.as_str()).collect();
+        assert_eq!(machines.len(), 2, "shard {} uses both machines: {e:?}", e.id.0);
+    }
+}
