@@ -715,6 +715,13 @@ impl MasterState {
             }
             *leads.entry(s.primary.0).or_default() += 1;
         }
+        // Fullest minus emptiest healthy node: a relay (see `relay_move`) is worth finishing
+        // while it is 2 or more.
+        let spread = {
+            let up = self.meta.nodes.iter().filter(|(id, r)| !r.draining && self.state_of(**id) == NodeState::Up);
+            let counts: Vec<usize> = up.map(|(id, _)| load.get(id).copied().unwrap_or(0)).collect();
+            counts.iter().max().copied().unwrap_or(0) - counts.iter().min().copied().unwrap_or(0)
+        };
         for s in &self.meta.map.shards {
             let shard = s.id.0;
             let Some(primary) = self.nodes.get(&s.primary.0).and_then(|l| l.shards.get(&shard)) else { continue };
@@ -728,8 +735,9 @@ impl MasterState {
                     let since = learner_since.get(&shard).copied().unwrap_or(now_ms);
                     // A move that still evens the load goes on once its node is back (or was
                     // a rebalancing move from the start): finishing it leaves the learner's
-                    // node less full than the old one was.
-                    let evens = cfg.rebalance && load.get(&l.0) < load.get(&old.0);
+                    // node less full than the old one was (or as full, for a relay).
+                    let (at_learner, at_old) = (load.get(&l.0).copied(), load.get(&old.0).copied());
+                    let evens = cfg.rebalance && (at_learner < at_old || (at_learner <= at_old && spread >= 2));
                     let why = if !matches!(self.state_of(l.0), NodeState::Up) {
                         Some(format!("learner node {} is {}", l.0, self.state_of(l.0).name()))
                     } else if !self.replaceable(old.0, now_ms, cfg.replace_after_ms) && !evens {
@@ -798,6 +806,11 @@ impl MasterState {
                 }
             }
         }
+        if cfg.rebalance && out.is_empty() && in_flight == 0 {
+            if let Some((shard, learner, replacing)) = self.relay_move(&load) {
+                out.push(MemberChange::AddLearner { shard, learner, replacing });
+            }
+        }
         out
     }
 
@@ -842,28 +855,84 @@ impl MasterState {
     /// uses now (with 2 machines a shard may keep two voters on one, but no move adds a pair).
     fn rebalance_move(&self, voters: &[u64], load: &BTreeMap<u64, usize>) -> Option<(u64, u64)> {
         let count = |n: u64| load.get(&n).copied().unwrap_or(0);
-        let agent_of = |n: u64| self.meta.nodes.get(&n).map(|r| r.agent.as_str());
-        let machines = voters.iter().filter_map(|v| agent_of(*v)).collect::<BTreeSet<_>>().len();
         let mut best: Option<(usize, u64, u64)> = None;
         for &from in voters {
-            let others: BTreeSet<&str> = voters.iter().filter(|v| **v != from).filter_map(|v| agent_of(*v)).collect();
-            for (id, r) in &self.meta.nodes {
-                let after = others.len() + usize::from(!others.contains(r.agent.as_str()));
-                if voters.contains(id)
-                    || r.draining
-                    || self.state_of(*id) != NodeState::Up
-                    || after < machines
-                    || count(from) < count(*id) + 2
-                {
+            for &to in self.meta.nodes.keys() {
+                if count(from) < count(to) + 2 || !self.can_move(voters, from, to) {
                     continue;
                 }
-                let gap = count(from) - count(*id);
+                let gap = count(from) - count(to);
                 if best.is_none_or(|(g, _, _)| gap > g) {
-                    best = Some((gap, *id, from));
+                    best = Some((gap, to, from));
                 }
             }
         }
         best.map(|(_, to, from)| (to, from))
+    }
+
+    /// Whether a voter of a shard with `voters` may move from node `from` to node `to`: `to`
+    /// is Up, not draining, holds none of the shard, and the shard keeps as many machines.
+    fn can_move(&self, voters: &[u64], from: u64, to: u64) -> bool {
+        let agent_of = |n: u64| self.meta.nodes.get(&n).map(|r| r.agent.as_str());
+        let Some(r) = self.meta.nodes.get(&to) else { return false };
+        let machines = voters.iter().filter_map(|v| agent_of(*v)).collect::<BTreeSet<_>>().len();
+        let others: BTreeSet<&str> = voters.iter().filter(|v| **v != from).filter_map(|v| agent_of(*v)).collect();
+        let after = others.len() + usize::from(!others.contains(r.agent.as_str()));
+        !voters.contains(&to) && !r.draining && self.state_of(to) == NodeState::Up && after >= machines
+    }
+
+    /// When the fullest and emptiest nodes differ by 2+ but no direct move is allowed (every
+    /// shard on the fullest node already has a replica on, or a voter on the machine of, the
+    /// emptiest), a relay: one replica from a fullest node to a node one below it, chosen so
+    /// that node then has a direct move to the emptiest. (shard, learner node, voter it
+    /// replaces). Only while nothing else changes, so relays never pile up.
+    fn relay_move(&self, load: &BTreeMap<u64, usize>) -> Option<(u32, u64, u64)> {
+        let count = |n: u64| load.get(&n).copied().unwrap_or(0);
+        let up: Vec<u64> = self
+            .meta
+            .nodes
+            .iter()
+            .filter(|(id, r)| !r.draining && self.state_of(**id) == NodeState::Up)
+            .map(|(id, _)| *id)
+            .collect();
+        let max = up.iter().map(|n| count(*n)).max()?;
+        let min = up.iter().map(|n| count(*n)).min()?;
+        if max < min + 2 {
+            return None;
+        }
+        let leading = |e: &shardmap::ShardEntry| {
+            self.nodes
+                .get(&e.primary.0)
+                .and_then(|l| l.shards.get(&e.id.0))
+                .is_some_and(|p| p.leading && p.led == e.epoch.0)
+        };
+        let movable: Vec<(u32, Vec<u64>)> = self
+            .meta
+            .map
+            .shards
+            .iter()
+            .filter(|e| e.learner.is_none() && e.replacing.is_none() && leading(e))
+            .filter(|e| e.replicas.len() == self.meta.replication as usize)
+            .map(|e| (e.id.0, e.replicas.iter().map(|r| r.0).collect()))
+            .collect();
+        for (shard, voters) in &movable {
+            for &from in voters.iter().filter(|v| count(**v) == max) {
+                for &via in up.iter().filter(|n| count(**n) + 1 == max) {
+                    if !self.can_move(voters, from, via) {
+                        continue;
+                    }
+                    // After the relay `via` is among the fullest: it needs a direct move on.
+                    let onward = movable
+                        .iter()
+                        .filter(|(s, v)| s != shard && v.contains(&via))
+                        .any(|(_, v)| up.iter().any(|to| count(*to) + 2 <= max && self.can_move(v, via, *to)));
+                    if onward {
+                        return Some((*shard, via, from));
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// The voter to hand `shard`'s primary role to, if one evens the primaries: the voter on
