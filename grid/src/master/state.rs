@@ -717,17 +717,12 @@ impl MasterState {
         }
         // Fullest minus emptiest healthy node: a relay (see `relay_move`) is worth finishing
         // while it is 2 or more.
-        let spread = {
-            let up = self.meta.nodes.iter().filter(|(id, r)| !r.draining && self.state_of(**id) == NodeState::Up);
-            let counts: Vec<usize> = up.map(|(id, _)| load.get(id).copied().unwrap_or(0)).collect();
-            counts.iter().max().copied().unwrap_or(0) - counts.iter().min().copied().unwrap_or(0)
-        };
+        let healthy = self.healthy_nodes();
+        let counts: Vec<usize> = healthy.iter().map(|n| load.get(n).copied().unwrap_or(0)).collect();
+        let spread = counts.iter().max().copied().unwrap_or(0) - counts.iter().min().copied().unwrap_or(0);
         for s in &self.meta.map.shards {
             let shard = s.id.0;
-            let Some(primary) = self.nodes.get(&s.primary.0).and_then(|l| l.shards.get(&shard)) else { continue };
-            if !(primary.leading && primary.led == s.epoch.0) {
-                continue;
-            }
+            let Some(primary) = self.leading_primary(s) else { continue };
             let voters: Vec<u64> = s.replicas.iter().map(|r| r.0).collect();
             match (s.learner, s.replacing) {
                 (Some(l), Some(old)) => {
@@ -807,7 +802,7 @@ impl MasterState {
             }
         }
         if cfg.rebalance && out.is_empty() && in_flight == 0 {
-            if let Some((shard, learner, replacing)) = self.relay_move(&load) {
+            if let Some((shard, learner, replacing)) = self.relay_move(&load, &healthy) {
                 out.push(MemberChange::AddLearner { shard, learner, replacing });
             }
         }
@@ -870,6 +865,22 @@ impl MasterState {
         best.map(|(_, to, from)| (to, from))
     }
 
+    /// Up nodes that are not draining: where replicas may go.
+    fn healthy_nodes(&self) -> Vec<u64> {
+        self.meta
+            .nodes
+            .iter()
+            .filter(|(id, r)| !r.draining && self.state_of(**id) == NodeState::Up)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// `e`'s primary as its latest heartbeat reported it, if it leads the map's epoch with a
+    /// lease (only then may the shard's membership move on).
+    fn leading_primary(&self, e: &shardmap::ShardEntry) -> Option<&ShardLive> {
+        self.nodes.get(&e.primary.0).and_then(|l| l.shards.get(&e.id.0)).filter(|p| p.leading && p.led == e.epoch.0)
+    }
+
     /// Whether a voter of a shard with `voters` may move from node `from` to node `to`: `to`
     /// is Up, not draining, holds none of the shard, and the shard keeps as many machines.
     fn can_move(&self, voters: &[u64], from: u64, to: u64) -> bool {
@@ -886,32 +897,19 @@ impl MasterState {
     /// emptiest), a relay: one replica from a fullest node to a node one below it, chosen so
     /// that node then has a direct move to the emptiest. (shard, learner node, voter it
     /// replaces). Only while nothing else changes, so relays never pile up.
-    fn relay_move(&self, load: &BTreeMap<u64, usize>) -> Option<(u32, u64, u64)> {
+    fn relay_move(&self, load: &BTreeMap<u64, usize>, up: &[u64]) -> Option<(u32, u64, u64)> {
         let count = |n: u64| load.get(&n).copied().unwrap_or(0);
-        let up: Vec<u64> = self
-            .meta
-            .nodes
-            .iter()
-            .filter(|(id, r)| !r.draining && self.state_of(**id) == NodeState::Up)
-            .map(|(id, _)| *id)
-            .collect();
         let max = up.iter().map(|n| count(*n)).max()?;
         let min = up.iter().map(|n| count(*n)).min()?;
         if max < min + 2 {
             return None;
         }
-        let leading = |e: &shardmap::ShardEntry| {
-            self.nodes
-                .get(&e.primary.0)
-                .and_then(|l| l.shards.get(&e.id.0))
-                .is_some_and(|p| p.leading && p.led == e.epoch.0)
-        };
         let movable: Vec<(u32, Vec<u64>)> = self
             .meta
             .map
             .shards
             .iter()
-            .filter(|e| e.learner.is_none() && e.replacing.is_none() && leading(e))
+            .filter(|e| e.learner.is_none() && e.replacing.is_none() && self.leading_primary(e).is_some())
             .filter(|e| e.replicas.len() == self.meta.replication as usize)
             .map(|e| (e.id.0, e.replicas.iter().map(|r| r.0).collect()))
             .collect();
