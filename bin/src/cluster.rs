@@ -365,6 +365,62 @@ pub async fn rebalance(a: RebalanceArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(clap::Args)]
+pub struct SplitArgs {
+    #[arg(long, default_value = MASTER_DEFAULT)]
+    master: String,
+    /// Shard id, as `sutra status` lists it.
+    #[arg(long)]
+    shard: u32,
+    /// Where the new shard starts: a placement key (`0x` and up to 16 hex digits) or a concept
+    /// label (its placement key). Default: the middle of the shard's range.
+    #[arg(long)]
+    at: Option<String>,
+    /// Return once the master has recorded the split, without waiting for it to finish.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// `--at` as a placement key: hex with `0x`, else a label's key.
+fn split_key(at: &str) -> Result<u64> {
+    match at.strip_prefix("0x").or_else(|| at.strip_prefix("0X")) {
+        Some(hex) => {
+            u64::from_str_radix(hex, 16).map_err(|e| anyhow::anyhow!("--at {at:?} is not a hex placement key: {e}"))
+        }
+        None => Ok(sutra_grid::ids::ConceptId::from_label(at).placement_key()),
+    }
+}
+
+pub async fn split(a: SplitArgs) -> Result<()> {
+    let at = a.at.as_deref().map(split_key).transpose()?;
+    let c = MasterClient::connect(&a.master).await?;
+    let r = c.split_shard(a.shard, at).await?;
+    let what = format!("shard {} at {:#018x} into shard {}", a.shard, r.at, r.child);
+    println!("{} split of {what}", if r.started { "started the" } else { "already under way or done: the" });
+    if a.no_wait {
+        return Ok(());
+    }
+    let start = std::time::Instant::now();
+    loop {
+        let map = c.shard_map().await?;
+        if let Some(child) = map.shards.iter().find(|s| s.shard == r.child) {
+            println!(
+                "done in {} ms: shard {} owns [{:#018x}, {:#018x}] on nodes {:?}",
+                start.elapsed().as_millis(),
+                r.child,
+                child.key_start,
+                child.key_end,
+                child.replicas
+            );
+            return Ok(());
+        }
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            anyhow::bail!("the split of {what} has not finished after 30 s; `sutra status` shows why (is the shard's primary serving?)");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 pub async fn drain(a: DrainArgs) -> Result<()> {
     let c = MasterClient::connect(&a.master).await?;
     let n = c.drain(a.node, !a.undo).await?;

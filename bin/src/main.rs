@@ -53,6 +53,8 @@ enum Cmd {
     /// Show the replica moves and primary transfers the master's rebalancer would start, and
     /// those under way (`--dry-run`: print only).
     Rebalance(cluster::RebalanceArgs),
+    /// Split a shard in two at a key (default: the middle of its range), while it serves.
+    Split(cluster::SplitArgs),
     /// Learn sentences (or a JSON /learn request from --file).
     Learn(verbs::LearnArgs),
     /// Look a concept up, by label or 32-hex-char id.
@@ -235,6 +237,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Rebalance(a) => {
             init_tracing("warn");
             rt.block_on(cluster::rebalance(a))
+        }
+        Cmd::Split(a) => {
+            init_tracing("warn");
+            rt.block_on(cluster::split(a))
         }
         Cmd::Learn(a) => {
             init_tracing("warn");

@@ -734,12 +734,11 @@ impl Api {
             }
         };
         let LearnPlan { batch, triples, unmatched } = req.plan(self.vector_dim)?;
-        let owing = self.router.owing_in_edges(&batch).await?;
         // Upserts of the same values: safe to send again to a new primary.
         let written = self.router.write_idempotent(&batch).await?;
-        let mut in_edges_delivered = owing.is_empty();
+        let pending: Vec<ShardWrite> = written.iter().filter(|w| w.owes_in_edges).cloned().collect();
+        let mut in_edges_delivered = pending.is_empty();
         if wait && !in_edges_delivered {
-            let pending: Vec<ShardWrite> = written.iter().filter(|w| owing.contains(&w.shard)).cloned().collect();
             let within = Duration::from_millis(limits::LEARN_DELIVERY_WAIT_MS);
             if !self.router.wait_delivered(&pending, within).await? {
                 return Err(ApiError::timeout(format!(

@@ -197,6 +197,9 @@ fn map_from_pb(m: &pb::ShardMap) -> ShardMap {
                 epoch: Epoch(e.epoch),
                 learner: (e.learner != 0).then_some(NodeId(e.learner)),
                 replacing: (e.replacing != 0).then_some(NodeId(e.replacing)),
+                split: e
+                    .splitting
+                    .then_some(sutra_grid::shardmap::SplitIntent { at: e.split_at, child: ShardId(e.split_child) }),
             })
             .collect(),
     }
@@ -553,8 +556,8 @@ async fn wait_balanced(g: &Grid, budget: Duration) -> Result<f64, String> {
     }
 }
 
-/// The map may change only by elections and one-member-at-a-time membership changes: the
-/// same ranges as at `init`; `replication` voters, or one more while a new one joins; the
+/// The map may change only by elections, one-member-at-a-time membership changes and splits:
+/// ranges as at `init` or split from them; `replication` voters, or one more while a new one joins; the
 /// version never going back; each shard's epoch growing with a new primary, never the same
 /// epoch naming two primaries; and the voter set changing by at most one member per epoch.
 fn map_change_problem(
@@ -571,13 +574,23 @@ fn map_change_problem(
         ));
     }
     let init = init?;
-    if init.shards.len() != m.shards.len() {
-        return Some(format!("the map went from {} to {} shards", init.shards.len(), m.shards.len()));
-    }
-    for (a, b) in init.shards.iter().zip(&m.shards) {
-        if (a.shard, a.key_start, a.key_end) != (b.shard, b.key_start, b.key_end) {
-            return Some(format!("shard {}'s range changed", b.shard));
+    // Ranges change only by splits: a shard keeps its start and may only shrink, a shard
+    // never vanishes, and new shards get new ids (the map's validation, checked apart, makes
+    // sure every key is owned exactly once).
+    let by_id =
+        |map: &pb::ShardMap| map.shards.iter().map(|s| (s.shard, s.clone())).collect::<BTreeMap<u32, pb::ShardEntry>>();
+    let now = by_id(m);
+    let first = by_id(init);
+    for (id, a) in &first {
+        match now.get(id) {
+            None => return Some(format!("shard {id} vanished from the map")),
+            Some(b) if b.key_start != a.key_start || b.key_end > a.key_end => {
+                return Some(format!("shard {id}'s range grew or moved its start"))
+            }
+            _ => {}
         }
+    }
+    for b in &m.shards {
         let joining = (b.replacing != 0) as usize;
         if b.replicas.len() != replication + joining && b.replicas.len() != replication {
             return Some(format!("shard {} has {} voters {:?}", b.shard, b.replicas.len(), b.replicas));
@@ -587,7 +600,17 @@ fn map_change_problem(
     if m.version < prev.version {
         return Some(format!("the map version went back from {} to {}", prev.version, m.version));
     }
-    for (a, b) in prev.shards.iter().zip(&m.shards) {
+    let before = by_id(prev);
+    if let Some(id) = before.keys().find(|id| !now.contains_key(id)) {
+        return Some(format!("shard {id} vanished from the map"));
+    }
+    if let Some(b) = m.shards.iter().find(|b| !before.contains_key(&b.shard) && before.keys().any(|id| *id > b.shard)) {
+        return Some(format!("new shard {} reuses an id below one already used", b.shard));
+    }
+    for (a, b) in before.values().filter_map(|a| Some((a, now.get(&a.shard)?))) {
+        if b.key_start != a.key_start || b.key_end > a.key_end {
+            return Some(format!("shard {}'s range grew or moved its start", b.shard));
+        }
         if b.epoch < a.epoch || (b.epoch == a.epoch && b.primary != a.primary) {
             return Some(format!(
                 "shard {}: epoch {} primary {} became epoch {} primary {}",
@@ -649,6 +672,46 @@ async fn drain_machine(g: &Grid, agent: u8, drain: bool) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Err(format!("{verb} of machine {agent} got no answer within 10 s: {last}"))
+}
+
+/// `sutra split` of the `k`-th shard of the latest map, as an operator would: the master's
+/// `SplitShard` RPC, retried for 10 s across master restarts and refusals. A refusal that
+/// lasts (the shard keeps moving a replica) is the operator's answer, not a failure.
+async fn split_shard(g: &Grid, k: usize) -> Result<(String, Option<u32>), String> {
+    let start = Instant::now();
+    let mut last = String::from("no map yet");
+    while start.elapsed() < Duration::from_secs(10) {
+        let shard = {
+            let o = g.obs.lock().unwrap();
+            o.last
+                .as_ref()
+                .and_then(|st| st.map.as_ref())
+                .and_then(|m| m.shards.get(k % m.shards.len().max(1)))
+                .map(|e| e.shard)
+        };
+        if let Some(shard) = shard {
+            match MasterClient::connect(&plan::master_addr().to_string()).await {
+                Ok(c) => match c.with_deadline(Duration::from_millis(500)).split_shard(shard, None).await {
+                    Ok(r) => {
+                        let note = format!(
+                            "operator: split of shard {shard} at {:#018x} into shard {} {}",
+                            r.at,
+                            r.child,
+                            if r.started { "started" } else { "already under way" }
+                        );
+                        return Ok((note, Some(r.child)));
+                    }
+                    Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
+                        return Ok((format!("operator: split of shard {shard} refused: {e}"), None));
+                    }
+                    Err(e) => last = e.to_string(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("split of shard #{k} got no answer within 10 s: {last}"))
 }
 
 fn replaced_off(g: &Grid, agent: u8) -> Result<(), String> {
@@ -715,6 +778,9 @@ struct Measured {
     restart_ms: Vec<f64>,
     expects: Vec<serde_json::Value>,
     failures: Vec<String>,
+    /// From a split's RPC answer to the master's status showing the new shard.
+    split_ms: Vec<f64>,
+    splits_refused: usize,
 }
 
 /// A step with its time and targets resolved for this seed.
@@ -872,6 +938,9 @@ fn resolve(sc: &Scenario, rng: &mut sutra_grid::io::Rng) -> Vec<Planned> {
                 SwarmKind::IsolateFromServers => {
                     push(at, Action::IsolateFromServers { node: n }, vec![p], None);
                     push(repair, Action::Heal, vec![], None);
+                }
+                SwarmKind::Split => {
+                    push(at, Action::Split { shard: rng.random_range(0..1024) }, vec![], None);
                 }
                 SwarmKind::Drain => {
                     push(at, Action::Drain { agent: a.to_string() }, vec![], Some(a));
@@ -1238,6 +1307,41 @@ fn perform(
                 }
             }));
         }
+        Action::Split { shard } => {
+            let k = *shard as usize;
+            g.note(format!("operator: split shard #{k} of the latest map"));
+            let (g2, m) = (g.clone(), measured.clone());
+            tasks.push(checker.spawn(async move {
+                let _turn = g2.operator.lock().await;
+                match split_shard(&g2, k).await {
+                    Ok((note, child)) => {
+                        g2.note(note);
+                        let Some(child) = child else {
+                            m.lock().unwrap().splits_refused += 1;
+                            return;
+                        };
+                        // Done when the status shows the new shard (the end-of-run checks
+                        // require every split to finish).
+                        let t = Instant::now();
+                        loop {
+                            let shown = {
+                                let o = g2.obs.lock().unwrap();
+                                o.last
+                                    .as_ref()
+                                    .and_then(|st| st.map.as_ref())
+                                    .is_some_and(|m| m.shards.iter().any(|e| e.shard == child))
+                            };
+                            if shown {
+                                m.lock().unwrap().split_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                    Err(e) => m.lock().unwrap().failures.push(e),
+                }
+            }));
+        }
         Action::ExpectReplaced { within_s, .. } => {
             let a = step.agent.unwrap_or(0);
             let (g, m, within) = (g.clone(), measured.clone(), Duration::from_secs_f64(*within_s));
@@ -1376,7 +1480,6 @@ async fn writer(
         }
         edges.lock().unwrap().attempted.extend(batch.associations.iter().map(|a| (a.source, a.target)));
         let sent = Instant::now();
-        let owing = r.owing_in_edges(&batch).await.unwrap_or_default();
         match r.write_idempotent(&batch).await {
             Ok(parts) => {
                 let now = Instant::now();
@@ -1385,7 +1488,7 @@ async fn writer(
                 edges.lock().unwrap().acked.extend(batch.associations.iter().map(|a| (a.source, a.target)));
                 // Every third batch reads its own write back, as `/learn` (wait_for: in_edges) does.
                 if i % 3 == 1 {
-                    let pending: Vec<_> = parts.into_iter().filter(|p| owing.contains(&p.shard)).collect();
+                    let pending: Vec<_> = parts.into_iter().filter(|p| p.owes_in_edges).collect();
                     if let Ok(true) = r.wait_delivered(&pending, Duration::from_secs(2)).await {
                         let a = batch
                             .associations
@@ -1778,8 +1881,12 @@ async fn check_replicas(st: &pb::StatusResponse) -> Result<f64, String> {
                 map = latest.map.unwrap_or(map);
             }
         }
-        let mut problem = None;
-        'shards: for e in &map.shards {
+        let mut problem = map
+            .shards
+            .iter()
+            .find(|e| e.splitting)
+            .map(|e| format!("shard {} is still splitting into shard {}", e.shard, e.split_child));
+        'shards: for e in map.shards.iter().filter(|_| problem.is_none()) {
             let mut seen: Vec<(u64, u64, u64, u64)> = Vec::new();
             for r in &e.replicas {
                 let c = match clients.get(r) {
@@ -2233,6 +2340,8 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
             "expects": m.expects,
             "replaced_ms": {"median": median(&m.replaced_ms), "max": max(&m.replaced_ms), "n": m.replaced_ms.len()},
             "voter_changes": o.voter_changes,
+            "shards_end": last.map.as_ref().map_or(0, |m| m.shards.len()),
+            "split_ms": {"median": median(&m.split_ms), "max": max(&m.split_ms), "n": m.split_ms.len(), "refused": m.splits_refused},
             // Seconds into the fault phase (negative: during boot).
             "last_voter_change_s": o.last_voter_change.map(|t| {
                 let s = if t >= t0 { t.duration_since(t0).as_secs_f64() } else { -t0.duration_since(t).as_secs_f64() };

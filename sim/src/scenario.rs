@@ -194,6 +194,15 @@ pub enum Action {
     Undrain {
         agent: AgentRef,
     },
+    /// An operator splits a shard at the middle of its range (`sutra split`): `shard: k` is
+    /// the k-th shard of the latest map (mod the shard count), since a split's new ids are
+    /// not known in advance. Retried for 10 s while the master is away; a refusal (the shard
+    /// is busy moving a replica) is noted, not a failure. Every split started must finish
+    /// by the end of the run.
+    Split {
+        #[serde(default)]
+        shard: u32,
+    },
     /// Undo every network fault and resume every paused process.
     Heal,
     /// The master's status must show `node` in `state` within `within_s` of this step.
@@ -272,6 +281,8 @@ pub enum SwarmKind {
     IsolateFromServers,
     /// An operator drains a machine, and takes it back into service at the repair.
     Drain,
+    /// An operator splits a shard (no repair: the split is permanent).
+    Split,
 }
 
 impl SwarmKind {
@@ -292,6 +303,7 @@ impl SwarmKind {
         SwarmKind::ClockSkew,
         SwarmKind::IsolateFromServers,
         SwarmKind::Drain,
+        SwarmKind::Split,
     ];
 }
 
@@ -317,6 +329,7 @@ impl Action {
             Action::DiskFault { .. } => SwarmKind::DiskFault,
             Action::ClockSkew { .. } => SwarmKind::ClockSkew,
             Action::Drain { .. } => SwarmKind::Drain,
+            Action::Split { .. } => SwarmKind::Split,
             Action::RestartAgent { .. } => return Err("the repair of kill-agent and kill-machine"),
             Action::Resume { .. } => return Err("the repair of pause"),
             Action::Undrain { .. } => return Err("the repair of drain"),
@@ -550,10 +563,11 @@ mod tests {
                 | SwarmKind::DiskFault
                 | SwarmKind::ClockSkew
                 | SwarmKind::IsolateFromServers
-                | SwarmKind::Drain => {}
+                | SwarmKind::Drain
+                | SwarmKind::Split => {}
             }
         }
-        assert_eq!(SwarmKind::ALL.len(), 16, "a kind added to ALL must be added to the match above");
+        assert_eq!(SwarmKind::ALL.len(), 17, "a kind added to ALL must be added to the match above");
     }
 
     #[test]

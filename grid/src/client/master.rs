@@ -108,6 +108,14 @@ impl MasterClient {
         .await
     }
 
+    /// Idempotent: the same split again answers the one in flight (or done).
+    pub async fn split_shard(&self, shard: u32, at: Option<u64>) -> Result<pb::SplitShardResponse, ClientError> {
+        idempotent(&self.inner, self.deadline, "split_shard", |mut c| async move {
+            c.split_shard(pb::SplitShardRequest { shard, at }).await
+        })
+        .await
+    }
+
     pub async fn drain(&self, node_id: u64, drain: bool) -> Result<pb::NodeStatus, ClientError> {
         idempotent(&self.inner, self.deadline, "drain", |mut c| async move {
             c.drain(pb::DrainRequest { node_id, drain }).await

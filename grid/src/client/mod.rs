@@ -257,6 +257,10 @@ impl StorageClient {
         self.once("handover", self.inner.clone().handover(req)).await
     }
 
+    pub async fn split(&self, req: pb::SplitRequest) -> Result<pb::SplitResponse, ClientError> {
+        self.once("split", self.inner.clone().split(req)).await
+    }
+
     pub async fn promote(&self, req: pb::PromoteRequest) -> Result<pb::PromoteResponse, ClientError> {
         self.once("promote", self.inner.clone().promote(req)).await
     }

@@ -83,7 +83,36 @@ pub async fn run_failovers(master: Arc<Master>) {
             }
             running.insert(s, tokio::spawn(change_membership(master.clone(), change)));
         }
+        for (s, epoch, addr, intent) in master.with(|st, _| st.splits_due()) {
+            if running.contains_key(&s) || not_before.get(&s).is_some_and(|t| *t > now) {
+                continue;
+            }
+            running.insert(s, tokio::spawn(split(master.clone(), s, epoch, addr, intent)));
+        }
     }
+}
+
+/// Has `shard`'s primary log the split the map records, then records the new shard
+/// (architecture.md §7). Asking again after a lost answer or a new primary is harmless: a
+/// primary whose shard already ends at the split point answers at once.
+async fn split(
+    master: Arc<Master>,
+    shard: u32,
+    epoch: u64,
+    addr: String,
+    intent: crate::shardmap::SplitIntent,
+) -> Result<Option<u64>, String> {
+    let deadline = Duration::from_millis(limits::REPL_RPC_DEADLINE_MS);
+    let req = pb::SplitRequest { shard, epoch, at: intent.at, child: intent.child.0 };
+    let reply = tokio::time::timeout(deadline, async {
+        let c = StorageClient::connect(&addr).await.map_err(|e| e.to_string())?.with_deadline(deadline);
+        c.split(req).await.map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|_| format!("split of shard {shard}: no answer from its primary in time"))??;
+    master.mutate(move |st, _| Ok(((), Some(st.finish_split(shard, intent)?)))).await.map_err(|e| e.to_string())?;
+    tracing::info!(shard, child = intent.child.0, at = format_args!("{:#018x}", intent.at), lsn = reply.lsn, "split");
+    Ok(None)
 }
 
 /// One step of a membership change; the new epoch when it moved the shard into one.

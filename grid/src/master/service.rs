@@ -24,6 +24,7 @@ impl From<MasterFailure> for Status {
             MasterFailure::State(MasterError::Placement(_)) => Status::failed_precondition(e.to_string()),
             MasterFailure::State(MasterError::Full(_)) => Status::resource_exhausted(e.to_string()),
             MasterFailure::State(MasterError::Invalid(_)) => Status::invalid_argument(e.to_string()),
+            MasterFailure::State(MasterError::Busy(_)) => Status::failed_precondition(e.to_string()),
             MasterFailure::Log(_) => Status::unavailable(e.to_string()),
         }
     }
@@ -131,6 +132,22 @@ impl pb::master_server::Master for MasterService {
         let enabled = self.master.membership.rebalance;
         let (planned, in_flight) = self.master.with(|s, now| s.rebalance_plan(now, &self.master.membership));
         Ok(Response::new(pb::RebalanceResponse { enabled, planned, in_flight }))
+    }
+
+    async fn split_shard(
+        &self,
+        req: Request<pb::SplitShardRequest>,
+    ) -> Result<Response<pb::SplitShardResponse>, Status> {
+        let req = req.into_inner();
+        let (intent, started) = self
+            .master
+            .mutate(move |s, _| {
+                let (intent, op) = s.start_split(req.shard, req.at)?;
+                let started = op.is_some();
+                Ok(((intent, started), op))
+            })
+            .await?;
+        Ok(Response::new(pb::SplitShardResponse { at: intent.at, child: intent.child.0, started }))
     }
 
     async fn drain(&self, req: Request<pb::DrainRequest>) -> Result<Response<pb::NodeStatus>, Status> {

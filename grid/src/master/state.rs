@@ -120,6 +120,9 @@ pub enum MasterError {
     Placement(#[from] ShardMapError),
     #[error("too many registered nodes and agents (at most {0})")]
     Full(usize),
+    /// Refused for now, for a reason that passes (a change already under way): retry later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// What the master knows of a node only while it runs.
@@ -706,7 +709,7 @@ impl MasterState {
         if self.meta.map.version == 0 {
             return out;
         }
-        let mut in_flight = self.meta.map.shards.iter().filter(|s| s.replacing.is_some()).count();
+        let mut in_flight = self.meta.map.shards.iter().filter(|s| s.replacing.is_some() || s.split.is_some()).count();
         let mut load: BTreeMap<u64, usize> = BTreeMap::new();
         let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
         for s in &self.meta.map.shards {
@@ -759,7 +762,10 @@ impl MasterState {
                 }
                 (Some(_), None) => {}
                 (None, None) => {
-                    if in_flight >= cfg.changes_max || s.replicas.len() != self.meta.replication as usize {
+                    if in_flight >= cfg.changes_max
+                        || s.replicas.len() != self.meta.replication as usize
+                        || s.split.is_some()
+                    {
                         continue;
                     }
                     let Some(old) = voters.iter().copied().find(|v| self.replaceable(*v, now_ms, cfg.replace_after_ms))
@@ -909,7 +915,8 @@ impl MasterState {
             .map
             .shards
             .iter()
-            .filter(|e| e.learner.is_none() && e.replacing.is_none() && self.leading_primary(e).is_some())
+            .filter(|e| e.learner.is_none() && e.replacing.is_none() && e.split.is_none())
+            .filter(|e| self.leading_primary(e).is_some())
             .filter(|e| e.replicas.len() == self.meta.replication as usize)
             .map(|e| (e.id.0, e.replicas.iter().map(|r| r.0).collect()))
             .collect();
@@ -968,6 +975,110 @@ impl MasterState {
             .min_by_key(|v| (count(*v), *v))
     }
 
+    /// Records the decision to split `shard` at `at` (default: the middle of its range) into a
+    /// new shard; the failover loop then has the primary log it (architecture.md §7). The same
+    /// split asked again answers the one in flight; anything else in flight refuses it.
+    pub fn start_split(
+        &self,
+        shard: u32,
+        at: Option<u64>,
+    ) -> Result<(shardmap::SplitIntent, Option<MetaOp>), MasterError> {
+        if self.meta.map.version == 0 {
+            return Err(MasterError::Invalid("the grid is not initialised; run `sutra init`".into()));
+        }
+        let e = self
+            .meta
+            .map
+            .shards
+            .iter()
+            .find(|e| e.id.0 == shard)
+            .ok_or_else(|| MasterError::Invalid(format!("no shard {shard}")))?;
+        if let Some(sp) = e.split {
+            if at.is_none_or(|a| a == sp.at) {
+                return Ok((sp, None));
+            }
+            return Err(MasterError::Busy(format!(
+                "shard {shard} is already splitting at {:#018x} into shard {}",
+                sp.at, sp.child
+            )));
+        }
+        if let (Some(l), Some(old)) = (e.learner, e.replacing) {
+            return Err(MasterError::Busy(format!(
+                "shard {shard} is moving a replica (node {} replacing node {}); retry once it is done",
+                l.0, old.0
+            )));
+        }
+        if e.replacing.is_some() {
+            return Err(MasterError::Busy(format!("shard {shard} is finishing a membership change; retry shortly")));
+        }
+        if e.range.start == e.range.end {
+            return Err(MasterError::Invalid(format!("shard {shard} owns a single key and cannot split")));
+        }
+        let at = at.unwrap_or(e.range.start + (e.range.end - e.range.start) / 2 + 1);
+        if at <= e.range.start || at > e.range.end {
+            return Err(MasterError::Invalid(format!(
+                "split point {at:#018x} is not inside shard {shard}'s range ({:#018x}, {:#018x}]",
+                e.range.start, e.range.end
+            )));
+        }
+        let taken = self.meta.map.shards.iter().flat_map(|s| std::iter::once(s.id.0).chain(s.split.map(|x| x.child.0)));
+        let child = taken.max().unwrap_or(0).checked_add(1).filter(|c| *c < shardmap::SHARDS_MAX);
+        let (Some(child), true) = (child, self.meta.map.shards.len() < shardmap::SHARDS_MAX as usize) else {
+            return Err(MasterError::Invalid(format!(
+                "the grid holds the most shards it may ({})",
+                shardmap::SHARDS_MAX
+            )));
+        };
+        let intent = shardmap::SplitIntent { at, child: crate::ids::ShardId(child) };
+        let op = self.change_shard(shard, |e| {
+            e.split = Some(intent);
+            Ok(())
+        })?;
+        Ok((intent, Some(op)))
+    }
+
+    /// Splits the primary should log now: (shard, epoch, primary's address, intent), for
+    /// shards whose primary leads the map's epoch with a lease.
+    pub fn splits_due(&self) -> Vec<(u32, u64, String, shardmap::SplitIntent)> {
+        self.meta
+            .map
+            .shards
+            .iter()
+            .filter_map(|e| Some((e, e.split?)))
+            .filter(|(e, _)| self.leading_primary(e).is_some())
+            .map(|(e, sp)| (e.id.0, e.epoch.0, self.storage_addr(e.primary.0), sp))
+            .collect()
+    }
+
+    /// The op that records a split the primary logged: the shard keeps `[start, at - 1]`; the
+    /// new shard owns `[at, end]` on the same voters, primary and epoch (its replicas start
+    /// from the split entry's state; the failover loop elects its first primary).
+    pub fn finish_split(&self, shard: u32, intent: shardmap::SplitIntent) -> Result<MetaOp, MasterError> {
+        let mut map = self.meta.map.clone();
+        let mut found = Err(MasterError::Invalid(format!("shard {shard} has no split in flight")));
+        let cas = map.compare_and_set(self.meta.map.version, |m| {
+            let Some(i) = m.shards.iter().position(|e| e.id.0 == shard && e.split == Some(intent)) else { return };
+            let parent = &mut m.shards[i];
+            let child = shardmap::ShardEntry {
+                id: intent.child,
+                range: crate::store::KeyRange { start: intent.at, end: parent.range.end },
+                replicas: parent.replicas.clone(),
+                primary: parent.primary,
+                epoch: parent.epoch,
+                learner: None,
+                replacing: None,
+                split: None,
+            };
+            parent.range.end = intent.at - 1;
+            parent.split = None;
+            m.shards.insert(i + 1, child);
+            found = Ok(());
+        });
+        found?;
+        cas?;
+        Ok(MetaOp::Map { map, replication: self.meta.replication })
+    }
+
     /// The op that records (or, with `None`, abandons) a learner for `shard`, keeping its epoch.
     pub fn set_learner(&self, shard: u32, change: Option<(u64, u64)>, epoch: u64) -> Result<MetaOp, MasterError> {
         self.change_shard(shard, |e| {
@@ -976,6 +1087,9 @@ impl MasterState {
             }
             match change {
                 Some((learner, replacing)) => {
+                    if let Some(sp) = e.split {
+                        return Err(MasterError::Busy(format!("shard {shard} is splitting into shard {}", sp.child)));
+                    }
                     if e.learner.is_some() || e.replacing.is_some() {
                         return Err(MasterError::Invalid(format!("shard {shard} is already changing its membership")));
                     }
@@ -1046,6 +1160,9 @@ impl MasterState {
                     epoch: s.epoch.0,
                     learner: s.learner.map_or(0, |n| n.0),
                     replacing: s.replacing.map_or(0, |n| n.0),
+                    splitting: s.split.is_some(),
+                    split_at: s.split.map_or(0, |x| x.at),
+                    split_child: s.split.map_or(0, |x| x.child.0),
                 })
                 .collect(),
             nodes: self

@@ -648,3 +648,43 @@ fn a_second_machine_takes_half_the_replicas_without_a_shard_on_one_machine() {
         assert_eq!(machines.len(), 2, "shard {} uses both machines: {e:?}", e.id.0);
     }
 }
+
+#[test]
+fn a_split_is_recorded_then_finished_by_compare_and_set_and_refuses_what_is_in_flight() {
+    let (mut s, nodes, e, lost) = one_shard_in_epoch_2();
+    // Only a primary that leads the map's epoch with a lease is asked to log a split.
+    let (intent, op) = s.start_split(0, None).unwrap();
+    assert_eq!(intent.at, (u64::MAX / 2) + 1, "default: the middle of the range");
+    assert_eq!(intent.child.0, 1);
+    commit(&mut s, op);
+    assert!(s.splits_due().is_empty(), "no heartbeat says the primary leads yet");
+    beat_leading(&mut s, &nodes, 500, 5_000);
+    let due = s.splits_due();
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].0, due[0].1, due[0].3), (0, 2, intent));
+    // Asked again: the same split answers the one in flight; another point is refused; so is
+    // a membership change, and the split counts against the in-flight bound.
+    assert_eq!(s.start_split(0, None).unwrap(), (intent, None));
+    assert_eq!(s.start_split(0, Some(intent.at)).unwrap(), (intent, None));
+    assert!(matches!(s.start_split(0, Some(7)), Err(MasterError::Busy(_))));
+    assert!(matches!(s.set_learner(0, Some((nodes[5], lost.0)), 2), Err(MasterError::Busy(_))));
+    let v = s.map().version;
+    let op = s.finish_split(0, intent).unwrap();
+    s.commit(&op);
+    let m = s.map();
+    assert_eq!(m.version, v + 1);
+    m.validate().unwrap();
+    assert_eq!(m.shards.len(), 2);
+    let (l, r) = (&m.shards[0], &m.shards[1]);
+    assert_eq!((l.range.start, l.range.end, l.split), (0, intent.at - 1, None));
+    assert_eq!((r.id, r.range.start, r.range.end), (intent.child, intent.at, u64::MAX));
+    assert_eq!((&r.replicas, r.primary, r.epoch), (&e.replicas, e.primary, l.epoch));
+    assert_eq!(l.epoch.0, 2);
+    assert!(s.finish_split(0, intent).is_err(), "finishing twice is refused");
+    // Bad points are refused with the range in the message.
+    assert!(matches!(s.start_split(0, Some(0)), Err(MasterError::Invalid(_))));
+    assert!(matches!(s.start_split(1, Some(intent.at)), Err(MasterError::Invalid(_))));
+    assert!(matches!(s.start_split(9, None), Err(MasterError::Invalid(_))));
+    // The next split gets the next id.
+    assert_eq!(s.start_split(1, None).unwrap().0.child.0, 2);
+}

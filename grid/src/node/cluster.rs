@@ -131,6 +131,7 @@ async fn stay_registered(node: Arc<StorageNode>, m: Membership, socket: tokio::n
                 add_peers(&view, &mut known, me, &r.peers);
                 // Roles from the assignments of an earlier heartbeat: the master's own promotion
                 // RPC (which knows the real lease wait) has had an interval to arrive.
+                node.adopt_split_shards().await;
                 host(&node, me, &assigned, true).await;
                 if r.map_version != map_version && host(&node, me, &r.assignments, false).await {
                     map_version = r.map_version;
@@ -249,6 +250,19 @@ async fn host(node: &StorageNode, me: u64, assignments: &[pb::Assignment], take_
             Err(_) if take_up_roles => continue,
             Err(_) => {
                 let range = KeyRange { start: a.key_start, end: a.key_end };
+                // A shard split off one hosted here: applying the split entry writes its
+                // replica with the data. An empty one made now could lead it with nothing.
+                let parent = node.list().into_iter().find_map(|(id, slot)| match slot {
+                    super::ShardSlot::Serving(s) if s.range().start <= range.end && range.start <= s.range().end => {
+                        Some(id)
+                    }
+                    _ => None,
+                });
+                if let Some(parent) = parent {
+                    tracing::debug!(shard = a.shard, parent, "waiting for the split entry to apply");
+                    ok = false;
+                    continue;
+                }
                 match node.create_shard(a.shard, range).await {
                     Ok(s) => s,
                     Err(e) => {

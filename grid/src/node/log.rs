@@ -42,18 +42,38 @@ pub(crate) struct Waiter {
     pub done: oneshot::Sender<Result<Written, ShardError>>,
 }
 
-/// Applies one committed entry's body to the store (live and at recovery alike).
-pub(crate) fn apply_body(st: &mut ShardStore, lsn: u64, body: Body<'_>) -> Result<(), String> {
-    match body {
+/// Applies one committed entry's body to the store (live and at recovery alike). False when
+/// the entry names keys this shard no longer owns (it applied as a no-op). A split writes the
+/// new shard's first checkpoint to its own directory before the store forgets that half; a
+/// checkpoint of this shard cannot run meanwhile (the caller holds the apply gate).
+pub(crate) fn apply_body(st: &mut ShardStore, id: EntryId, body: Body<'_>, disk: &dyn Disk) -> Result<bool, String> {
+    let lsn = id.lsn;
+    Ok(match body {
         Body::EpochStart => st.apply(lsn, 0, WriteBatch::default()),
         Body::Batch(b) => {
             let (ts, batch) = batch_codec::decode(b).map_err(|e| e.to_string())?;
-            st.apply(lsn, ts, batch);
+            st.apply(lsn, ts, batch)
         }
         Body::InEdges(b) => st.apply_in_edges(lsn, InEdges::decode(b).map_err(|e| e.to_string())?),
-        Body::Delivered(b) => st.apply_delivered(lsn, &links::decode_delivered(b).map_err(|e| e.to_string())?),
-    }
-    Ok(())
+        Body::Delivered(b) => {
+            st.apply_delivered(lsn, &links::decode_delivered(b).map_err(|e| e.to_string())?);
+            true
+        }
+        Body::Split { at, child } => {
+            let end = st.range.end;
+            if let Some(image) = st.apply_split(lsn, id.epoch, at) {
+                super::split::write_child(disk, child, KeyRange { start: at, end }, &image)
+                    .map_err(|e| format!("writing shard {child}, split off at {at:#018x}: {e}"))?;
+                tracing::info!(
+                    shard = child,
+                    at = format_args!("{at:#018x}"),
+                    lsn,
+                    "split: the new shard's replica is written"
+                );
+            }
+            true
+        }
+    })
 }
 
 /// What the master asked a node to lead.
@@ -191,19 +211,30 @@ impl Shared {
             let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
             for (id, payload) in entries {
                 let waiter = waiters.remove(&id.lsn);
+                let answer = |owned: bool, owes_in_edges: bool, range: KeyRange, w: Waiter| {
+                    let r = if owned {
+                        Ok(Written { lsn: id.lsn, concept_ids: w.ids, owes_in_edges, range })
+                    } else {
+                        Err(ShardError::WrongShard {
+                            shard: self.shard,
+                            reason: "the shard split while the write waited; it did not apply".into(),
+                        })
+                    };
+                    (w.done, r)
+                };
                 let r = match (entry::decode(&payload), waiter) {
-                    (Ok((_, Body::Batch(_))), Some(w)) if w.kind == WriteKind::Batch => {
-                        st.apply_with_ids(id.lsn, w.ts_ms, w.batch, &w.ids);
-                        acks.push((w.done, Written { lsn: id.lsn, concept_ids: w.ids }));
+                    (Ok((_, Body::Batch(_))), Some(mut w)) if w.kind == WriteKind::Batch => {
+                        let owned = st.apply_with_ids(id.lsn, w.ts_ms, std::mem::take(&mut w.batch), &w.ids);
+                        let owes =
+                            st.links().outbox.range(links::seq(id.lsn, 0)..links::seq(id.lsn + 1, 0)).next().is_some();
+                        acks.push(answer(owned, owes, st.range, w));
                         Ok(())
                     }
-                    (Ok((_, body)), w) => {
-                        let r = apply_body(&mut st, id.lsn, body);
-                        if let (Ok(()), Some(w)) = (&r, w) {
-                            acks.push((w.done, Written { lsn: id.lsn, concept_ids: w.ids }));
+                    (Ok((_, body)), w) => apply_body(&mut st, id, body, &*self.disk).map(|owned| {
+                        if let Some(w) = w {
+                            acks.push(answer(owned, false, st.range, w));
                         }
-                        r
-                    }
+                    }),
                     (Err(e), _) => Err(e),
                 };
                 if let Err(e) = r {
@@ -213,14 +244,17 @@ impl Shared {
                 applied = Some(id.lsn);
             }
         }
+        let split_lsn = self.state.read().unwrap_or_else(|p| p.into_inner()).split_lsn();
         if let Some(lsn) = applied {
-            self.core().applied_through(lsn);
+            let mut core = self.core();
+            core.applied_through(lsn);
+            core.snapshot_through = core.snapshot_through.max(split_lsn);
         }
         if let Some(reason) = failed {
             return self.set_fault(reason);
         }
-        for (done, w) in acks {
-            let _ = done.send(Ok(w));
+        for (done, r) in acks {
+            let _ = done.send(r);
         }
         if let Some(commit) = applied {
             let node = self.node_id.load(Ordering::Relaxed);
@@ -488,7 +522,8 @@ fn handle(
             };
             {
                 let _gate = sh.apply_gate.lock().unwrap_or_else(|p| p.into_inner());
-                *sh.state.write().unwrap_or_else(|p| p.into_inner()) = ShardStore::new(sh.range, Some(cp));
+                let range = KeyRange { start: cp.key_start, end: cp.key_end };
+                *sh.state.write().unwrap_or_else(|p| p.into_inner()) = ShardStore::new(range, Some(cp));
             }
             let reply = sh.core().installed(epoch, at, now, &mut ready);
             tracing::info!(shard, lsn = at.lsn, "installed a snapshot from the primary");
@@ -503,7 +538,8 @@ fn install_checkpoint(sh: &Shared, at: EntryId, image: &[u8]) -> Result<Checkpoi
     crate::store::checkpoint::write(&*sh.disk, &sh.dir, image).map_err(|e| e.to_string())?;
     let map = sh.disk.map(&format!("{}/storage.dat", sh.dir)).map_err(|e| e.to_string())?;
     let cp = Checkpoint::open(map).map_err(|e| e.to_string())?;
-    if cp.lsn != at.lsn || cp.key_start != sh.range.start || cp.key_end != sh.range.end {
+    // A primary that split since this replica was created sends the narrower range.
+    if cp.lsn != at.lsn || cp.key_start < sh.range.start || cp.key_end > sh.range.end || cp.key_start > cp.key_end {
         return Err("the snapshot does not match what the primary announced".into());
     }
     Ok(cp)

@@ -8,6 +8,7 @@ mod outbox;
 mod service;
 mod shard;
 mod ship;
+mod split;
 
 pub use log::Promotion;
 #[cfg(not(madsim))]
@@ -213,14 +214,48 @@ impl StorageNode {
             };
             shards.insert(id, slot);
         }
-        Ok(Arc::new(StorageNode {
+        let node = Arc::new(StorageNode {
             disk,
             config,
             shards: RwLock::new(shards),
             create_lock: tokio::sync::Mutex::new(()),
             retiring: std::sync::Mutex::new(BTreeMap::new()),
             outbox_wake: tokio::sync::Notify::new(),
-        }))
+        });
+        // Recovery may have re-applied a split and written its new shard's replica.
+        node.adopt_split_shards().await;
+        Ok(node)
+    }
+
+    /// Opens every replica a split wrote on this node that is not open yet (a split entry
+    /// applied since the last look). Called after each heartbeat and after a split.
+    pub async fn adopt_split_shards(&self) {
+        let _guard = self.create_lock.lock().await;
+        let Ok(names) = self.disk.list("shards") else { return };
+        for id in names.iter().filter_map(|n| n.parse::<u32>().ok()) {
+            if self.slots().contains_key(&id) {
+                continue;
+            }
+            let dir = shard_dir(id);
+            if self.disk.exists(&format!("{dir}/{RETIRED}")) {
+                continue;
+            }
+            if self.retiring.lock().unwrap_or_else(|p| p.into_inner()).get(&id).is_some_and(|w| w.strong_count() > 0) {
+                continue;
+            }
+            let Some(range) = self.disk.read(&format!("{dir}/shard.meta")).ok().as_deref().and_then(decode_meta) else {
+                continue;
+            };
+            let slot = match start_shard(&self.disk, id, range, &self.config).await {
+                Ok(s) => ShardSlot::Serving(s),
+                Err(e) => {
+                    tracing::error!(shard = id, error = %e, "a replica written by a split refuses to serve");
+                    ShardSlot::Failed { range, reason: e.to_string() }
+                }
+            };
+            tracing::info!(shard = id, start = range.start, end = range.end, "opened a replica written by a split");
+            self.shards.write().unwrap_or_else(|p| p.into_inner()).insert(id, slot);
+        }
     }
 
     fn slots(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u32, ShardSlot>> {
@@ -304,7 +339,7 @@ impl StorageNode {
         let _guard = self.create_lock.lock().await;
         if let Some(slot) = self.slots().get(&id) {
             return match slot {
-                ShardSlot::Serving(s) if s.range == range => Ok(s.clone()),
+                ShardSlot::Serving(s) if s.range() == range => Ok(s.clone()),
                 _ => Err(NodeError::ShardExists(id)),
             };
         }

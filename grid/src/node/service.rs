@@ -42,6 +42,7 @@ impl From<ShardError> for Status {
             ShardError::NotPrimary { .. } => Status::failed_precondition(e.to_string()),
             ShardError::Busy { .. } => Status::resource_exhausted(e.to_string()),
             ShardError::Unknown { .. } => Status::aborted(e.to_string()),
+            ShardError::WrongShard { .. } => Status::failed_precondition(e.to_string()),
         }
     }
 }
@@ -82,8 +83,8 @@ pub(crate) fn shard_info(id: u32, slot: &ShardSlot) -> pb::ShardInfo {
             let outbox_oldest_lsn = outbox.and_then(|o| o.keys().next()).map_or(0, |s| crate::store::links::lsn_of(*s));
             pb::ShardInfo {
                 shard: id,
-                key_start: s.range.start,
-                key_end: s.range.end,
+                key_start: s.range().start,
+                key_end: s.range().end,
                 last_lsn: st.as_ref().map(|st| st.applied_lsn()).unwrap_or(0),
                 checkpoint_lsn: st.as_ref().map(|st| st.checkpoint_lsn()).unwrap_or(0),
                 concepts,
@@ -112,6 +113,24 @@ pub(crate) fn shard_info(id: u32, slot: &ShardSlot) -> pb::ShardInfo {
     }
 }
 
+/// Refuses a read that names a key this replica does not own: after a split, a router with
+/// the old map must learn it, not read a miss.
+fn owned(shard: u32, st: &crate::store::ShardStore, ids: &[pb::Id]) -> Result<(), Status> {
+    match ids.iter().map(id_from_pb).find(|id| !st.range.contains(*id)) {
+        Some(id) => Err(ShardError::WrongShard {
+            shard,
+            reason: format!(
+                "placement key {:016x} is outside its range [{:016x}, {:016x}]; re-read the shard map",
+                id.placement_key(),
+                st.range.start,
+                st.range.end
+            ),
+        }
+        .into()),
+        None => Ok(()),
+    }
+}
+
 /// Neighbour lists for many vertices under one read lock, bounded per vertex and in total.
 #[allow(clippy::too_many_arguments)]
 fn neighbor_lists(
@@ -127,6 +146,7 @@ fn neighbor_lists(
     let filter = filter_from_pb(filter).map_err(Status::invalid_argument)?;
     let shard = node.shard(shard)?;
     let st = shard.read_at(consistency_from_pb(consistency))?;
+    owned(shard.id.0, &st, ids)?;
     let (mut lists, mut scanned, mut total, mut truncated_any) = (Vec::with_capacity(ids.len()), 0u64, 0usize, false);
     for pid in ids {
         let id = id_from_pb(pid);
@@ -158,13 +178,18 @@ impl pb::storage_server::Storage for StorageService {
         too_many("items", req.concepts.len() + req.associations.len(), limits::BATCH_ITEMS_MAX)?;
         let shard = self.node.shard(req.shard)?;
         let (batch, errors) = batch_from_pb(req.concepts, req.associations);
-        let remote = batch.associations.iter().any(|a| !shard.range.contains(a.target));
         let w = shard.write(batch, errors).await?;
-        if remote {
+        if w.owes_in_edges {
             self.node.outbox_wake.notify_one();
         }
         let concept_ids = w.concept_ids.into_iter().map(id_to_pb).collect();
-        Ok(Response::new(pb::WriteBatchResponse { lsn: w.lsn, concept_ids }))
+        Ok(Response::new(pb::WriteBatchResponse {
+            lsn: w.lsn,
+            concept_ids,
+            owes_in_edges: w.owes_in_edges,
+            key_start: w.range.start,
+            key_end: w.range.end,
+        }))
     }
 
     async fn deliver_in_edges(
@@ -187,7 +212,7 @@ impl pb::storage_server::Storage for StorageService {
         }
         let items = req.seqs.into_iter().zip(batch.associations).collect();
         let lsn = shard.deliver_in_edges(req.source_shard, items).await?;
-        Ok(Response::new(pb::WriteBatchResponse { lsn, concept_ids: Vec::new() }))
+        Ok(Response::new(pb::WriteBatchResponse { lsn, ..Default::default() }))
     }
 
     async fn get_concepts(
@@ -198,6 +223,7 @@ impl pb::storage_server::Storage for StorageService {
         too_many("ids", req.ids.len(), limits::GET_IDS_MAX)?;
         let shard = self.node.shard(req.shard)?;
         let st = shard.read_at(consistency_from_pb(req.consistency))?;
+        owned(shard.id.0, &st, &req.ids)?;
         let mut resp = pb::GetConceptsResponse::default();
         for pid in req.ids {
             match st.concept(id_from_pb(&pid)) {
@@ -299,7 +325,7 @@ impl pb::storage_server::Storage for StorageService {
                 pb::SearchHit { concept: Some(concept_to_pb(c)), score }
             })
             .collect();
-        Ok(Response::new(pb::SearchResponse { hits }))
+        Ok(Response::new(pb::SearchResponse { hits, key_start: st.range.start, key_end: st.range.end }))
     }
 
     async fn create_shard(&self, req: Request<pb::CreateShardRequest>) -> Result<Response<pb::ShardInfo>, Status> {
@@ -340,6 +366,14 @@ impl pb::storage_server::Storage for StorageService {
             .await
             .map_err(Status::failed_precondition)?;
         Ok(Response::new(pb::HandoverResponse { caught_up }))
+    }
+
+    async fn split(&self, req: Request<pb::SplitRequest>) -> Result<Response<pb::SplitResponse>, Status> {
+        let req = req.into_inner();
+        let lsn = self.node.shard(req.shard)?.split(req.epoch, req.at, req.child).await?;
+        // Open the new shard's replica now rather than at the next heartbeat.
+        self.node.adopt_split_shards().await;
+        Ok(Response::new(pb::SplitResponse { lsn }))
     }
 
     async fn promote(&self, req: Request<pb::PromoteRequest>) -> Result<Response<pb::PromoteResponse>, Status> {

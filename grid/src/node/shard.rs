@@ -36,6 +36,10 @@ pub enum ShardError {
     /// The write was logged but its fate is not known here.
     #[error("shard {shard}: outcome unknown: {reason}")]
     Unknown { shard: u32, reason: String },
+    /// A key this shard does not own (any more: it split). Nothing applied; the caller
+    /// re-reads the shard map and sends it to the owner.
+    #[error("shard {shard}: wrong shard: {reason}")]
+    WrongShard { shard: u32, reason: String },
 }
 
 /// An acknowledged write.
@@ -45,6 +49,10 @@ pub struct Written {
     pub lsn: u64,
     /// `concept_ids[i]` is the id of the batch's concept `i`.
     pub concept_ids: Vec<ConceptId>,
+    /// The entry put in-edges in the outbox: their delivery follows the acknowledgement.
+    pub owes_in_edges: bool,
+    /// The shard's range when the entry applied.
+    pub range: KeyRange,
 }
 
 /// Replication state as shard info reports it.
@@ -63,7 +71,6 @@ type Incoming = (u64, u64, u64, Vec<u8>);
 
 pub struct Shard {
     pub id: ShardId,
-    pub range: KeyRange,
     pub vector_dim: usize,
     pub recovery: RecoveryReport,
     sh: Arc<Shared>,
@@ -99,8 +106,9 @@ impl Shard {
             };
             // Once more before refusing to serve: a read error in transit is not a damaged file.
             let cp = load().or_else(|_| load()).map_err(|e| storage_err(sid, e))?;
-            if cp.key_start != range.start || cp.key_end != range.end {
-                return Err(storage_err(sid, "checkpoint key range does not match the shard's"));
+            // Narrower once the shard split (the range the replica was created with is kept).
+            if cp.key_start < range.start || cp.key_end > range.end || cp.key_start > cp.key_end {
+                return Err(storage_err(sid, "checkpoint key range is outside the shard's"));
             }
             Some(cp)
         } else {
@@ -115,7 +123,8 @@ impl Shard {
             Err(_) => Promise::default(),
         };
         let base = checkpoint.as_ref().map(|c| EntryId { epoch: c.epoch, lsn: c.lsn }).unwrap_or_default();
-        let mut store = ShardStore::new(range, checkpoint);
+        let current = checkpoint.as_ref().map_or(range, |c| KeyRange { start: c.key_start, end: c.key_end });
+        let mut store = ShardStore::new(current, checkpoint);
         let mut log_index = LogIndex::new(base);
         let mut tail: Vec<(EntryId, RecordType, Vec<u8>)> = Vec::new();
         let mut hint = base.lsn;
@@ -148,7 +157,7 @@ impl Shard {
                 RecordType::Batch => Body::Batch(&payload[..]),
                 _ => entry::decode(&payload).map_err(|e| storage_err(sid, e))?.1,
             };
-            apply_body(&mut store, id.lsn, body).map_err(|e| storage_err(sid, format!("entry {}: {e}", id.lsn)))?;
+            apply_body(&mut store, id, body, &*disk).map_err(|e| storage_err(sid, format!("entry {}: {e}", id.lsn)))?;
             applied = id.lsn;
         }
         let promised = promise.promised.max(log_index.last().epoch);
@@ -162,13 +171,13 @@ impl Shard {
             "shard recovered"
         );
         let role = Role::Replica(Replica::new(log_index, promised, commit));
-        let core = Core::new(role, promise, pending, applied, config.repl_retain_bytes);
+        let mut core = Core::new(role, promise, pending, applied, config.repl_retain_bytes);
+        core.snapshot_through = store.split_lsn();
         let (sh, replies) = Shared::new(sid, range, dir.to_string(), disk, store, core);
         let (tx, rx) = mpsc::channel(limits::WAL_QUEUE_DEPTH_MAX);
         tokio::spawn(log::run_log(sh.clone(), wal, rx, replies));
         let shard = Shard {
             id,
-            range,
             vector_dim,
             recovery,
             sh,
@@ -191,6 +200,11 @@ impl Shard {
             shard.promote(pr).await.map_err(|e| storage_err(sid, e))?;
         }
         Ok(shard)
+    }
+
+    /// The key range this replica owns now (narrower than at creation once it split).
+    pub fn range(&self) -> KeyRange {
+        self.sh.state.read().unwrap_or_else(|p| p.into_inner()).range
     }
 
     /// WAL groups committed, one fsync each.
@@ -295,6 +309,36 @@ impl Shard {
         }
     }
 
+    /// Logs a split of this shard at `at` into shard `child` (primary of `epoch` only) and
+    /// answers once it applied here: this replica then owns `[start, at - 1]` and has written
+    /// the new shard's replica. Answers at once if this shard already ends at `at - 1`.
+    pub async fn split(&self, epoch: u64, at: u64, child: u32) -> Result<u64, ShardError> {
+        self.check_serving()?;
+        let done = |r: KeyRange| r.end.checked_add(1) == Some(at);
+        let range = self.range();
+        if done(range) {
+            return Ok(self.read()?.applied_lsn());
+        }
+        if self.sh.core().primary_epoch() != epoch {
+            let reason = format!("not the primary of epoch {epoch}");
+            return Err(ShardError::NotPrimary { shard: self.id.0, reason });
+        }
+        if at <= range.start || at > range.end || child == self.id.0 {
+            let reason = format!(
+                "cannot split at {at:#018x} into shard {child}: outside [{:#018x}, {:#018x}]",
+                range.start, range.end
+            );
+            return Err(ShardError::Storage { shard: self.id.0, reason });
+        }
+        let bytes = crate::replication::entry::split_bytes(at, child);
+        let w = self.submit(WriteKind::Split, now_ms(), WriteBatch::default(), Vec::new(), bytes).await?;
+        if !done(self.range()) {
+            let reason = "the split entry applied without splitting (a concurrent split?)".into();
+            return Err(ShardError::Storage { shard: self.id.0, reason });
+        }
+        Ok(w.lsn)
+    }
+
     /// The master names this replica primary.
     pub async fn promote(&self, pr: Promotion) -> Result<(), String> {
         self.command(|tx| Cmd::Promote(pr, tx)).await
@@ -347,23 +391,20 @@ impl Shard {
             return Err(ShardError::Rejected(BatchRejected { errors: sorted(extra), unlisted: rej.unlisted }));
         }
         let ids: Vec<ConceptId> = batch.concepts.iter().map(|c| ConceptId::from_label(&c.label)).collect();
-        for (i, id) in ids.iter().enumerate() {
-            if !self.range.contains(*id) {
-                extra.push(self.not_owned("concepts", i, *id));
-            }
-        }
-        for (i, a) in batch.associations.iter().enumerate() {
-            if !self.range.contains(a.source) && !self.range.contains(a.target) {
-                extra.push(self.not_owned("associations", i, a.source));
-            }
-        }
         if !extra.is_empty() {
             return Err(ShardError::Rejected(BatchRejected { errors: sorted(extra), unlisted: 0 }));
         }
-        if batch.is_empty() {
-            return Ok(Written { lsn: self.read()?.applied_lsn(), concept_ids: ids });
+        let range = self.range();
+        // An association is logged on its source's shard (architecture.md §5 rule 7).
+        let stray =
+            ids.iter().copied().chain(batch.associations.iter().map(|a| a.source)).find(|id| !range.contains(*id));
+        if let Some(id) = stray {
+            return Err(self.wrong_shard(range, id));
         }
-        let remote = batch.associations.iter().any(|a| !self.range.contains(a.target));
+        if batch.is_empty() {
+            return Ok(Written { lsn: self.read()?.applied_lsn(), concept_ids: ids, owes_in_edges: false, range });
+        }
+        let remote = batch.associations.iter().any(|a| !range.contains(a.target));
         let owed = self.read()?.links().outbox.len();
         if remote && owed >= limits::OUTBOX_ITEMS_MAX {
             let reason = format!("{owed} in-edges wait for delivery to other shards; retry later");
@@ -384,16 +425,15 @@ impl Shard {
             extra.append(&mut rej.errors);
             return Err(ShardError::Rejected(BatchRejected { errors: sorted(extra), unlisted: rej.unlisted }));
         }
-        for (i, a) in batch.associations.iter().enumerate() {
-            if !self.range.contains(a.target) {
-                extra.push(self.not_owned("associations", i, a.target));
-            }
-        }
         if !items.windows(2).all(|w| w[0].0 < w[1].0) {
             extra.push(ItemError { list: "associations", index: 0, reason: "sequence numbers must ascend".into() });
         }
         if !extra.is_empty() {
             return Err(ShardError::Rejected(BatchRejected { errors: sorted(extra), unlisted: 0 }));
+        }
+        let range = self.range();
+        if let Some(a) = batch.associations.iter().find(|a| !range.contains(a.target)) {
+            return Err(self.wrong_shard(range, a.target));
         }
         let bytes = InEdges { source_shard, items }.encode();
         Ok(self.submit(WriteKind::InEdges, now_ms(), WriteBatch::default(), Vec::new(), bytes).await?.lsn)
@@ -434,16 +474,14 @@ impl Shard {
         }
     }
 
-    fn not_owned(&self, list: &'static str, index: usize, id: ConceptId) -> ItemError {
-        ItemError {
-            list,
-            index,
+    fn wrong_shard(&self, range: KeyRange, id: ConceptId) -> ShardError {
+        ShardError::WrongShard {
+            shard: self.id.0,
             reason: format!(
-                "placement key {:016x} is outside shard {}'s range [{:016x}, {:016x}]",
+                "placement key {:016x} is outside its range [{:016x}, {:016x}]; re-read the shard map",
                 id.placement_key(),
-                self.id.0,
-                self.range.start,
-                self.range.end
+                range.start,
+                range.end
             ),
         }
     }

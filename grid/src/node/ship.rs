@@ -222,6 +222,11 @@ async fn snapshot(
     let path = format!("{}/storage.dat", sh.dir);
     let map = sh.disk.map(&path).map_err(|e| format!("reading {path}: {e}"))?;
     let cp = Checkpoint::open(map.clone()).map_err(|e| e.to_string())?;
+    let through = sh.core().snapshot_through;
+    if cp.lsn < through {
+        // The split made a checkpoint due; older images hold the range before it.
+        return Err(format!("no checkpoint past the split at lsn {through} yet"));
+    }
     let c = match client.as_ref() {
         Some(c) => c.clone(),
         None => {

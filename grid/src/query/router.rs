@@ -5,7 +5,7 @@
 //! never logged: it is retried against the re-read map until the router's deadline. Eventual
 //! reads try every replica; strong reads go to the primary and retry the same way.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -36,11 +36,37 @@ pub enum RouterError {
     Task(String),
 }
 
+impl RouterError {
+    /// A shard answered that it does not own a key (it split since this router's map was
+    /// read): re-read the map and route again.
+    fn is_wrong_shard(&self) -> bool {
+        matches!(self, RouterError::Shard { source, .. } if wrong_shard(source))
+    }
+}
+
+fn wrong_shard(e: &ClientError) -> bool {
+    matches!(e, ClientError::Rpc { status, .. }
+        if status.code() == tonic::Code::FailedPrecondition && status.message().contains("wrong shard"))
+}
+
+/// A write part that did not go through: refused because its shard split (route it again),
+/// or failed.
+enum PartError {
+    Moved(WriteBatch),
+    Failed(RouterError),
+}
+
 /// One per-shard part of a routed write, as acknowledged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardWrite {
     pub shard: u32,
     pub lsn: u64,
+    /// The part holds an association whose target lives on another shard: its in-edge is
+    /// delivered after the acknowledgement (`wait_delivered`).
+    pub owes_in_edges: bool,
+    /// The shard's key range when the part was written: shards split off it since then may
+    /// hold its undelivered in-edges (they go with their source).
+    pub range: (u64, u64),
 }
 
 #[derive(Default)]
@@ -223,26 +249,52 @@ impl Router {
         idempotent: bool,
     ) -> Result<Vec<ShardWrite>, RouterError> {
         self.ensure_map().await;
-        let parts = self.split(batch)?;
-        let mut tasks = Vec::with_capacity(parts.len());
-        for (shard, addr, part) in parts {
-            let me = self.clone();
-            tasks.push(tokio::spawn(async move { me.write_part(shard, addr, part, idempotent).await }));
-        }
+        let start = tokio::time::Instant::now();
+        let mut todo = batch.clone();
         let mut out = Vec::new();
-        let mut first_err = None;
-        for t in tasks {
-            let Ok(r) = t.await else { continue };
-            match r {
-                Ok(w) => out.push(w),
-                Err(e) => {
-                    first_err.get_or_insert(e);
+        let mut attempt = 0u32;
+        loop {
+            let parts = self.split(&todo)?;
+            let mut tasks = Vec::with_capacity(parts.len());
+            for (shard, addr, part) in parts {
+                let me = self.clone();
+                tasks.push(tokio::spawn(async move { me.write_part(shard, addr, part, idempotent).await }));
+            }
+            let mut first_err = None;
+            let mut moved = WriteBatch::default();
+            for t in tasks {
+                let Ok(r) = t.await else { continue };
+                match r {
+                    Ok(w) => out.push(w),
+                    Err(PartError::Moved(b)) => {
+                        moved.concepts.extend(b.concepts);
+                        moved.associations.extend(b.associations);
+                    }
+                    Err(PartError::Failed(e)) => {
+                        first_err.get_or_insert(e);
+                    }
                 }
             }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(out),
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+            if moved.is_empty() {
+                return Ok(out);
+            }
+            // Parts refused by a shard that split: nothing of them applied; route them by
+            // the new map.
+            if start.elapsed() >= self.deadline {
+                let source = ClientError::Deadline {
+                    op: "write_batch (shard map kept changing)",
+                    ms: self.deadline.as_millis() as u64,
+                };
+                return Err(RouterError::Shard { shard: 0, addr: String::new(), source });
+            }
+            let _ = self.refresh().await;
+            tokio::time::sleep(crate::client::retry_backoff(attempt, 5, 160)).await;
+            attempt += 1;
+            self.resends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            todo = moved;
         }
     }
 
@@ -252,7 +304,7 @@ impl Router {
         mut addr: String,
         part: WriteBatch,
         idempotent: bool,
-    ) -> Result<ShardWrite, RouterError> {
+    ) -> Result<ShardWrite, PartError> {
         let start = tokio::time::Instant::now();
         let mut attempt = 0u32;
         loop {
@@ -272,13 +324,18 @@ impl Router {
                 Some(send.await)
             };
             let source = match r {
-                Some(Ok(resp)) => return Ok(ShardWrite { shard, lsn: resp.lsn }),
+                Some(Ok(resp)) => {
+                    // The shard knows whether it owes in-edges, and its range when the entry
+                    // applied (where they may go once it splits).
+                    let range = (resp.key_start, resp.key_end);
+                    return Ok(ShardWrite { shard, lsn: resp.lsn, owes_in_edges: resp.owes_in_edges, range });
+                }
                 Some(Err(e)) => e,
                 None => {
                     // The shard has a new primary while this part waited on the old one.
                     if start.elapsed() >= self.deadline {
                         let source = ClientError::Deadline { op: "write_batch", ms: self.deadline.as_millis() as u64 };
-                        return Err(RouterError::Shard { shard, addr, source });
+                        return Err(PartError::Failed(RouterError::Shard { shard, addr, source }));
                     }
                     self.forget(&addr);
                     if let Some(a) = self.primary_addr_of(shard) {
@@ -288,11 +345,14 @@ impl Router {
                     continue;
                 }
             };
+            if wrong_shard(&source) {
+                return Err(PartError::Moved(part));
+            }
             self.forget(&addr);
             let _ = self.refresh().await;
             let retry = never_logged(&source) || (idempotent && outcome_unknown(&source));
             if !retry || start.elapsed() >= self.deadline {
-                return Err(RouterError::Shard { shard, addr, source });
+                return Err(PartError::Failed(RouterError::Shard { shard, addr, source }));
             }
             tokio::time::sleep(crate::client::retry_backoff(attempt, 20, 160)).await;
             attempt += 1;
@@ -322,22 +382,6 @@ impl Router {
         }
     }
 
-    /// The shards of `batch`'s parts that owe in-edges to another shard (an association whose
-    /// target lives elsewhere): only their writes have anything to deliver.
-    pub async fn owing_in_edges(&self, batch: &WriteBatch) -> Result<BTreeSet<u32>, RouterError> {
-        // A router made before the grid was initialised reads the map first, as writes do.
-        self.ensure_map().await;
-        let t = self.table.read().unwrap_or_else(|p| p.into_inner());
-        let mut out = BTreeSet::new();
-        for a in &batch.associations {
-            let from = t.shard_for(a.source.placement_key())?.shard;
-            if t.shard_for(a.target.placement_key())?.shard != from {
-                out.insert(from);
-            }
-        }
-        Ok(out)
-    }
-
     /// Waits until every write in `writes` has delivered its in-edges to their target shards:
     /// the primary's oldest undelivered outbox item was logged after the write (or there is
     /// none). Asks the primaries, backing off from 2 ms to 50 ms; `Ok(false)` when `within`
@@ -353,27 +397,58 @@ impl Router {
         while !left.is_empty() {
             let mut still = Vec::new();
             for w in left {
-                let addr = self.read_addrs(w.shard, Consistency::Strong).into_iter().next();
-                let info = match &addr {
-                    Some(addr) => match self.client(addr).await {
-                        Ok(c) => c.shard_info(w.shard).await.ok(),
-                        Err(_) => None,
-                    },
-                    None => None,
+                // The write's shard, and any split off it since (its items may have moved).
+                let split_off: Vec<u32> = {
+                    let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+                    t.map
+                        .shards
+                        .iter()
+                        .filter(|e| e.shard != w.shard && e.key_start <= w.range.1 && w.range.0 <= e.key_end)
+                        .map(|e| e.shard)
+                        .collect()
                 };
-                // A replica that stopped serving (a failed fsync) still says it leads, but its
-                // outbox is unreadable and reported empty: only a serving primary's word counts.
-                match info.filter(|i| i.serving && i.primary_epoch > 0) {
-                    Some(i) if i.commit_lsn >= w.lsn && (i.outbox_oldest_lsn == 0 || i.outbox_oldest_lsn > w.lsn) => {}
-                    Some(_) => still.push(w),
-                    _ => {
-                        // Not the primary (any more), or unreachable: look the shard up again.
-                        if let Some(a) = addr {
-                            self.forget(&a);
+                let mut done = true;
+                for shard in std::iter::once(w.shard).chain(split_off) {
+                    let addr = self.read_addrs(shard, Consistency::Strong).into_iter().next();
+                    let info = match &addr {
+                        Some(addr) => match self.client(addr).await {
+                            Ok(c) => c.shard_info(shard).await.ok(),
+                            Err(_) => None,
+                        },
+                        None => None,
+                    };
+                    // A replica that stopped serving (a failed fsync) still says it leads, but
+                    // its outbox is unreadable and reported empty: only a serving primary's
+                    // word counts. A shard split off the write's has its own commit LSNs.
+                    let committed = |i: &pb::ShardInfo| shard != w.shard || i.commit_lsn >= w.lsn;
+                    // The write's shard split since this router read the map: the shards
+                    // split off it are not in the list yet.
+                    let stale = |i: &pb::ShardInfo| {
+                        let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+                        t.entry(i.shard).is_none_or(|e| (e.key_start, e.key_end) != (i.key_start, i.key_end))
+                    };
+                    match info.filter(|i| i.serving && i.primary_epoch > 0) {
+                        Some(i) if stale(&i) => {
+                            let _ = self.refresh().await;
+                            done = false;
                         }
-                        let _ = self.refresh().await;
-                        still.push(w);
+                        Some(i) if committed(&i) && (i.outbox_oldest_lsn == 0 || i.outbox_oldest_lsn > w.lsn) => {}
+                        Some(_) => done = false,
+                        _ => {
+                            // Not the primary (any more), or unreachable: look the shard up again.
+                            if let Some(a) = addr {
+                                self.forget(&a);
+                            }
+                            let _ = self.refresh().await;
+                            done = false;
+                        }
                     }
+                    if !done {
+                        break;
+                    }
+                }
+                if !done {
+                    still.push(w);
                 }
             }
             left = still;
@@ -452,6 +527,35 @@ impl Router {
     /// shard's call tries the primary, then (eventual reads) the other replicas. A shard that
     /// had to cut its answer short fails the expansion rather than return a partial level.
     pub async fn expand(
+        self: &Arc<Self>,
+        frontier: &[ConceptId],
+        filter: &EdgeFilter,
+        consistency: Consistency,
+    ) -> Result<Expansion, RouterError> {
+        self.rerouted(|| self.expand_once(frontier, filter, consistency)).await
+    }
+
+    /// Runs `read` again by a re-read map while a shard answers that it split, until the
+    /// router's deadline.
+    async fn rerouted<T, Fut>(&self, read: impl Fn() -> Fut) -> Result<T, RouterError>
+    where
+        Fut: std::future::Future<Output = Result<T, RouterError>>,
+    {
+        let start = tokio::time::Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            match read().await {
+                Err(e) if e.is_wrong_shard() && start.elapsed() < self.deadline => {
+                    let _ = self.refresh().await;
+                    tokio::time::sleep(crate::client::retry_backoff(attempt, 5, 160)).await;
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn expand_once(
         self: &Arc<Self>,
         frontier: &[ConceptId],
         filter: &EdgeFilter,
@@ -558,6 +662,15 @@ impl Router {
         consistency: Consistency,
         skip_vectors: bool,
     ) -> Result<Vec<pb::Concept>, RouterError> {
+        self.rerouted(|| self.get_concepts_once(ids, consistency, skip_vectors)).await
+    }
+
+    async fn get_concepts_once(
+        self: &Arc<Self>,
+        ids: &[ConceptId],
+        consistency: Consistency,
+        skip_vectors: bool,
+    ) -> Result<Vec<pb::Concept>, RouterError> {
         self.ensure_map().await;
         let mut by_shard: BTreeMap<u32, Vec<ConceptId>> = BTreeMap::new();
         {
@@ -589,6 +702,16 @@ impl Router {
         limit: u32,
         consistency: Consistency,
     ) -> Result<Option<pb::NeighborList>, RouterError> {
+        self.rerouted(|| self.neighbors_once(id, filter, limit, consistency)).await
+    }
+
+    async fn neighbors_once(
+        self: &Arc<Self>,
+        id: ConceptId,
+        filter: &EdgeFilter,
+        limit: u32,
+        consistency: Consistency,
+    ) -> Result<Option<pb::NeighborList>, RouterError> {
         self.ensure_map().await;
         let shard = self.table.read().unwrap_or_else(|p| p.into_inner()).shard_for(id.placement_key())?.shard;
         let r = self
@@ -608,29 +731,54 @@ impl Router {
         k: usize,
         consistency: Consistency,
     ) -> Result<(Vec<pb::SearchHit>, usize), RouterError> {
+        self.rerouted(|| self.search_once(vector, k, consistency)).await
+    }
+
+    async fn search_once(
+        self: &Arc<Self>,
+        vector: &[f32],
+        k: usize,
+        consistency: Consistency,
+    ) -> Result<(Vec<pb::SearchHit>, usize), RouterError> {
         self.ensure_map().await;
-        let shards: Vec<u32> = {
+        let shards: Vec<(u32, u64, u64)> = {
             let t = self.table.read().unwrap_or_else(|p| p.into_inner());
             if t.map.version == 0 {
                 return Err(RouterError::NotInitialised);
             }
-            t.map.shards.iter().map(|s| s.shard).collect()
+            t.map.shards.iter().map(|s| (s.shard, s.key_start, s.key_end)).collect()
         };
         let vector = Arc::new(vector.to_vec());
         let mut tasks = Vec::with_capacity(shards.len());
-        for shard in shards.iter().copied() {
+        for (shard, start, end) in shards.iter().copied() {
             let (me, vector) = (self.clone(), vector.clone());
             tasks.push(tokio::spawn(async move {
-                me.read_shard(shard, consistency, |c| {
-                    let vector = vector.clone();
-                    async move { c.search(shard, &vector, k as u32).await }
-                })
-                .await
+                let r = me
+                    .read_shard(shard, consistency, |c| {
+                        let vector = vector.clone();
+                        async move { c.search(shard, &vector, k as u32).await }
+                    })
+                    .await?;
+                // A replica that split since this map was read owns less than the map says:
+                // the map is stale (the other half would be missed).
+                if r.key_start > start || r.key_end < end {
+                    let status = tonic::Status::failed_precondition(format!("shard {shard}: wrong shard: it split"));
+                    let source = ClientError::Rpc { op: "search", status };
+                    return Err(RouterError::Shard { shard, addr: String::new(), source });
+                }
+                // One that has not applied a split yet owns more: keep only this shard's keys.
+                let key = |h: &pb::SearchHit| {
+                    h.concept.as_ref().and_then(|c| c.id.as_ref()).map(|i| id_from_pb(i).placement_key())
+                };
+                Ok(r.hits
+                    .into_iter()
+                    .filter(|h| key(h).is_some_and(|k| (start..=end).contains(&k)))
+                    .collect::<Vec<_>>())
             }));
         }
         let mut hits = Vec::new();
         for t in tasks {
-            hits.extend(t.await.map_err(|e| RouterError::Task(e.to_string()))??.hits);
+            hits.extend(t.await.map_err(|e| RouterError::Task(e.to_string()))??);
         }
         let key = |h: &pb::SearchHit| h.concept.as_ref().and_then(|c| c.id.as_ref()).map(|i| id_from_pb(i).0);
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| key(a).cmp(&key(b))));
@@ -667,7 +815,8 @@ impl Router {
                     Ok(v) => return Ok(v),
                     Err(source) => {
                         // A bad request is the caller's: another replica would say the same.
-                        if source.code() == Some(tonic::Code::InvalidArgument) {
+                        // So is a shard that split: the caller routes again by the new map.
+                        if source.code() == Some(tonic::Code::InvalidArgument) || wrong_shard(&source) {
                             return Err(RouterError::Shard { shard, addr, source });
                         }
                         self.forget(&addr);

@@ -145,6 +145,8 @@ pub enum WriteKind {
     Batch,
     InEdges,
     Delivered,
+    /// `bytes` is `entry::split_bytes(at, child)`.
+    Split,
 }
 
 /// Why a write was not logged (nothing was: the caller may retry, elsewhere for the first two).
@@ -200,6 +202,10 @@ pub struct Core {
     /// When this replica last accepted an append (or snapshot) from a primary, on the lease
     /// clock: reported at a fence (`replication::lease`).
     pub append_heard_at: Option<Instant>,
+    /// Entries at or below this LSN reach a peer only inside a snapshot: the shard split
+    /// there, and a replica created since with the narrower range would apply older entries
+    /// differently from one that held the whole range when they were logged.
+    pub snapshot_through: u64,
 }
 
 impl Core {
@@ -224,6 +230,7 @@ impl Core {
             durable,
             lead: None,
             append_heard_at: None,
+            snapshot_through: 0,
         }
     }
 
@@ -342,6 +349,15 @@ impl Core {
             WriteKind::Batch => Body::Batch(bytes),
             WriteKind::InEdges => Body::InEdges(bytes),
             WriteKind::Delivered => Body::Delivered(bytes),
+            WriteKind::Split => {
+                let (Ok(at), Ok(child)) = (
+                    bytes.get(..8).unwrap_or_default().try_into().map(u64::from_le_bytes),
+                    bytes.get(8..12).unwrap_or_default().try_into().map(u32::from_le_bytes),
+                ) else {
+                    return Err(Refused::NotPrimary("a malformed split".into()));
+                };
+                Body::Split { at, child }
+            }
         };
         let payload = Arc::new(entry::encode(p.commit, body));
         self.push(id, payload, ready);
@@ -566,6 +582,7 @@ impl Core {
             return Job::Stop;
         }
         match p.next_append(peer, limits::REPL_APPEND_ENTRIES_MAX) {
+            Ok(Some(a)) if a.entries.first().is_some_and(|e| e.lsn <= self.snapshot_through) => Job::Snapshot,
             Ok(Some(mut a)) => {
                 let Some(mut ps) = self.payloads(&a.entries) else { return Job::FromDisk(a) };
                 let mut bytes = 0usize;

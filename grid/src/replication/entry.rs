@@ -13,19 +13,35 @@ pub enum Body<'a> {
     InEdges(&'a [u8]),
     /// Outbox items their target shards acknowledged (`store::links::encode_delivered`).
     Delivered(&'a [u8]),
+    /// The shard splits: keys from `at` on belong to shard `child` from this entry on
+    /// (architecture.md §7).
+    Split { at: u64, child: u32 },
 }
 
 const EPOCH_START: u8 = 0;
 const BATCH: u8 = 1;
 const IN_EDGES: u8 = 2;
 const DELIVERED: u8 = 3;
+const SPLIT: u8 = 4;
+
+/// The body of a split entry: `[at u64][child u32]`.
+pub fn split_bytes(at: u64, child: u32) -> Vec<u8> {
+    let mut b = at.to_le_bytes().to_vec();
+    b.extend_from_slice(&child.to_le_bytes());
+    b
+}
 
 pub fn encode(commit: u64, body: Body<'_>) -> Vec<u8> {
+    let split;
     let (kind, bytes) = match body {
         Body::EpochStart => (EPOCH_START, &[][..]),
         Body::Batch(b) => (BATCH, b),
         Body::InEdges(b) => (IN_EDGES, b),
         Body::Delivered(b) => (DELIVERED, b),
+        Body::Split { at, child } => {
+            split = split_bytes(at, child);
+            (SPLIT, &split[..])
+        }
     };
     let mut out = Vec::with_capacity(9 + bytes.len());
     out.extend_from_slice(&commit.to_le_bytes());
@@ -45,6 +61,15 @@ pub fn decode(payload: &[u8]) -> Result<(u64, Body<'_>), String> {
         BATCH => Ok((commit, Body::Batch(&payload[9..]))),
         IN_EDGES => Ok((commit, Body::InEdges(&payload[9..]))),
         DELIVERED => Ok((commit, Body::Delivered(&payload[9..]))),
+        SPLIT => {
+            let b = &payload[9..];
+            if b.len() != 12 {
+                return Err(format!("split entry body of {} bytes, not 12", b.len()));
+            }
+            let at = u64::from_le_bytes(b[..8].try_into().map_err(|_| "short split")?);
+            let child = u32::from_le_bytes(b[8..].try_into().map_err(|_| "short split")?);
+            Ok((commit, Body::Split { at, child }))
+        }
         k => Err(format!("unknown entry kind {k}")),
     }
 }
@@ -59,6 +84,10 @@ mod tests {
         assert_eq!(decode(&encode(9, Body::Batch(b"abc"))), Ok((9, Body::Batch(&b"abc"[..]))));
         assert_eq!(decode(&encode(3, Body::InEdges(b"x"))), Ok((3, Body::InEdges(&b"x"[..]))));
         assert_eq!(decode(&encode(4, Body::Delivered(b"y"))), Ok((4, Body::Delivered(&b"y"[..]))));
+        assert_eq!(
+            decode(&encode(5, Body::Split { at: 1 << 63, child: 9 })),
+            Ok((5, Body::Split { at: 1 << 63, child: 9 }))
+        );
         assert!(decode(b"short").is_err());
         let mut bad = encode(1, Body::EpochStart);
         bad[8] = 42;

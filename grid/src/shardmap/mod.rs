@@ -31,6 +31,16 @@ pub struct ShardEntry {
     pub learner: Option<NodeId>,
     #[serde(default)]
     pub replacing: Option<NodeId>,
+    /// A split in progress (architecture.md §7): keys from `at` on are to become shard `child`.
+    #[serde(default)]
+    pub split: Option<SplitIntent>,
+}
+
+/// A split the master has decided and the shard's primary has yet to log.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SplitIntent {
+    pub at: u64,
+    pub child: ShardId,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -115,6 +125,7 @@ pub fn place(shards: u32, replication: usize, nodes: &[NodeInfo]) -> Result<Shar
             epoch: Epoch(1),
             learner: None,
             replacing: None,
+            split: None,
         });
     }
     Ok(ShardMap { version: 1, shards: out })
@@ -163,6 +174,18 @@ impl ShardMap {
             }
             if s.replacing.is_some_and(|r| !s.replicas.contains(&r)) || (s.learner.is_some() && s.replacing.is_none()) {
                 return bad(format!("shard {}'s membership change names a node that is not a voter", s.id));
+            }
+            if let Some(sp) = s.split {
+                if sp.at <= s.range.start || sp.at > s.range.end {
+                    return bad(format!("shard {}'s split point {:#x} is not inside its range", s.id, sp.at));
+                }
+                if self
+                    .shards
+                    .iter()
+                    .any(|o| o.id == sp.child || o.split.is_some_and(|x| x.child == sp.child && o.id != s.id))
+                {
+                    return bad(format!("shard {}'s split names shard id {}, which is taken", s.id, sp.child));
+                }
             }
         }
         Ok(())

@@ -60,6 +60,8 @@ pub struct ShardStore {
     overlay_items: u64,
     /// In-edges owed to other shards, and the marks of those delivered here (`links`).
     links: Links,
+    /// The LSN of the last split entry applied since this state was loaded (0: none).
+    split_lsn: u64,
 }
 
 impl ShardStore {
@@ -82,7 +84,12 @@ impl ShardStore {
             overlay_in_edges: 0,
             overlay_items: 0,
             links,
+            split_lsn: 0,
         }
+    }
+
+    pub fn split_lsn(&self) -> u64 {
+        self.split_lsn
     }
 
     pub fn applied_lsn(&self) -> u64 {
@@ -133,22 +140,34 @@ impl ShardStore {
         id
     }
 
-    /// Applies one logged batch. Must be called in LSN order, exactly once per LSN.
-    pub fn apply(&mut self, lsn: u64, ts_ms: u64, batch: WriteBatch) {
+    /// Applies one logged batch. Must be called in LSN order, exactly once per LSN. False
+    /// when the batch holds an item this shard does not own (a split applied after the batch
+    /// was validated): then none of it applies, so no half of an association is left behind,
+    /// and its writer is told to send it again by the new map. Every replica decides alike:
+    /// each holds the same range at each entry (a replica created after a split starts from
+    /// a snapshot taken after it, `Core::snapshot_through`).
+    pub fn apply(&mut self, lsn: u64, ts_ms: u64, batch: WriteBatch) -> bool {
         let ids: Vec<ConceptId> = batch.concepts.iter().map(|c| ConceptId::from_label(&c.label)).collect();
-        self.apply_with_ids(lsn, ts_ms, batch, &ids);
+        self.apply_with_ids(lsn, ts_ms, batch, &ids)
+    }
+
+    /// Whether every concept of the batch and every association's source is in this range.
+    pub fn owns(&self, batch: &WriteBatch, ids: &[ConceptId]) -> bool {
+        ids.iter().all(|id| self.range.contains(*id))
+            && batch.associations.iter().all(|a| self.range.contains(a.source))
     }
 
     /// [`ShardStore::apply`] with the concepts' ids already derived (the write path has them
     /// from validation): `ids[i]` is the id of `batch.concepts[i]`.
-    pub fn apply_with_ids(&mut self, lsn: u64, ts_ms: u64, batch: WriteBatch, ids: &[ConceptId]) {
+    pub fn apply_with_ids(&mut self, lsn: u64, ts_ms: u64, batch: WriteBatch, ids: &[ConceptId]) -> bool {
         assert!(lsn > self.applied_lsn, "apply out of order: lsn {lsn} after {}", self.applied_lsn);
         assert_eq!(ids.len(), batch.concepts.len(), "one id per concept");
         debug_assert!(batch.concepts.iter().zip(ids).all(|(c, id)| ConceptId::from_label(&c.label) == *id));
+        if !self.owns(&batch, ids) {
+            self.applied_lsn = lsn;
+            return false;
+        }
         for (c, &id) in batch.concepts.into_iter().zip(ids) {
-            if !self.range.contains(id) {
-                continue;
-            }
             let (checkpoint, new_concepts, items) =
                 (&self.checkpoint, &mut self.overlay_new_concepts, &mut self.overlay_items);
             let p = self.concepts.entry(id).or_insert_with(|| {
@@ -183,11 +202,19 @@ impl ShardStore {
             self.upsert_association(a);
         }
         self.applied_lsn = lsn;
+        true
     }
 
-    /// Applies in-edges delivered from `e.source_shard`, skipping any at or below its inbox mark.
-    pub fn apply_in_edges(&mut self, lsn: u64, e: InEdges) {
+    /// Applies in-edges delivered from `e.source_shard`, skipping any at or below its inbox
+    /// mark. False (nothing applied, the mark unmoved) when a target is not in this range (the
+    /// shard split): the deliverer sends the items again by the new map, and the new shard,
+    /// which copied this one's marks at the split, takes them.
+    pub fn apply_in_edges(&mut self, lsn: u64, e: InEdges) -> bool {
         assert!(lsn > self.applied_lsn, "apply out of order: lsn {lsn} after {}", self.applied_lsn);
+        if !e.items.iter().all(|(_, a)| self.range.contains(a.target)) {
+            self.applied_lsn = lsn;
+            return false;
+        }
         let mark = self.links.inbox.get(&e.source_shard).copied().unwrap_or(0);
         // A running mark, so items out of order cannot let an older copy overwrite a newer one.
         let mut top = mark;
@@ -203,6 +230,38 @@ impl ShardStore {
             self.links.inbox.insert(e.source_shard, top);
         }
         self.applied_lsn = lsn;
+        true
+    }
+
+    /// Applies a split at `at` (architecture.md §7): this replica keeps `[start, at - 1]`; the
+    /// returned image (a checkpoint at `lsn`/`epoch`) holds `[at, end]`, the new shard's first
+    /// state: its vertices with all their edges, every inbox mark (a source may re-deliver to
+    /// the new shard what it delivered here), and the undelivered outbox items whose source
+    /// moves with it: later versions of those associations are logged by the new shard, and
+    /// one sender keeps them in order (two could deliver an old version after a new one).
+    /// None when `at` is not inside the range (a repeated split entry): a no-op.
+    pub fn apply_split(&mut self, lsn: u64, epoch: u64, at: u64) -> Option<Vec<u8>> {
+        assert!(lsn > self.applied_lsn, "apply out of order: lsn {lsn} after {}", self.applied_lsn);
+        self.applied_lsn = lsn;
+        self.split_lsn = lsn;
+        if at <= self.range.start || at > self.range.end {
+            return None;
+        }
+        let right = KeyRange { start: at, end: self.range.end };
+        let meta = checkpoint::CheckpointMeta { lsn, epoch, key_start: right.start, key_end: right.end };
+        let moving: Vec<u64> =
+            self.links.outbox.iter().filter(|(_, a)| right.contains(a.source)).map(|(s, _)| *s).collect();
+        let outbox = moving.iter().filter_map(|s| Some((*s, self.links.outbox.remove(s)?))).collect();
+        let links = Links { outbox, inbox: self.links.inbox.clone() };
+        let image = checkpoint::build_image(&meta, &self.relations, &self.vertices_in(right), &links);
+        self.range.end = at - 1;
+        let gone = |id: &ConceptId| right.contains(*id);
+        self.concepts.retain(|id, _| !gone(id));
+        self.out.retain(|id, _| !gone(id));
+        self.inn.retain(|id, _| !gone(id));
+        // Due for a checkpoint: the next one drops the half that left from storage.dat.
+        self.overlay_items = self.overlay_items.max(limits::CHECKPOINT_OVERLAY_ITEMS_TRIGGER);
+        Some(image)
     }
 
     /// Removes delivered items from the outbox.
@@ -263,6 +322,10 @@ impl ShardStore {
     }
 
     pub fn concept(&self, id: ConceptId) -> Option<Concept> {
+        // After a split the checkpoint still holds the half that left until the next one.
+        if !self.range.contains(id) {
+            return None;
+        }
         if let Some(c) = self.concepts.get(&id) {
             return Some(c.clone());
         }
@@ -292,7 +355,7 @@ impl ShardStore {
         if let Some(cp) = &self.checkpoint {
             for i in 0..cp.vertices() as u32 {
                 let id = cp.id_at(i);
-                if self.concepts.contains_key(&id) {
+                if self.concepts.contains_key(&id) || !self.range.contains(id) {
                     continue;
                 }
                 if let Some(c) = cp.concept(i).filter(|c| c.vector.len() == query.len()) {
@@ -349,6 +412,9 @@ impl ShardStore {
     /// Calls `f` for every edge of `v` on the chosen side(s) that passes `filter`, until `f`
     /// returns false. Checkpoint edges superseded by an overlay upsert are skipped.
     pub fn for_each_edge<'a>(&'a self, v: ConceptId, filter: &EdgeFilter, mut f: impl FnMut(Edge<'a>) -> bool) {
+        if !self.range.contains(v) {
+            return;
+        }
         let rel_filter: Option<Vec<u32>> = (!filter.relations.is_empty())
             .then(|| filter.relations.iter().filter_map(|r| self.relation_id(r)).collect());
         let pass = |kind: AssocKind, rel: u32, conf: f32| {
@@ -406,17 +472,20 @@ impl ShardStore {
 
     /// Does this replica hold anything (concept or edges) for `v`?
     pub fn knows(&self, v: ConceptId) -> bool {
-        self.concepts.contains_key(&v)
-            || self.out.contains_key(&v)
-            || self.inn.contains_key(&v)
-            || self.checkpoint.as_ref().is_some_and(|cp| cp.find(v).is_some())
+        self.range.contains(v)
+            && (self.concepts.contains_key(&v)
+                || self.out.contains_key(&v)
+                || self.inn.contains_key(&v)
+                || self.checkpoint.as_ref().is_some_and(|cp| cp.find(v).is_some()))
     }
 
     /// Full single-thread BFS from `start`; returns (vertices reached, edges scanned). Uses the
     /// CSR fast path (local indexes, a bitmap, 4 bytes read per edge) when the overlay is empty
     /// and the filter only picks a direction.
     pub fn bfs_reach(&self, start: ConceptId, filter: &EdgeFilter, max_depth: usize) -> (u64, u64) {
-        if let (Some(cp), true, true) = (&self.checkpoint, self.overlay_is_empty(), filter.is_trivial()) {
+        let whole =
+            self.checkpoint.as_ref().is_some_and(|cp| cp.key_start == self.range.start && cp.key_end == self.range.end);
+        if let (Some(cp), true, true, true) = (&self.checkpoint, self.overlay_is_empty(), filter.is_trivial(), whole) {
             if let Some(s) = cp.find(start) {
                 return csr_bfs(cp, s, filter.direction, max_depth);
             }
@@ -443,13 +512,20 @@ impl ShardStore {
         (seen.len() as u64, edges)
     }
 
-    /// Everything this replica holds, sorted by id: the input of the next checkpoint.
+    /// Everything this replica holds in its range, sorted by id: the input of the next
+    /// checkpoint.
     pub fn snapshot_vertices(&self) -> Vec<VertexData> {
+        self.vertices_in(self.range)
+    }
+
+    /// The vertices of `range` (within this replica's), sorted by id, as a checkpoint lists them.
+    pub fn vertices_in(&self, range: KeyRange) -> Vec<VertexData> {
         let mut ids: Vec<ConceptId> =
             self.concepts.keys().chain(self.out.keys()).chain(self.inn.keys()).copied().collect();
         if let Some(cp) = &self.checkpoint {
             ids.extend((0..cp.vertices() as u32).map(|i| cp.id_at(i)));
         }
+        ids.retain(|id| range.contains(*id) && self.range.contains(*id));
         ids.sort_unstable();
         ids.dedup();
         let all = EdgeFilter::default();

@@ -246,3 +246,68 @@ fn images_do_not_depend_on_when_a_replica_checkpointed() {
     }
     assert_eq!(image(&a), image(&b));
 }
+
+proptest! {
+    /// A split hands every vertex to exactly one half with all its edges: each association's
+    /// out-edge is on its source's half and its in-edge on its target's, as before the split,
+    /// whether or not the parent had checkpointed first.
+    #[test]
+    fn a_split_keeps_both_sides_of_every_edge(
+        edges in proptest::collection::vec((0u32..30, 0u32..30, 0.0f32..=1.0), 0..80),
+        at in 1u64..u64::MAX,
+        cp in any::<bool>(),
+    ) {
+        let whole = store_with(&edges, 30);
+        let mut left = if cp { checkpointed(&whole) } else { store_with(&edges, 30) };
+        let image = left.apply_split(2, 1, at).expect("at is inside the range");
+        let right = ShardStore::new(KeyRange { start: at, end: u64::MAX }, Some(Checkpoint::open(Mapped::from_vec(image)).unwrap()));
+        prop_assert_eq!(left.range, KeyRange { start: 0, end: at - 1 });
+        prop_assert!(left.overlay_items() >= crate::limits::CHECKPOINT_OVERLAY_ITEMS_TRIGGER);
+        for n in 0..30 {
+            let v = id(n);
+            let (mine, other) = if v.placement_key() < at { (&left, &right) } else { (&right, &left) };
+            prop_assert_eq!(mine.concept(v), whole.concept(v));
+            prop_assert_eq!(edges_of(mine, v), edges_of(&whole, v));
+            prop_assert!(other.concept(v).is_none() && edges_of(other, v).is_empty() && !other.knows(v));
+        }
+        // A repeated split entry is a no-op; a write naming the half that left is refused
+        // whole.
+        prop_assert!(left.apply_split(3, 1, at).is_none());
+        let stray = (0..30).find(|n| id(*n).placement_key() >= at);
+        let kept = (0..30).find(|n| id(*n).placement_key() < at);
+        if let (Some(s), Some(k)) = (stray, kept) {
+            let batch = WriteBatch { concepts: vec![concept(k, "new"), concept(s, "new")], associations: vec![] };
+            let before = left.concept(id(k));
+            prop_assert!(!left.apply(4, 2000, batch));
+            prop_assert_eq!(left.concept(id(k)), before);
+            prop_assert!(left.concept(id(s)).is_none());
+        }
+    }
+}
+
+proptest! {
+    /// Undelivered in-edges go with their source: each half's outbox holds exactly the
+    /// items whose source it owns, so one shard keeps delivering each association's versions.
+    #[test]
+    fn a_split_hands_each_outbox_item_to_its_sources_half(
+        edges in proptest::collection::vec((0u32..30, 0u32..30, 0.0f32..=1.0), 0..80),
+        hi in (u64::MAX / 4)..(u64::MAX / 4 * 3),
+        frac in 0.01f64..0.99,
+    ) {
+        let range = KeyRange { start: 0, end: hi };
+        let mut s = ShardStore::new(range, None);
+        let own: Vec<Association> =
+            edges.iter().map(|(a, b, c)| assoc(*a, *b, "r", *c)).filter(|a| range.contains(a.source)).collect();
+        let batch = WriteBatch { concepts: vec![], associations: own };
+        prop_assert!(s.apply(1, 1000, batch));
+        let before = s.links().outbox.clone();
+        let at = ((hi as f64 * frac) as u64).max(1);
+        let image = s.apply_split(2, 1, at).expect("inside");
+        let right = ShardStore::new(KeyRange { start: at, end: hi }, Some(Checkpoint::open(Mapped::from_vec(image)).unwrap()));
+        prop_assert!(s.links().outbox.values().all(|a| a.source.placement_key() < at));
+        prop_assert!(right.links().outbox.values().all(|a| a.source.placement_key() >= at));
+        let mut union = s.links().outbox.clone();
+        union.extend(right.links().outbox.clone());
+        prop_assert_eq!(union, before);
+    }
+}

@@ -46,7 +46,11 @@ impl Sharded {
         };
         // Each shard stores the sides it owns (in-edges arrive as the outbox would bring them).
         for s in &mut shards {
-            s.apply(1, 0, batch.clone());
+            let own = WriteBatch {
+                concepts: Vec::new(),
+                associations: batch.associations.iter().filter(|a| s.range.contains(a.source)).cloned().collect(),
+            };
+            assert!(s.apply(1, 0, own));
             let remote: Vec<(u64, Association)> = batch
                 .associations
                 .iter()
