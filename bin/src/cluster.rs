@@ -244,6 +244,7 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         "shards": map.shards.iter().map(|e| json!({
             "id": e.shard, "key_start": format!("{:016x}", e.key_start), "key_end": format!("{:016x}", e.key_end),
             "replicas": e.replicas, "primary": e.primary, "epoch": e.epoch,
+            "splitting": e.splitting.then(|| json!({"at": format!("{:016x}", e.split_at), "into": e.split_child})),
         })).collect::<Vec<_>>(),
     })
 }
@@ -251,8 +252,13 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
 fn print_map(map: &pb::ShardMap) {
     for e in &map.shards {
         let replicas: Vec<String> = e.replicas.iter().map(|r| r.to_string()).collect();
+        let splitting = if e.splitting {
+            format!("  splitting at {:016x} into shard {}", e.split_at, e.split_child)
+        } else {
+            String::new()
+        };
         println!(
-            "  shard {:>3}  [{:016x} .. {:016x}]  epoch {}  primary {}  replicas {}",
+            "  shard {:>3}  [{:016x} .. {:016x}]  epoch {}  primary {}  replicas {}{splitting}",
             e.shard,
             e.key_start,
             e.key_end,

@@ -351,3 +351,89 @@ async fn a_joining_machine_gets_its_share_of_replicas_and_primaries() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("would start now: none"), "{text}");
 }
+
+/// `sutra split` on a running grid while a writer writes: the new shard appears on the same
+/// replicas, no acknowledged write is lost or refused, associations across the new boundary
+/// keep both sides, and asking for the same split again answers that it is done. Prints the
+/// time to split and the longest write during it (the pause users see).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_splits_while_it_serves_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let master = format!("127.0.0.1:{}", common::free_port());
+    let m =
+        sutra(&["master", "--listen", &master, "--no-http", "--data-dir"]).arg(root.join("master")).spawn().unwrap();
+    let a = sutra(&["agent", "--master", &master, "--name", "m1", "--processes", "3", "--vector-dim", "4"])
+        .args(["--base-port", &common::free_base(3).to_string(), "--data-root"])
+        .arg(root.join("m1"))
+        .spawn()
+        .unwrap();
+    let _procs = Reap(vec![m, a]);
+    until("3 processes Up", Duration::from_secs(30), async || {
+        let st = status(&master).await?;
+        (st.nodes.len() == 3 && st.nodes.iter().all(|n| n.state == NodeState::Up.to_pb() as i32)).then_some(())
+    })
+    .await;
+    let out = run(&["init", "--master", &master, "--shards", "2", "--replication", "3"]);
+    assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+    let router = Router::new(MasterClient::connect(&master).await.unwrap(), Duration::from_secs(10)).await.unwrap();
+    until("writes accepted", Duration::from_secs(10), async || router.write(&common::batch(2, 0)).await.ok()).await;
+    // A writer runs through the split; each batch's concepts spread over both halves.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (router, stop) = (router.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut i, mut took) = (1u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || i < 60 {
+                let t = Instant::now();
+                router.write_idempotent(&common::batch(2, i)).await.unwrap_or_else(|e| panic!("batch {i}: {e}"));
+                took.push(t.elapsed());
+                i += 1;
+            }
+            took.sort();
+            (i, took)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    let out = run(&["split", "--master", &master, "--shard", "0"]);
+    let split_took = t.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && text.contains("done in"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (batches, took) = writer.await.unwrap();
+    println!(
+        "real mode: `sutra split` took {split_took:?}; {} writes meanwhile: median {:?}, p99 {:?}, slowest {:?}",
+        took.len(),
+        took[took.len() / 2],
+        took[took.len() * 99 / 100],
+        took[took.len() - 1]
+    );
+    let st = status(&master).await.unwrap();
+    let map = st.map.unwrap();
+    assert_eq!(map.shards.len(), 3, "{map:?}");
+    let (parent, child) = (&map.shards[0], &map.shards[1]);
+    assert_eq!((parent.shard, child.shard), (0, 2));
+    assert_eq!(parent.key_end + 1, child.key_start);
+    assert_eq!(parent.replicas, child.replicas);
+    let ids: Vec<ConceptId> = (0..batches).flat_map(|i| common::ids(2, i)).collect();
+    let found = router.get_concepts_at(&ids, Consistency::Strong).await.unwrap();
+    assert_eq!(found.len(), ids.len(), "every acknowledged concept, on whichever half owns it now");
+    // Both sides of every association (the in-edge may still be on its way).
+    let filter = EdgeFilter::default();
+    for i in 0..batches {
+        let [a, b, _] = common::ids(2, i)[..] else { unreachable!() };
+        let has = async |v: ConceptId, other: ConceptId| {
+            let list = router.neighbors(v, &filter, 0, Consistency::Strong).await.ok()??;
+            list.edges.iter().any(|e| e.other.as_ref().map(sutra_grid::wire::id_from_pb) == Some(other)).then_some(())
+        };
+        until("the out-edge", Duration::from_secs(5), async || has(a, b).await).await;
+        until("the in-edge", Duration::from_secs(5), async || has(b, a).await).await;
+    }
+    let again = run(&["split", "--master", &master, "--shard", "0", "--at", &format!("{:#x}", child.key_start)]);
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success() && text.contains("already under way or done"), "{text}");
+    let bad = run(&["split", "--master", &master, "--shard", "9"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("no shard 9"));
+}

@@ -93,7 +93,7 @@ pub async fn run_failovers(master: Arc<Master>) {
 }
 
 /// Has `shard`'s primary log the split the map records, then records the new shard
-/// (architecture.md §7). Asking again after a lost answer or a new primary is harmless: a
+/// (architecture.md §9). Asking again after a lost answer or a new primary is harmless: a
 /// primary whose shard already ends at the split point answers at once.
 async fn split(
     master: Arc<Master>,

@@ -976,7 +976,7 @@ impl MasterState {
     }
 
     /// Records the decision to split `shard` at `at` (default: the middle of its range) into a
-    /// new shard; the failover loop then has the primary log it (architecture.md §7). The same
+    /// new shard; the failover loop then has the primary log it (architecture.md §9). The same
     /// split asked again answers the one in flight; anything else in flight refuses it.
     pub fn start_split(
         &self,
@@ -1015,6 +1015,12 @@ impl MasterState {
             return Err(MasterError::Invalid(format!("shard {shard} owns a single key and cannot split")));
         }
         let at = at.unwrap_or(e.range.start + (e.range.end - e.range.start) / 2 + 1);
+        // Split there already: the shard that starts at `at` was split off this one.
+        if e.range.end.checked_add(1) == Some(at) {
+            if let Some(done) = self.meta.map.shards.iter().find(|s| s.range.start == at) {
+                return Ok((shardmap::SplitIntent { at, child: done.id }, None));
+            }
+        }
         if at <= e.range.start || at > e.range.end {
             return Err(MasterError::Invalid(format!(
                 "split point {at:#018x} is not inside shard {shard}'s range ({:#018x}, {:#018x}]",
@@ -1287,6 +1293,14 @@ impl MasterState {
                     problems.push(format!("shard {}: replacing node {} (the new voter has joined)", s.id, old.0))
                 }
                 _ => {}
+            }
+            if let Some(sp) = s.split {
+                let why = if self.leading_primary(s).is_some() {
+                    "its primary is logging it"
+                } else {
+                    "waiting for its primary to lead with a lease"
+                };
+                problems.push(format!("shard {}: splitting at {:#018x} into shard {} ({why})", s.id, sp.at, sp.child));
             }
             // A voter on a drained node, with no change under way: the drain is waiting, or stuck.
             if s.learner.is_none() && s.replacing.is_none() {

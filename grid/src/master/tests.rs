@@ -681,6 +681,7 @@ fn a_split_is_recorded_then_finished_by_compare_and_set_and_refuses_what_is_in_f
     assert_eq!((&r.replicas, r.primary, r.epoch), (&e.replicas, e.primary, l.epoch));
     assert_eq!(l.epoch.0, 2);
     assert!(s.finish_split(0, intent).is_err(), "finishing twice is refused");
+    assert_eq!(s.start_split(0, Some(intent.at)).unwrap(), (intent, None), "asked again once done: done");
     // Bad points are refused with the range in the message.
     assert!(matches!(s.start_split(0, Some(0)), Err(MasterError::Invalid(_))));
     assert!(matches!(s.start_split(1, Some(intent.at)), Err(MasterError::Invalid(_))));

@@ -113,6 +113,7 @@ pub(crate) struct Shipping {
 /// What the driver, the shippers and the shard's handle share.
 pub(crate) struct Shared {
     pub shard: u32,
+    /// The range the replica was created with; the store's own is narrower once it split.
     pub range: KeyRange,
     pub dir: String,
     pub disk: Arc<dyn Disk>,

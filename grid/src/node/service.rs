@@ -76,6 +76,7 @@ pub(crate) fn shard_info(id: u32, slot: &ShardSlot) -> pb::ShardInfo {
             let fault = s.fault();
             let fault_free = fault.is_none();
             let r = s.replication();
+            let range = s.range();
             let st = s.read().ok();
             let (concepts, out_edges, in_edges) = st.as_ref().map(|st| st.counts()).unwrap_or_default();
             let outbox = st.as_ref().map(|st| &st.links().outbox);
@@ -83,8 +84,8 @@ pub(crate) fn shard_info(id: u32, slot: &ShardSlot) -> pb::ShardInfo {
             let outbox_oldest_lsn = outbox.and_then(|o| o.keys().next()).map_or(0, |s| crate::store::links::lsn_of(*s));
             pb::ShardInfo {
                 shard: id,
-                key_start: s.range().start,
-                key_end: s.range().end,
+                key_start: range.start,
+                key_end: range.end,
                 last_lsn: st.as_ref().map(|st| st.applied_lsn()).unwrap_or(0),
                 checkpoint_lsn: st.as_ref().map(|st| st.checkpoint_lsn()).unwrap_or(0),
                 concepts,
@@ -117,16 +118,7 @@ pub(crate) fn shard_info(id: u32, slot: &ShardSlot) -> pb::ShardInfo {
 /// the old map must learn it, not read a miss.
 fn owned(shard: u32, st: &crate::store::ShardStore, ids: &[pb::Id]) -> Result<(), Status> {
     match ids.iter().map(id_from_pb).find(|id| !st.range.contains(*id)) {
-        Some(id) => Err(ShardError::WrongShard {
-            shard,
-            reason: format!(
-                "placement key {:016x} is outside its range [{:016x}, {:016x}]; re-read the shard map",
-                id.placement_key(),
-                st.range.start,
-                st.range.end
-            ),
-        }
-        .into()),
+        Some(id) => Err(super::shard::wrong_shard(shard, st.range, id).into()),
         None => Ok(()),
     }
 }

@@ -475,15 +475,7 @@ impl Shard {
     }
 
     fn wrong_shard(&self, range: KeyRange, id: ConceptId) -> ShardError {
-        ShardError::WrongShard {
-            shard: self.id.0,
-            reason: format!(
-                "placement key {:016x} is outside its range [{:016x}, {:016x}]; re-read the shard map",
-                id.placement_key(),
-                range.start,
-                range.end
-            ),
-        }
+        wrong_shard(self.id.0, range, id)
     }
 
     /// Writes a new `storage.dat` covering everything applied (committed), then lets the log
@@ -517,6 +509,17 @@ impl Shard {
         self.sh.trim_through.store(lsn, Ordering::Release);
         Ok(lsn)
     }
+}
+
+/// `id` is not `shard`'s (any more: it split); the caller re-reads the map.
+pub(crate) fn wrong_shard(shard: u32, range: KeyRange, id: ConceptId) -> ShardError {
+    let reason = format!(
+        "placement key {:016x} is outside its range [{:016x}, {:016x}]; re-read the shard map",
+        id.placement_key(),
+        range.start,
+        range.end
+    );
+    ShardError::WrongShard { shard, reason }
 }
 
 fn sorted(mut v: Vec<ItemError>) -> Vec<ItemError> {

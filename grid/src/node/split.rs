@@ -1,4 +1,4 @@
-//! The storage side of a shard split (architecture.md §7): when a replica applies its shard's
+//! The storage side of a shard split (architecture.md §9): when a replica applies its shard's
 //! split entry, it writes the new shard's first replica next to its own, from its own state,
 //! so both halves start on the same nodes and nothing crosses the network. The node opens
 //! that directory as a replica of the new shard (`StorageNode::adopt_split_shards`).

@@ -2,8 +2,10 @@
 //! primary. A write batch is split per shard (concepts by their placement key, an association
 //! to its source's shard, whose outbox delivers the in-edge), and the per-shard batches go out
 //! in parallel. Each per-shard batch is atomic; a batch spanning shards is not. A part refused because its node is not (yet) primary, or that could not be sent at all, was
-//! never logged: it is retried against the re-read map until the router's deadline. Eventual
-//! reads try every replica; strong reads go to the primary and retry the same way.
+//! never logged: it is retried against the re-read map until the router's deadline. A part or
+//! read refused as "wrong shard" (the shard split since the map was read; nothing applied) is
+//! routed again by the re-read map. Eventual reads try every replica; strong reads go to the
+//! primary and retry the same way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -250,11 +252,12 @@ impl Router {
     ) -> Result<Vec<ShardWrite>, RouterError> {
         self.ensure_map().await;
         let start = tokio::time::Instant::now();
-        let mut todo = batch.clone();
+        // What is left to route: the batch, then only the parts a split refused.
+        let mut todo: Option<WriteBatch> = None;
         let mut out = Vec::new();
         let mut attempt = 0u32;
         loop {
-            let parts = self.split(&todo)?;
+            let parts = self.split(todo.as_ref().unwrap_or(batch))?;
             let mut tasks = Vec::with_capacity(parts.len());
             for (shard, addr, part) in parts {
                 let me = self.clone();
@@ -294,7 +297,7 @@ impl Router {
             tokio::time::sleep(crate::client::retry_backoff(attempt, 5, 160)).await;
             attempt += 1;
             self.resends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            todo = moved;
+            todo = Some(moved);
         }
     }
 

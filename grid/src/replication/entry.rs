@@ -14,7 +14,7 @@ pub enum Body<'a> {
     /// Outbox items their target shards acknowledged (`store::links::encode_delivered`).
     Delivered(&'a [u8]),
     /// The shard splits: keys from `at` on belong to shard `child` from this entry on
-    /// (architecture.md §7).
+    /// (architecture.md §9).
     Split { at: u64, child: u32 },
 }
 

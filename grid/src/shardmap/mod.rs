@@ -31,7 +31,7 @@ pub struct ShardEntry {
     pub learner: Option<NodeId>,
     #[serde(default)]
     pub replacing: Option<NodeId>,
-    /// A split in progress (architecture.md §7): keys from `at` on are to become shard `child`.
+    /// A split in progress (architecture.md §9): keys from `at` on are to become shard `child`.
     #[serde(default)]
     pub split: Option<SplitIntent>,
 }

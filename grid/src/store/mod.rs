@@ -233,7 +233,7 @@ impl ShardStore {
         true
     }
 
-    /// Applies a split at `at` (architecture.md §7): this replica keeps `[start, at - 1]`; the
+    /// Applies a split at `at` (architecture.md §9): this replica keeps `[start, at - 1]`; the
     /// returned image (a checkpoint at `lsn`/`epoch`) holds `[at, end]`, the new shard's first
     /// state: its vertices with all their edges, every inbox mark (a source may re-deliver to
     /// the new shard what it delivered here), and the undelivered outbox items whose source
