@@ -48,6 +48,18 @@ pub struct MasterArgs {
     /// 8 shards at a time grid-wide).
     #[arg(long)]
     no_rebalance: bool,
+    /// Do not split shards on their own (by size or load); `sutra split` still works.
+    #[arg(long)]
+    no_auto_split: bool,
+    /// Split a shard whose primary holds this many MiB.
+    #[arg(long, default_value_t = limits::SPLIT_BYTES_DEFAULT >> 20)]
+    split_size_mib: u64,
+    /// Or one whose primary serves this many requests per second (write batches, deliveries,
+    /// reads) for --split-after-s.
+    #[arg(long, default_value_t = limits::SPLIT_REQUESTS_PER_S_DEFAULT)]
+    split_requests_per_s: f64,
+    #[arg(long, default_value_t = limits::SPLIT_LOAD_SUSTAIN_MS / 1000)]
+    split_after_s: u64,
 }
 
 pub async fn master(a: MasterArgs) -> Result<()> {
@@ -56,9 +68,22 @@ pub async fn master(a: MasterArgs) -> Result<()> {
     if a.replace_down_after_s == 0 || a.replace_down_after_s > 7 * 24 * 3600 {
         anyhow::bail!("--replace-down-after-s must be between 1 and 604800 (a week)");
     }
+    if a.split_size_mib == 0 || a.split_size_mib > 1 << 20 {
+        anyhow::bail!("--split-size-mib must be between 1 and 1048576 (1 TiB)");
+    }
+    if !(a.split_requests_per_s.is_finite() && a.split_requests_per_s >= 1.0) {
+        anyhow::bail!("--split-requests-per-s must be at least 1");
+    }
+    if a.split_after_s == 0 || a.split_after_s > 3600 {
+        anyhow::bail!("--split-after-s must be between 1 and 3600");
+    }
     let membership = MembershipConfig {
         replace_after_ms: a.replace_down_after_s * 1000,
         rebalance: !a.no_rebalance,
+        auto_split: !a.no_auto_split,
+        split_bytes: a.split_size_mib << 20,
+        split_requests_per_s: a.split_requests_per_s,
+        split_after_ms: a.split_after_s * 1000,
         ..MembershipConfig::default()
     };
     let running = start_master(&a.data_dir, a.listen, http, a.vector_dim, membership, stop).await?;
@@ -245,6 +270,8 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
             "id": e.shard, "key_start": format!("{:016x}", e.key_start), "key_end": format!("{:016x}", e.key_end),
             "replicas": e.replicas, "primary": e.primary, "epoch": e.epoch,
             "splitting": e.splitting.then(|| json!({"at": format!("{:016x}", e.split_at), "into": e.split_child})),
+            "bytes": e.bytes, "requests_per_s": e.requests_per_s, "lag_entries": e.lag_entries,
+            "moving": (e.replacing != 0).then(|| json!({"learner": e.learner, "replacing": e.replacing})),
         })).collect::<Vec<_>>(),
     })
 }

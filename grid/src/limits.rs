@@ -248,6 +248,24 @@ pub const LEADER_TRANSFER_SETTLE_MS: u64 = 10_000;
 /// After a leadership transfer of a shard, the next one waits this long (a transfer costs
 /// writers a fence; one that did not take is not retried at once).
 pub const LEADER_TRANSFER_RETRY_MS: u64 = 5_000;
+/// The split policy's defaults (`sutra master --split-size-mib / --split-requests-per-s /
+/// --split-after-s`, `architecture.md` §9). A shard splits when its primary holds this much:
+/// the checkpoint is rebuilt whole and a lagging replica is sent it whole, so 256 MiB keeps a
+/// rebuild near a second and a catch-up a few seconds (TiKV splits at 96-256 MiB,
+/// CockroachDB at 512 MiB).
+pub const SPLIT_BYTES_DEFAULT: u64 = 256 << 20;
+/// Or when its primary serves this many requests per second (write batches, deliveries and
+/// reads, smoothed over heartbeats) for `SPLIT_LOAD_SUSTAIN_MS` (CockroachDB: 2,500 QPS).
+pub const SPLIT_REQUESTS_PER_S_DEFAULT: f64 = 2_000.0;
+pub const SPLIT_LOAD_SUSTAIN_MS: u64 = 10_000;
+/// A shard stays hot until its rate falls below this share of the threshold (hysteresis).
+pub const SPLIT_LOAD_COOL_FRACTION: f64 = 0.8;
+/// A shard whose range just changed (it split, or was split off) is not split by the policy
+/// for this long: its load is measured afresh first.
+pub const SPLIT_COOLDOWN_MS: u64 = 30_000;
+/// The policy leaves alone a shard whose range is narrower than this many keys (a single hot
+/// key cannot be split away; keys are 64-bit hashes, so such a shard holds next to nothing).
+pub const SPLIT_RANGE_MIN_KEYS: u64 = 1 << 32;
 /// How long a primary handing its role over stops taking writes while the target catches up
 /// (the master asks for this; a storage node caps any request at the maximum).
 pub const LEADER_HANDOVER_WAIT_MS: u64 = 300;

@@ -54,6 +54,10 @@ const LAST_PRIMARY_AGENT: u8 = 254;
 const SLOW_FSYNC: Duration = Duration::from_millis(40);
 /// Quiescence: every replica of every shard at the same commit LSN and state, within this.
 const CONVERGE_BUDGET: Duration = Duration::from_secs(15);
+/// The `hot-split` check: the split policy must split the hot shard this soon into the run,
+/// and the halves be led by two nodes this soon after.
+const HOT_SPLIT_WITHIN_S: f64 = 15.0;
+const HOT_SPREAD_WITHIN_S: f64 = 2.0;
 const BOOT_BUDGET: Duration = Duration::from_secs(30);
 /// A node healthy, running and fully connected this long must be Up (time for a restarted
 /// process to register, refute its old Dead record in gossip, and for reports to clear).
@@ -1552,6 +1556,91 @@ type Histories = Arc<Mutex<BTreeMap<u32, Vec<linear::Event>>>>;
 
 /// A register client: random writes of unique values and strong reads on shared keys,
 /// recording each operation's invocation and completion (sim time) for the Wing–Gong check.
+/// A hot client: writes concepts whose keys all fall in `hot` (the first shard's initial
+/// range) and reads one of its earlier ones back strongly after each, so that shard carries
+/// most of the load. Its acknowledged writes join the `acked-writes` check.
+async fn hot_client(c: u32, hot: (u64, u64), acked: Arc<Mutex<Vec<String>>>, stop: Arc<AtomicBool>) {
+    let mut router = None;
+    let (mut k, mut mine) = (0u64, Vec::<ConceptId>::new());
+    while !stop.load(Ordering::Relaxed) {
+        let r = match &router {
+            Some(r) => Arc::clone(r),
+            None => match MasterClient::connect(&plan::master_addr().to_string()).await {
+                Ok(mc) => match Router::new(mc.with_deadline(Duration::from_millis(500)), WRITE_DEADLINE).await {
+                    Ok(r) => {
+                        router = Some(r.clone());
+                        r
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let label = loop {
+            k += 1;
+            let l = format!("hot{c}-{k}");
+            if (hot.0..=hot.1).contains(&ConceptId::from_label(&l).placement_key()) {
+                break l;
+            }
+        };
+        let batch = WriteBatch {
+            concepts: vec![ConceptWrite {
+                label: label.clone(),
+                content: "hot".into(),
+                vector: vec![],
+                confidence: 1.0,
+            }],
+            associations: vec![],
+        };
+        if r.write_idempotent(&batch).await.is_ok() {
+            mine.push(ConceptId::from_label(&label));
+            acked.lock().unwrap().push(label);
+        }
+        if let Some(id) = mine.get(madsim::rand::random::<u32>() as usize % mine.len().max(1)) {
+            let _ = r.get_concepts_at(&[*id], Consistency::Strong).await;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Whether the hot range `hot` is covered by at least two shards led by two different nodes.
+fn hot_spread(map: &pb::ShardMap, hot: (u64, u64)) -> bool {
+    let covering: Vec<&pb::ShardEntry> =
+        map.shards.iter().filter(|e| e.key_start <= hot.1 && hot.0 <= e.key_end).collect();
+    covering.len() >= 2 && covering.iter().map(|e| e.primary).collect::<BTreeSet<u64>>().len() >= 2
+}
+
+/// What the `hot-split` watcher saw, in seconds from t0.
+#[derive(Default)]
+struct HotWatch {
+    split: Option<f64>,
+    spread: Option<f64>,
+    spread_at_end: bool,
+}
+
+/// `hot-split`: the hot shard split within `HOT_SPLIT_WITHIN_S`, its range was led by two
+/// nodes within `HOT_SPREAD_WITHIN_S` of that, and still was when the load stopped. Ok with
+/// the two times.
+fn check_hot_split(w: &HotWatch) -> Result<(f64, f64), String> {
+    let split = w.split.filter(|t| *t <= HOT_SPLIT_WITHIN_S);
+    let split = split.ok_or_else(|| format!("the hot shard did not split within {HOT_SPLIT_WITHIN_S} s"))?;
+    let spread = w.spread.filter(|t| t - split <= HOT_SPREAD_WITHIN_S).ok_or_else(|| {
+        format!(
+            "the hot shard split at {split:.3} s but its range was not led by two nodes within {HOT_SPREAD_WITHIN_S} s"
+        )
+    })?;
+    if !w.spread_at_end {
+        return Err("when the load stopped, the hot range was no longer on two shards led by two nodes".into());
+    }
+    Ok((split, spread))
+}
+
 async fn register_client(c: u32, pause: Duration, t0: Instant, hist: Histories, stop: Arc<AtomicBool>) {
     let us = |t: Instant| t.saturating_duration_since(t0).as_micros() as u64;
     let mut router = None;
@@ -2005,6 +2094,9 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
             .replace_down_after_s
             .map_or(MembershipConfig::default().replace_after_ms, |s| (s * 1000.0) as u64),
         learner_timeout_ms: 30_000,
+        split_requests_per_s: c.split_requests_per_s.unwrap_or(limits::SPLIT_REQUESTS_PER_S_DEFAULT),
+        split_after_ms: c.split_after_s.map_or(limits::SPLIT_LOAD_SUSTAIN_MS, |s| (s * 1000.0) as u64),
+        split_cooldown_ms: c.split_cooldown_s.map_or(limits::SPLIT_COOLDOWN_MS, |s| (s * 1000.0) as u64),
         ..MembershipConfig::default()
     };
     let master = h
@@ -2194,6 +2286,39 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
             clients.spawn(register_client(c, Duration::from_millis(150), t0, histories.clone(), stop_writers.clone()))
         })
         .collect();
+    let hot = map.shards.first().map_or((0, u64::MAX), |e| (e.key_start, e.key_end));
+    let hots: Vec<_> = (0..sc.workload.hot_clients)
+        .map(|c| clients.spawn(hot_client(c, hot, acked.clone(), stop_writers.clone())))
+        .collect();
+    // When the map first shows the hot shard split, when the hot range is first on two
+    // shards led by two different nodes after that, and whether it still is when the load
+    // stops (the `hot-split` check).
+    let hot_watch = {
+        let (g, stop) = (g.clone(), stop_writers.clone());
+        checker.spawn(async move {
+            let mut w = HotWatch::default();
+            loop {
+                let stopping = stop.load(Ordering::Relaxed);
+                let (narrowed, spread) = {
+                    let o = g.obs.lock().unwrap();
+                    let map = o.last.as_ref().and_then(|st| st.map.clone()).unwrap_or_default();
+                    (map.shards.iter().any(|e| e.key_start == hot.0 && e.key_end < hot.1), hot_spread(&map, hot))
+                };
+                let now = t0.elapsed().as_secs_f64();
+                if narrowed && w.split.is_none() {
+                    w.split = Some(now);
+                }
+                if w.split.is_some() && spread && w.spread.is_none() {
+                    w.spread = Some(now);
+                }
+                w.spread_at_end = spread;
+                if stopping {
+                    return w;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
     let steps = resolve(&sc, &mut rng);
     let measured = Arc::new(Mutex::new(Measured::default()));
     let mut tasks = Vec::new();
@@ -2210,6 +2335,10 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
     for r in registers {
         let _ = r.await;
     }
+    for h in hots {
+        let _ = h.await;
+    }
+    let hot_watch = hot_watch.await.unwrap_or_default();
 
     // Healing phase.
     let buggify_points = sutra_grid::io::buggify::enabled_points();
@@ -2231,6 +2360,12 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
         let _ = t.await;
     }
     let heal_s = heal.map_err(|e| format!("liveness: {e}"))?;
+    let hot_split_s = if sc.checks.contains(&Check::HotSplit) {
+        let (split, spread) = check_hot_split(&hot_watch).map_err(|e| format!("hot-split: {e}"))?;
+        Some(json!({"split_s": (split * 1000.0).round() / 1000.0, "spread_s": (spread * 1000.0).round() / 1000.0}))
+    } else {
+        None
+    };
     let balance_s = if sc.checks.contains(&Check::Balance) {
         Some(wait_balanced(&g, Duration::from_secs_f64(sc.heal.budget_s)).await.map_err(|e| format!("balance: {e}"))?)
     } else {
@@ -2333,6 +2468,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
             "scenario": sc.name,
             "boot_s": (boot_s * 1000.0).round() / 1000.0,
             "balance_s": balance_s,
+            "hot_split": hot_split_s,
             "faults": steps.len(),
             "exit_detect_ms": {"median": median(&m.exit_detect_ms), "max": max(&m.exit_detect_ms), "n": m.exit_detect_ms.len()},
             "silent_detect_ms": {"median": median(&m.silent_detect_ms), "max": max(&m.silent_detect_ms), "n": m.silent_detect_ms.len()},

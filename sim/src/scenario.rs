@@ -53,6 +53,15 @@ pub struct Shape {
     /// between a group's write and its fsync while peers' answers keep arriving.
     #[serde(default)]
     pub fsync_latency_ms: Option<[f64; 2]>,
+    /// The master's split policy, scaled down to simulation loads (default: the production
+    /// thresholds, which simulated loads never reach): split a shard whose primary serves this
+    /// many requests per second for `split_after_s`, not within `split_cooldown_s` of a split.
+    #[serde(default)]
+    pub split_requests_per_s: Option<f64>,
+    #[serde(default)]
+    pub split_after_s: Option<f64>,
+    #[serde(default)]
+    pub split_cooldown_s: Option<f64>,
 }
 
 fn three() -> u32 {
@@ -75,6 +84,10 @@ pub struct Workload {
     /// the history feeds the `linearizable` check.
     #[serde(default)]
     pub registers: u32,
+    /// Hot clients: each writes concepts whose keys all fall in the first shard's initial
+    /// range and reads them back strongly, a skewed load on one shard (`hot-split` check).
+    #[serde(default)]
+    pub hot_clients: u32,
 }
 
 fn default_pause() -> u64 {
@@ -83,7 +96,7 @@ fn default_pause() -> u64 {
 
 impl Default for Workload {
     fn default() -> Self {
-        Workload { writers: 0, batch_concepts: 3, pause_ms: default_pause(), registers: 0 }
+        Workload { writers: 0, batch_concepts: 3, pause_ms: default_pause(), registers: 0, hot_clients: 0 }
     }
 }
 
@@ -361,6 +374,10 @@ pub enum Check {
     /// 1.25 × `min` replicas and leads at most one shard more than an even share, with no
     /// membership change under way, within the heal budget.
     Balance,
+    /// The hot clients' skewed load makes the split policy split the first shard within 15 s
+    /// of the fault phase's start, and after the heal its initial range is covered by at
+    /// least two shards led by two different nodes (the load spread).
+    HotSplit,
     /// Every acknowledged write is readable after the heal.
     AckedWrites,
     /// Replication (architecture.md §5): one primary per (shard, epoch); no replica's commit LSN goes
@@ -413,6 +430,14 @@ fn validate(s: &Scenario) -> Result<(), String> {
         .is_some_and(|[lo, hi]| !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi && hi <= 100.0))
     {
         return Err("cluster.fsync_latency_ms must be [lo, hi] with 0 <= lo <= hi <= 100".into());
+    }
+    if c.split_requests_per_s.is_some_and(|r| !(1.0..=1e6).contains(&r))
+        || c.split_after_s.is_some_and(|t| !(0.1..=600.0).contains(&t))
+        || c.split_cooldown_s.is_some_and(|t| !(0.0..=600.0).contains(&t))
+    {
+        return Err(
+            "cluster.split_requests_per_s must be 1 to 1e6, split_after_s 0.1 to 600, split_cooldown_s 0 to 600".into(),
+        );
     }
     if c.replace_down_after_s.is_some_and(|t| !(0.5..=600.0).contains(&t)) {
         return Err("cluster.replace_down_after_s must be 0.5 to 600".into());

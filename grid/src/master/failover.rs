@@ -89,6 +89,16 @@ pub async fn run_failovers(master: Arc<Master>) {
             }
             running.insert(s, tokio::spawn(split(master.clone(), s, epoch, addr, intent)));
         }
+        // The split policy: record the intent as `sutra split` would; the step above runs it.
+        if let Some((s, why)) = master.with(|st, now| st.split_wanted(now, &master.membership)) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = running.entry(s) {
+                tracing::info!(shard = s, reason = %why, "the split policy splits a shard");
+                let m = master.clone();
+                slot.insert(tokio::spawn(async move {
+                    m.mutate(move |st, _| st.start_split(s, None)).await.map(|_| None).map_err(|e| e.to_string())
+                }));
+            }
+        }
     }
 }
 

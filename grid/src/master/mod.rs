@@ -73,7 +73,14 @@ impl Master {
             "master metadata recovered"
         );
         Ok(Arc::new(Master {
-            inner: Arc::new(Mutex::new(Inner { state: MasterState::new(meta), log })),
+            inner: Arc::new(Mutex::new(Inner {
+                state: {
+                    let mut st = MasterState::new(meta);
+                    st.set_split_threshold(membership.split_requests_per_s);
+                    st
+                },
+                log,
+            })),
             start: tokio::time::Instant::now(),
             failed: AtomicBool::new(false),
             failure: tokio::sync::Notify::new(),

@@ -160,6 +160,22 @@ struct ShardLive {
     outbox_items: u64,
 }
 
+/// A shard's size and load as its primary's heartbeats report them (the split policy's input).
+#[derive(Clone, Debug, Default)]
+struct ShardLoad {
+    /// The range these figures are for, and since when: a split starts the shard afresh.
+    range: (u64, u64),
+    since_ms: u64,
+    /// The primary that reported last and its request counter then (a new primary or a
+    /// restarted process starts a new baseline).
+    from: Option<(u64, u64, u64)>,
+    /// Requests per second, smoothed over heartbeats.
+    rate: f64,
+    /// Since when the rate has been at or over the threshold.
+    hot_since_ms: Option<u64>,
+    bytes: u64,
+}
+
 impl Default for NodeLive {
     fn default() -> Self {
         NodeLive {
@@ -196,6 +212,14 @@ pub struct MembershipConfig {
     /// Move replicas from the most to the least loaded nodes (a machine added, one back after
     /// a replacement or an undrain) while two nodes differ by 2 or more replicas.
     pub rebalance: bool,
+    /// The split policy (architecture.md §9): split a shard whose primary holds `split_bytes`
+    /// or serves `split_requests_per_s` for `split_after_ms`; not within `split_cooldown_ms`
+    /// of the shard's range changing.
+    pub auto_split: bool,
+    pub split_bytes: u64,
+    pub split_requests_per_s: f64,
+    pub split_after_ms: u64,
+    pub split_cooldown_ms: u64,
 }
 
 impl Default for MembershipConfig {
@@ -206,6 +230,11 @@ impl Default for MembershipConfig {
             catch_up_lag: limits::LEARNER_CATCH_UP_LAG_ENTRIES,
             changes_max: limits::MEMBERSHIP_CHANGES_MAX,
             rebalance: true,
+            auto_split: true,
+            split_bytes: limits::SPLIT_BYTES_DEFAULT,
+            split_requests_per_s: limits::SPLIT_REQUESTS_PER_S_DEFAULT,
+            split_after_ms: limits::SPLIT_LOAD_SUSTAIN_MS,
+            split_cooldown_ms: limits::SPLIT_COOLDOWN_MS,
         }
     }
 }
@@ -251,18 +280,33 @@ pub struct MasterState {
     agents: BTreeMap<String, AgentLive>,
     transitions: VecDeque<Transition>,
     down_after_ms: u64,
+    load: BTreeMap<u32, ShardLoad>,
+    /// The rate at which the load counts as hot (from the membership config).
+    split_requests_per_s: f64,
+    /// Each shard id's position in the map.
+    position: BTreeMap<u32, usize>,
 }
 
 impl MasterState {
     pub fn new(meta: Meta) -> MasterState {
         let nodes = meta.nodes.keys().map(|id| (*id, NodeLive::default())).collect();
-        MasterState {
+        let mut st = MasterState {
             meta,
             nodes,
             agents: BTreeMap::new(),
             transitions: VecDeque::new(),
             down_after_ms: limits::HEARTBEAT_DOWN_AFTER_MS,
-        }
+            load: BTreeMap::new(),
+            split_requests_per_s: limits::SPLIT_REQUESTS_PER_S_DEFAULT,
+            position: BTreeMap::new(),
+        };
+        st.index_map();
+        st
+    }
+
+    /// The request rate the split policy calls hot (the master sets it from its config).
+    pub fn set_split_threshold(&mut self, requests_per_s: f64) {
+        self.split_requests_per_s = requests_per_s;
     }
 
     pub fn meta(&self) -> &Meta {
@@ -279,6 +323,14 @@ impl MasterState {
         if let MetaOp::Node { id, .. } = op {
             self.nodes.entry(*id).or_default();
         }
+        if let MetaOp::Map { .. } = op {
+            self.index_map();
+        }
+    }
+
+    /// Rebuilds the shard id → map position index (heartbeats look shards up by id).
+    fn index_map(&mut self) {
+        self.position = self.meta.map.shards.iter().enumerate().map(|(i, e)| (e.id.0, i)).collect();
     }
 
     fn check_room(&self) -> Result<(), MasterError> {
@@ -418,7 +470,83 @@ impl MasterState {
                 (s.shard, live)
             })
             .collect();
+        for s in shards.iter().take(limits::SHARDS_PER_NODE_MAX) {
+            self.measure_load(node, s, now_ms);
+        }
         Ok(())
+    }
+
+    /// Folds a primary's report of `s` into the shard's load (architecture.md §9).
+    fn measure_load(&mut self, node: u64, s: &pb::ShardStat, now_ms: u64) {
+        if s.primary_epoch == 0 {
+            return;
+        }
+        let Some(e) = self.position.get(&s.shard).and_then(|i| self.meta.map.shards.get(*i)) else { return };
+        if e.primary.0 != node || s.primary_epoch != e.epoch.0 {
+            return;
+        }
+        let range = (e.range.start, e.range.end);
+        let threshold = self.split_requests_per_s;
+        let load = self.load.entry(s.shard).or_default();
+        if load.range != range || load.since_ms == 0 {
+            *load = ShardLoad { range, since_ms: now_ms.max(1), ..ShardLoad::default() };
+        }
+        load.bytes = s.bytes;
+        match load.from {
+            Some((n, t, r)) if n == node && s.requests >= r && now_ms > t => {
+                let inst = (s.requests - r) as f64 * 1000.0 / (now_ms - t) as f64;
+                load.rate = if load.rate == 0.0 { inst } else { 0.5 * load.rate + 0.5 * inst };
+            }
+            _ => {}
+        }
+        load.from = Some((node, now_ms, s.requests));
+        if load.rate >= threshold {
+            load.hot_since_ms.get_or_insert(now_ms);
+        } else if load.rate < threshold * limits::SPLIT_LOAD_COOL_FRACTION {
+            load.hot_since_ms = None;
+        }
+    }
+
+    /// The shard the split policy would split now, with why: its primary holds
+    /// `cfg.split_bytes` or has served `cfg.split_requests_per_s` for `cfg.split_after_ms`, it
+    /// changes nothing else, it was not split (or split off) within the cooldown, it is wide
+    /// enough, and fewer than `cfg.changes_max` shards change at once. One at a time.
+    pub fn split_wanted(&self, now_ms: u64, cfg: &MembershipConfig) -> Option<(u32, String)> {
+        if !cfg.auto_split || self.meta.map.version == 0 || self.meta.map.shards.len() >= shardmap::SHARDS_MAX as usize
+        {
+            return None;
+        }
+        let in_flight = self.meta.map.shards.iter().filter(|s| s.replacing.is_some() || s.split.is_some()).count();
+        if in_flight >= cfg.changes_max {
+            return None;
+        }
+        self.meta.map.shards.iter().find_map(|e| {
+            let load = self.load.get(&e.id.0)?;
+            let idle = e.learner.is_none() && e.replacing.is_none() && e.split.is_none();
+            let settled = now_ms.saturating_sub(load.since_ms) >= cfg.split_cooldown_ms;
+            let wide = e.range.end - e.range.start >= limits::SPLIT_RANGE_MIN_KEYS;
+            if !(idle && settled && wide && load.range == (e.range.start, e.range.end))
+                || self.leading_primary(e).is_none()
+            {
+                return None;
+            }
+            if load.bytes >= cfg.split_bytes {
+                return Some((
+                    e.id.0,
+                    format!("it holds {} MiB (threshold {} MiB)", load.bytes >> 20, cfg.split_bytes >> 20),
+                ));
+            }
+            let hot_for = load.hot_since_ms.map(|t| now_ms.saturating_sub(t))?;
+            (hot_for >= cfg.split_after_ms).then(|| {
+                (
+                    e.id.0,
+                    format!(
+                        "it served {:.0} requests/s for {} ms (threshold {:.0}/s for {} ms)",
+                        load.rate, hot_for, cfg.split_requests_per_s, cfg.split_after_ms
+                    ),
+                )
+            })
+        })
     }
 
     /// The op that drains (or undrains) a node.
@@ -712,11 +840,13 @@ impl MasterState {
         let mut in_flight = self.meta.map.shards.iter().filter(|s| s.replacing.is_some() || s.split.is_some()).count();
         let mut load: BTreeMap<u64, usize> = BTreeMap::new();
         let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut led_rate: BTreeMap<u64, f64> = BTreeMap::new();
         for s in &self.meta.map.shards {
             for n in s.replicas.iter().chain(s.learner.iter()) {
                 *load.entry(n.0).or_default() += 1;
             }
             *leads.entry(s.primary.0).or_default() += 1;
+            *led_rate.entry(s.primary.0).or_default() += self.load.get(&s.id.0).map_or(0.0, |l| l.rate);
         }
         // Fullest minus emptiest healthy node: a relay (see `relay_move`) is worth finishing
         // while it is 2 or more.
@@ -776,9 +906,16 @@ impl MasterState {
                                 *load.entry(from).or_default() -= 1;
                                 in_flight += 1;
                                 out.push(MemberChange::AddLearner { shard, learner, replacing: from });
-                            } else if let Some(to) =
-                                self.leader_move(now_ms, shard, s.primary.0, primary.commit_lsn, &voters, &leads)
+                            } else if let Some(to) = self
+                                .leader_move(now_ms, shard, s.primary.0, primary.commit_lsn, &voters, &leads, &led_rate)
+                                .or_else(|| {
+                                    let (p, c) = (s.primary.0, primary.commit_lsn);
+                                    self.load_move(now_ms, shard, p, c, &voters, &led_rate, &leads)
+                                })
                             {
+                                let moved = self.load.get(&shard).map_or(0.0, |l| l.rate);
+                                *led_rate.entry(to).or_default() += moved;
+                                *led_rate.entry(s.primary.0).or_default() -= moved;
                                 *leads.entry(to).or_default() += 1;
                                 *leads.entry(s.primary.0).or_default() -= 1;
                                 in_flight += 1;
@@ -940,10 +1077,43 @@ impl MasterState {
         None
     }
 
-    /// The voter to hand `shard`'s primary role to, if one evens the primaries: the voter on
-    /// the node leading fewest shards, when the primary's node leads 2 or more more, that is
-    /// caught up (serving, holding the commit point) and has been Up for
-    /// `LEADER_TRANSFER_SETTLE_MS` (a restarting or flapping process gets no primaries).
+    /// The voters `shard`'s primary role may go to: Up for `LEADER_TRANSFER_SETTLE_MS` (a
+    /// restarting or flapping process gets no primaries), not draining, and caught up
+    /// (serving, within `LEARNER_CATCH_UP_LAG_ENTRIES` of the commit point).
+    fn transfer_targets<'a>(
+        &'a self,
+        now_ms: u64,
+        shard: u32,
+        primary: u64,
+        commit_lsn: u64,
+        voters: &'a [u64],
+    ) -> impl Iterator<Item = u64> + 'a {
+        voters
+            .iter()
+            .copied()
+            .filter(move |v| *v != primary && self.state_of(*v) == NodeState::Up)
+            .filter(move |v| {
+                self.nodes
+                    .get(v)
+                    .and_then(|l| l.up_since_ms)
+                    .is_some_and(|t| now_ms.saturating_sub(t) >= limits::LEADER_TRANSFER_SETTLE_MS)
+            })
+            .filter(|v| !self.meta.nodes.get(v).is_some_and(|r| r.draining))
+            .filter(move |v| {
+                // Within a learner's catch-up lag: under write load a follower's report always
+                // trails the primary's a little, and the handover waits for the rest.
+                self.nodes
+                    .get(v)
+                    .and_then(|l| l.shards.get(&shard))
+                    .is_some_and(|r| r.serving && r.last_lsn + limits::LEARNER_CATCH_UP_LAG_ENTRIES >= commit_lsn)
+            })
+    }
+
+    /// The voter to hand `shard`'s primary role to, if one evens the primaries: the eligible
+    /// voter (`transfer_targets`) on the node leading fewest shards, when the primary's node
+    /// leads 2 or more more, unless the move would leave that node serving more requests
+    /// than the primary's did.
+    #[allow(clippy::too_many_arguments)]
     fn leader_move(
         &self,
         now_ms: u64,
@@ -952,27 +1122,43 @@ impl MasterState {
         commit_lsn: u64,
         voters: &[u64],
         leads: &BTreeMap<u64, usize>,
+        led_rate: &BTreeMap<u64, f64>,
     ) -> Option<u64> {
         let count = |n: u64| leads.get(&n).copied().unwrap_or(0);
-        voters
-            .iter()
-            .copied()
-            .filter(|v| *v != primary && self.state_of(*v) == NodeState::Up)
-            .filter(|v| {
-                self.nodes
-                    .get(v)
-                    .and_then(|l| l.up_since_ms)
-                    .is_some_and(|t| now_ms.saturating_sub(t) >= limits::LEADER_TRANSFER_SETTLE_MS)
-            })
-            .filter(|v| !self.meta.nodes.get(v).is_some_and(|r| r.draining))
-            .filter(|v| {
-                self.nodes
-                    .get(v)
-                    .and_then(|l| l.shards.get(&shard))
-                    .is_some_and(|r| r.serving && r.last_lsn >= commit_lsn)
-            })
+        // Evening the counts must not make the target the busier node: a hot shard stays
+        // where it is and a cold one on the same node moves instead.
+        let rate = |n: u64| led_rate.get(&n).copied().unwrap_or(0.0);
+        let mine = self.load.get(&shard).map_or(0.0, |l| l.rate);
+        self.transfer_targets(now_ms, shard, primary, commit_lsn, voters)
             .filter(|v| count(primary) >= count(*v) + 2)
+            .filter(|v| mine == 0.0 || rate(*v) + mine <= rate(primary))
             .min_by_key(|v| (count(*v), *v))
+    }
+
+    /// The voter to hand `shard`'s primary role to when its node is the busy one: the primary's
+    /// node leads other shards too and serves at least half the split threshold in all, and
+    /// moving this shard's requests to an eligible voter's node lowers the busier of the two
+    /// by a quarter or more (so a move never just swaps which node is busy, and nothing flaps).
+    #[allow(clippy::too_many_arguments)]
+    fn load_move(
+        &self,
+        now_ms: u64,
+        shard: u32,
+        primary: u64,
+        commit_lsn: u64,
+        voters: &[u64],
+        led_rate: &BTreeMap<u64, f64>,
+        leads: &BTreeMap<u64, usize>,
+    ) -> Option<u64> {
+        let rate = |n: u64| led_rate.get(&n).copied().unwrap_or(0.0);
+        let mine = self.load.get(&shard).map_or(0.0, |l| l.rate);
+        let busy = rate(primary);
+        if leads.get(&primary).copied().unwrap_or(0) < 2 || busy < self.split_requests_per_s / 2.0 || mine <= 0.0 {
+            return None;
+        }
+        self.transfer_targets(now_ms, shard, primary, commit_lsn, voters)
+            .filter(|v| (busy - mine).max(rate(*v) + mine) <= 0.75 * busy)
+            .min_by(|a, b| rate(*a).total_cmp(&rate(*b)).then(a.cmp(b)))
     }
 
     /// Records the decision to split `shard` at `at` (default: the middle of its range) into a
@@ -1056,20 +1242,40 @@ impl MasterState {
             .collect()
     }
 
+    /// The voter of `e` on the node with the least load: the smallest sum of the request rates
+    /// of the shards it leads, then the fewest primaries, then (a tie) not `e`'s primary.
+    fn least_loaded(&self, e: &shardmap::ShardEntry) -> NodeId {
+        let led = |n: NodeId| self.meta.map.shards.iter().filter(move |s| s.primary == n);
+        let rate = |n: NodeId| led(n).map(|s| self.load.get(&s.id.0).map_or(0.0, |l| l.rate)).sum::<f64>();
+        let healthy = |n: &&NodeId| self.state_of(n.0) == NodeState::Up;
+        e.replicas
+            .iter()
+            .filter(healthy)
+            .min_by(|a, b| {
+                let key = |n: NodeId| (led(n).count(), n == e.primary, n);
+                rate(**a).total_cmp(&rate(**b)).then_with(|| key(**a).cmp(&key(**b)))
+            })
+            .copied()
+            .unwrap_or(e.primary)
+    }
+
     /// The op that records a split the primary logged: the shard keeps `[start, at - 1]`; the
-    /// new shard owns `[at, end]` on the same voters, primary and epoch (its replicas start
-    /// from the split entry's state; the failover loop elects its first primary).
+    /// new shard owns `[at, end]` on the same voters and epoch, placed to be led by the voter
+    /// on the least-loaded node (`least_loaded`: the new shard's first election keeps it on a
+    /// tie of logs, as their logs start equal). Its replicas start from the split entry's
+    /// state; the failover loop elects its first primary.
     pub fn finish_split(&self, shard: u32, intent: shardmap::SplitIntent) -> Result<MetaOp, MasterError> {
         let mut map = self.meta.map.clone();
         let mut found = Err(MasterError::Invalid(format!("shard {shard} has no split in flight")));
         let cas = map.compare_and_set(self.meta.map.version, |m| {
             let Some(i) = m.shards.iter().position(|e| e.id.0 == shard && e.split == Some(intent)) else { return };
+            let primary = self.least_loaded(&m.shards[i]);
             let parent = &mut m.shards[i];
             let child = shardmap::ShardEntry {
                 id: intent.child,
                 range: crate::store::KeyRange { start: intent.at, end: parent.range.end },
                 replicas: parent.replicas.clone(),
-                primary: parent.primary,
+                primary,
                 epoch: parent.epoch,
                 learner: None,
                 replacing: None,
@@ -1169,6 +1375,9 @@ impl MasterState {
                     splitting: s.split.is_some(),
                     split_at: s.split.map_or(0, |x| x.at),
                     split_child: s.split.map_or(0, |x| x.child.0),
+                    bytes: self.load.get(&s.id.0).map_or(0, |l| l.bytes),
+                    requests_per_s: self.load.get(&s.id.0).map_or(0.0, |l| l.rate),
+                    lag_entries: self.lag(s),
                 })
                 .collect(),
             nodes: self
@@ -1182,6 +1391,14 @@ impl MasterState {
                 })
                 .collect(),
         }
+    }
+
+    /// How many entries the furthest-behind voter of `e` lags its primary's commit point, as
+    /// their latest heartbeats said (a voter not reporting the shard counts from 0).
+    fn lag(&self, e: &shardmap::ShardEntry) -> u64 {
+        let report = |n: NodeId| self.nodes.get(&n.0).and_then(|l| l.shards.get(&e.id.0));
+        let Some(commit) = report(e.primary).map(|p| p.commit_lsn) else { return 0 };
+        e.replicas.iter().map(|r| commit.saturating_sub(report(*r).map_or(0, |x| x.last_lsn))).max().unwrap_or(0)
     }
 
     /// How many more nodes can be lost with every shard keeping a majority of its replicas

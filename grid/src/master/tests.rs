@@ -678,7 +678,8 @@ fn a_split_is_recorded_then_finished_by_compare_and_set_and_refuses_what_is_in_f
     let (l, r) = (&m.shards[0], &m.shards[1]);
     assert_eq!((l.range.start, l.range.end, l.split), (0, intent.at - 1, None));
     assert_eq!((r.id, r.range.start, r.range.end), (intent.child, intent.at, u64::MAX));
-    assert_eq!((&r.replicas, r.primary, r.epoch), (&e.replicas, e.primary, l.epoch));
+    assert_eq!((&r.replicas, r.epoch), (&e.replicas, l.epoch));
+    assert!(r.primary != l.primary && r.replicas.contains(&r.primary), "the new shard is led by another voter");
     assert_eq!(l.epoch.0, 2);
     assert!(s.finish_split(0, intent).is_err(), "finishing twice is refused");
     assert_eq!(s.start_split(0, Some(intent.at)).unwrap(), (intent, None), "asked again once done: done");
@@ -688,4 +689,149 @@ fn a_split_is_recorded_then_finished_by_compare_and_set_and_refuses_what_is_in_f
     assert!(matches!(s.start_split(9, None), Err(MasterError::Invalid(_))));
     // The next split gets the next id.
     assert_eq!(s.start_split(1, None).unwrap().0.child.0, 2);
+}
+
+#[test]
+fn the_split_policy_splits_a_shard_hot_for_long_enough_once_and_not_again_until_it_cooled_down() {
+    use super::state::MembershipConfig;
+    let (mut s, nodes, _, _) = one_shard_in_epoch_2();
+    let cfg = MembershipConfig {
+        split_requests_per_s: 100.0,
+        split_after_ms: 2_000,
+        split_cooldown_ms: 5_000,
+        ..MembershipConfig::default()
+    };
+    s.set_split_threshold(cfg.split_requests_per_s);
+    // Heartbeats every 500 ms; the primary's counter grows by `per_beat` requests each.
+    let mut requests = 0u64;
+    let mut beat = |s: &mut MasterState, t: u64, per_beat: u64, bytes: u64| {
+        requests += per_beat;
+        for n in &nodes {
+            let shards: Vec<pb::ShardStat> = s
+                .assignments(*n)
+                .iter()
+                .map(|a| pb::ShardStat {
+                    shard: a.shard,
+                    serving: true,
+                    primary_epoch: if a.primary { a.epoch } else { 0 },
+                    leading: a.primary,
+                    last_lsn: 5_000,
+                    commit_lsn: 5_000,
+                    requests: if a.primary { requests } else { 0 },
+                    bytes,
+                    ..Default::default()
+                })
+                .collect();
+            s.heartbeat(*n, &[], &shards, 0, t).unwrap();
+        }
+        s.evaluate(t);
+    };
+    let mut t = 0;
+    // 40 requests per 500 ms = 80/s: below the threshold, never wanted.
+    while t < 10_000 {
+        t += 500;
+        beat(&mut s, t, 40, 1 << 20);
+        assert_eq!(s.split_wanted(t, &cfg), None, "at {t} ms");
+    }
+    // 100 per 500 ms = 200/s: hot; wanted only once it has been hot for 2 s.
+    let hot_from = t + 500;
+    let mut wanted_at = None;
+    while t < 20_000 && wanted_at.is_none() {
+        t += 500;
+        beat(&mut s, t, 100, 1 << 20);
+        if let Some((shard, why)) = s.split_wanted(t, &cfg) {
+            assert_eq!(shard, 0);
+            assert!(why.contains("requests/s"), "{why}");
+            wanted_at = Some(t);
+        }
+    }
+    let wanted_at = wanted_at.expect("a hot shard is split");
+    assert!(
+        wanted_at >= hot_from + 2_000 - 500 && wanted_at <= hot_from + 3_500,
+        "wanted at {wanted_at}, hot from {hot_from}"
+    );
+    // A dip to 90/s (above the 80% hysteresis) keeps it hot; split it.
+    beat(&mut s, t + 500, 45, 1 << 20);
+    assert!(s.split_wanted(t + 500, &cfg).is_some());
+    t += 500;
+    let (intent, op) = s.start_split(0, None).unwrap();
+    commit(&mut s, op);
+    assert_eq!(s.split_wanted(t, &cfg), None, "a split in flight is not asked for again");
+    let op = s.finish_split(0, intent).unwrap();
+    s.commit(&op);
+    // Both halves start afresh: still hot, but not split again within the cooldown.
+    let split_at = t;
+    while t < split_at + 4_500 {
+        t += 500;
+        beat(&mut s, t, 100, 1 << 20);
+        assert_eq!(s.split_wanted(t, &cfg), None, "at {t} ms, within the cooldown");
+    }
+    // Size alone splits too, once settled.
+    t += 1_000;
+    beat(&mut s, t, 0, 300 << 20);
+    let cfg_size = MembershipConfig { split_bytes: 256 << 20, ..cfg.clone() };
+    let (_, why) = s.split_wanted(t, &cfg_size).expect("a big shard is split");
+    assert!(why.contains("MiB"), "{why}");
+    assert_eq!(s.split_wanted(t, &MembershipConfig { auto_split: false, ..cfg_size }), None, "the policy can be off");
+}
+
+#[test]
+fn a_busy_node_hands_one_of_its_hot_shards_to_the_least_loaded_voter_and_nothing_flaps() {
+    use super::state::{MemberChange, MembershipConfig};
+    // Three nodes, four shards: one node leads two (a count gap of 1: counting alone moves nothing).
+    let (mut s, nodes) = grid(3, 1);
+    let op = s.init(4, 3).unwrap().unwrap();
+    s.commit(&op);
+    for shard in 0..4u32 {
+        let e = s.map().shards[shard as usize].clone();
+        let op = s.elect(shard, e.primary.0, e.epoch.0 + 1).unwrap();
+        s.commit(&op);
+    }
+    let busy = *nodes.iter().max_by_key(|n| s.map().shards.iter().filter(|e| e.primary.0 == **n).count()).unwrap();
+    let hot: Vec<u32> = s.map().shards.iter().filter(|e| e.primary.0 == busy).map(|e| e.id.0).collect();
+    assert_eq!(hot.len(), 2);
+    let cfg = MembershipConfig { split_requests_per_s: 150.0, auto_split: false, ..MembershipConfig::default() };
+    s.set_split_threshold(cfg.split_requests_per_s);
+    let since = std::collections::BTreeMap::new();
+    // Every 500 ms the hot shards serve 50 requests (100/s), the others 5 (10/s).
+    let mut counters = std::collections::BTreeMap::<u32, u64>::new();
+    let mut beat = |s: &mut MasterState, t: u64| {
+        for e in s.map().shards.clone() {
+            *counters.entry(e.id.0).or_default() += if hot.contains(&e.id.0) { 50 } else { 5 };
+        }
+        for n in &nodes {
+            let shards: Vec<pb::ShardStat> = s
+                .assignments(*n)
+                .iter()
+                .map(|a| pb::ShardStat {
+                    shard: a.shard,
+                    serving: true,
+                    primary_epoch: if a.primary { a.epoch } else { 0 },
+                    leading: a.primary,
+                    last_lsn: 5_000,
+                    commit_lsn: 5_000,
+                    requests: if a.primary { counters[&a.shard] } else { 0 },
+                    ..Default::default()
+                })
+                .collect();
+            s.heartbeat(*n, &[], &shards, 0, t).unwrap();
+        }
+        s.evaluate(t);
+    };
+    let mut t = 0;
+    while t < crate::limits::LEADER_TRANSFER_SETTLE_MS + 1_000 {
+        t += 500;
+        beat(&mut s, t);
+    }
+    let due = s.membership_due(t, &cfg, &since);
+    let [MemberChange::TransferLeader { shard, to }] = due.as_slice() else { panic!("{due:?}") };
+    assert!(hot.contains(shard) && *to != busy, "{due:?}");
+    apply_changes(&mut s, due.clone());
+    // 100/s against 110/s now: moving either back would not lower the busier node by a quarter.
+    for _ in 0..20 {
+        t += 500;
+        beat(&mut s, t);
+        let due = s.membership_due(t, &cfg, &since);
+        assert!(due.is_empty(), "at {t} ms: {due:?}");
+    }
 }

@@ -194,6 +194,8 @@ fn heartbeat_request(
                 primary_epoch: i.primary_epoch,
                 commit_lsn: i.commit_lsn,
                 outbox_items: i.outbox_items,
+                bytes: i.bytes,
+                requests: i.requests,
             }
         })
         .collect();

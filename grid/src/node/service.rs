@@ -101,6 +101,8 @@ pub(crate) fn shard_info(id: u32, slot: &ShardSlot) -> pb::ShardInfo {
                 outbox_oldest_lsn,
                 state_digest: 0,
                 leading: r.leading && fault_free,
+                bytes: st.as_ref().map_or(0, |st| st.approx_bytes()),
+                requests: s.requests(),
             }
         }
         ShardSlot::Failed { range, reason } => pb::ShardInfo {

@@ -3,7 +3,7 @@
 //! once their entry has committed (on a majority of the replica set, each copy fsynced), and
 //! are applied (made visible) in LSN order at that moment.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLockReadGuard};
 use std::time::Duration;
 
@@ -79,6 +79,8 @@ pub struct Shard {
     checkpointing: tokio::sync::Mutex<()>,
     /// A snapshot being received from the primary: (epoch, lsn, lsn_epoch, bytes so far).
     incoming: Mutex<Option<Incoming>>,
+    /// Requests served (write batches, deliveries, reads), for the master's load figures.
+    requests: AtomicU64,
 }
 
 fn storage_err(shard: u32, e: impl std::fmt::Display) -> ShardError {
@@ -184,6 +186,7 @@ impl Shard {
             tx,
             checkpointing: tokio::sync::Mutex::new(()),
             incoming: Mutex::new(None),
+            requests: AtomicU64::new(0),
         };
         if config.standalone {
             let (promised, led) = {
@@ -229,8 +232,15 @@ impl Shard {
         Ok(self.sh.state.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Read access at `consistency`: strong reads only on a primary holding its lease.
+    /// Requests served since this process opened the replica.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Read access at `consistency`: strong reads only on a primary holding its lease. Counts
+    /// as a request (every read RPC takes it once).
     pub fn read_at(&self, consistency: Consistency) -> Result<RwLockReadGuard<'_, ShardStore>, ShardError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         if consistency == Consistency::Strong && !self.sh.core().leads_with_lease(crate::io::clock::lease_now()) {
             let reason = "strong reads go to the primary while it holds its lease".into();
             return Err(ShardError::NotPrimary { shard: self.id.0, reason });
@@ -385,6 +395,7 @@ impl Shard {
     /// Validates the whole batch (limits and ownership), logs it as one entry, and returns its
     /// LSN (and the concepts' ids) once it has committed and been applied.
     pub async fn write(&self, batch: WriteBatch, mut extra: Vec<ItemError>) -> Result<Written, ShardError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.check_serving()?;
         if let Err(mut rej) = validate_batch(&batch, self.vector_dim) {
             extra.append(&mut rej.errors);
@@ -418,6 +429,7 @@ impl Shard {
     /// Logs in-edges delivered from `source_shard`'s outbox (items in sequence order). Items
     /// already applied are skipped when the entry applies, so re-delivery is harmless.
     pub async fn deliver_in_edges(&self, source_shard: u32, items: Vec<(u64, Association)>) -> Result<u64, ShardError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.check_serving()?;
         let batch = WriteBatch { concepts: Vec::new(), associations: items.iter().map(|(_, a)| a.clone()).collect() };
         let mut extra = Vec::new();

@@ -114,6 +114,8 @@ fn never_logged(e: &ClientError) -> bool {
         ClientError::Connect { .. } => true,
         ClientError::Rpc { status, .. } => {
             matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::ResourceExhausted)
+                // A node that has not opened the shard yet (one just split off, a learner).
+                || (status.code() == tonic::Code::NotFound && status.message().contains("not hosted"))
                 // Refused by a replica that does not serve, or a cached channel that could not
                 // reconnect (a dead primary after a failover): the request never left.
                 || (status.code() == tonic::Code::Unavailable

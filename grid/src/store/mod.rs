@@ -62,6 +62,8 @@ pub struct ShardStore {
     links: Links,
     /// The LSN of the last split entry applied since this state was loaded (0: none).
     split_lsn: u64,
+    /// What the overlay's upserts carried, roughly (for the size a split policy reads).
+    overlay_bytes: u64,
 }
 
 impl ShardStore {
@@ -85,7 +87,14 @@ impl ShardStore {
             overlay_items: 0,
             links,
             split_lsn: 0,
+            overlay_bytes: 0,
         }
+    }
+
+    /// Approximate bytes held: the checkpoint image plus what the overlay's upserts carried
+    /// (superseded values counted too, until the next checkpoint).
+    pub fn approx_bytes(&self) -> u64 {
+        self.checkpoint.as_ref().map_or(0, |c| c.bytes() as u64) + self.overlay_bytes
     }
 
     pub fn split_lsn(&self) -> u64 {
@@ -168,6 +177,7 @@ impl ShardStore {
             return false;
         }
         for (c, &id) in batch.concepts.into_iter().zip(ids) {
+            self.overlay_bytes += (64 + c.label.len() + c.content.len() + 4 * c.vector.len()) as u64;
             let (checkpoint, new_concepts, items) =
                 (&self.checkpoint, &mut self.overlay_new_concepts, &mut self.overlay_items);
             let p = self.concepts.entry(id).or_insert_with(|| {
@@ -284,6 +294,7 @@ impl ShardStore {
 
     /// Stores the ends of `a` this shard owns.
     fn upsert_association(&mut self, a: Association) {
+        self.overlay_bytes += (48 + a.relation.len() + a.evidence.len()) as u64;
         let rel = self.intern(&a.relation);
         let evidence: Option<Arc<str>> = (!a.evidence.is_empty()).then(|| Arc::from(a.evidence.as_str()));
         if self.range.contains(a.source) {
