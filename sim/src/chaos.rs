@@ -1418,6 +1418,23 @@ fn next_edge(source: &str, target: &str, confidence: f32) -> Association {
     }
 }
 
+/// The client's router, made on first use (and again after a failure to make one): `None`
+/// after a 100 ms pause when the master cannot be reached yet.
+async fn client_router(router: &mut Option<Arc<Router>>) -> Option<Arc<Router>> {
+    if let Some(r) = router {
+        return Some(r.clone());
+    }
+    let made = match MasterClient::connect(&plan::master_addr().to_string()).await {
+        Ok(mc) => Router::new(mc.with_deadline(Duration::from_millis(500)), WRITE_DEADLINE).await.ok(),
+        Err(_) => None,
+    };
+    if made.is_none() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    router.clone_from(&made);
+    made
+}
+
 /// A writer routing batches through the master's map, recording what was acknowledged. Each
 /// batch chains its concepts with `next` associations (mostly across shards; the first hop in
 /// both directions, so one pair is joined by two edges), links its first
@@ -1437,25 +1454,7 @@ async fn writer(
     let mut failed = 0u64;
     let mut i = 0u32;
     while !stop.load(Ordering::Relaxed) {
-        let r = match &router {
-            Some(r) => Arc::clone(r),
-            None => match MasterClient::connect(&plan::master_addr().to_string()).await {
-                Ok(c) => match Router::new(c.with_deadline(Duration::from_millis(500)), WRITE_DEADLINE).await {
-                    Ok(r) => {
-                        router = Some(r.clone());
-                        r
-                    }
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+        let Some(r) = client_router(&mut router).await else { continue };
         let labels: Vec<String> = (0..concepts).map(|j| format!("w{w}-b{i}-c{j}")).collect();
         let batch = WriteBatch {
             concepts: labels
@@ -1563,25 +1562,7 @@ async fn hot_client(c: u32, hot: (u64, u64), acked: Arc<Mutex<Vec<String>>>, sto
     let mut router = None;
     let (mut k, mut mine) = (0u64, Vec::<ConceptId>::new());
     while !stop.load(Ordering::Relaxed) {
-        let r = match &router {
-            Some(r) => Arc::clone(r),
-            None => match MasterClient::connect(&plan::master_addr().to_string()).await {
-                Ok(mc) => match Router::new(mc.with_deadline(Duration::from_millis(500)), WRITE_DEADLINE).await {
-                    Ok(r) => {
-                        router = Some(r.clone());
-                        r
-                    }
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+        let Some(r) = client_router(&mut router).await else { continue };
         let label = loop {
             k += 1;
             let l = format!("hot{c}-{k}");
@@ -1646,25 +1627,7 @@ async fn register_client(c: u32, pause: Duration, t0: Instant, hist: Histories, 
     let mut router = None;
     let mut n = 0u32;
     while !stop.load(Ordering::Relaxed) {
-        let r = match &router {
-            Some(r) => Arc::clone(r),
-            None => match MasterClient::connect(&plan::master_addr().to_string()).await {
-                Ok(mc) => match Router::new(mc.with_deadline(Duration::from_millis(500)), WRITE_DEADLINE).await {
-                    Ok(r) => {
-                        router = Some(r.clone());
-                        r
-                    }
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+        let Some(r) = client_router(&mut router).await else { continue };
         let key = madsim::rand::random::<u32>() % REGISTER_KEYS;
         if hist.lock().unwrap().get(&key).is_some_and(|h| h.len() >= REGISTER_OPS_PER_KEY) {
             if hist.lock().unwrap().values().filter(|h| h.len() >= REGISTER_OPS_PER_KEY).count()
