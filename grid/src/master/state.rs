@@ -906,13 +906,15 @@ impl MasterState {
                                 *load.entry(from).or_default() -= 1;
                                 in_flight += 1;
                                 out.push(MemberChange::AddLearner { shard, learner, replacing: from });
-                            } else if let Some(to) = self
-                                .leader_move(now_ms, shard, s.primary.0, primary.commit_lsn, &voters, &leads, &led_rate)
-                                .or_else(|| {
-                                    let (p, c) = (s.primary.0, primary.commit_lsn);
-                                    self.load_move(now_ms, shard, p, c, &voters, &led_rate, &leads)
-                                })
-                            {
+                            } else if let Some(to) = self.leader_move(
+                                now_ms,
+                                shard,
+                                s.primary.0,
+                                primary.commit_lsn,
+                                &voters,
+                                &leads,
+                                &led_rate,
+                            ) {
                                 let moved = self.load.get(&shard).map_or(0.0, |l| l.rate);
                                 *led_rate.entry(to).or_default() += moved;
                                 *led_rate.entry(s.primary.0).or_default() -= moved;
@@ -1109,10 +1111,14 @@ impl MasterState {
             })
     }
 
-    /// The voter to hand `shard`'s primary role to, if one evens the primaries: the eligible
-    /// voter (`transfer_targets`) on the node leading fewest shards, when the primary's node
-    /// leads 2 or more more, unless the move would leave that node serving more requests
-    /// than the primary's did.
+    /// The voter to hand `shard`'s primary role to, among the eligible ones
+    /// (`transfer_targets`): first to even the primaries (the voter on the node leading
+    /// fewest shards, when the primary's node leads 2 or more more, unless the move would
+    /// leave that node serving more requests than the primary's did: a hot shard stays and a
+    /// cold one on the same node moves instead); else to move load off a busy node (the
+    /// primary's node leads other shards too and serves at least half the split threshold,
+    /// and moving this shard's requests lowers the busier of the two nodes by a quarter or
+    /// more, so a move never just swaps which node is busy and nothing flaps).
     #[allow(clippy::too_many_arguments)]
     fn leader_move(
         &self,
@@ -1125,38 +1131,21 @@ impl MasterState {
         led_rate: &BTreeMap<u64, f64>,
     ) -> Option<u64> {
         let count = |n: u64| leads.get(&n).copied().unwrap_or(0);
-        // Evening the counts must not make the target the busier node: a hot shard stays
-        // where it is and a cold one on the same node moves instead.
-        let rate = |n: u64| led_rate.get(&n).copied().unwrap_or(0.0);
-        let mine = self.load.get(&shard).map_or(0.0, |l| l.rate);
-        self.transfer_targets(now_ms, shard, primary, commit_lsn, voters)
-            .filter(|v| count(primary) >= count(*v) + 2)
-            .filter(|v| mine == 0.0 || rate(*v) + mine <= rate(primary))
-            .min_by_key(|v| (count(*v), *v))
-    }
-
-    /// The voter to hand `shard`'s primary role to when its node is the busy one: the primary's
-    /// node leads other shards too and serves at least half the split threshold in all, and
-    /// moving this shard's requests to an eligible voter's node lowers the busier of the two
-    /// by a quarter or more (so a move never just swaps which node is busy, and nothing flaps).
-    #[allow(clippy::too_many_arguments)]
-    fn load_move(
-        &self,
-        now_ms: u64,
-        shard: u32,
-        primary: u64,
-        commit_lsn: u64,
-        voters: &[u64],
-        led_rate: &BTreeMap<u64, f64>,
-        leads: &BTreeMap<u64, usize>,
-    ) -> Option<u64> {
         let rate = |n: u64| led_rate.get(&n).copied().unwrap_or(0.0);
         let mine = self.load.get(&shard).map_or(0.0, |l| l.rate);
         let busy = rate(primary);
-        if leads.get(&primary).copied().unwrap_or(0) < 2 || busy < self.split_requests_per_s / 2.0 || mine <= 0.0 {
-            return None;
+        let targets: Vec<u64> = self.transfer_targets(now_ms, shard, primary, commit_lsn, voters).collect();
+        let evens = targets
+            .iter()
+            .copied()
+            .filter(|v| count(primary) >= count(*v) + 2)
+            .filter(|v| mine == 0.0 || rate(*v) + mine <= busy)
+            .min_by_key(|v| (count(*v), *v));
+        if evens.is_some() || count(primary) < 2 || busy < self.split_requests_per_s / 2.0 || mine <= 0.0 {
+            return evens;
         }
-        self.transfer_targets(now_ms, shard, primary, commit_lsn, voters)
+        targets
+            .into_iter()
             .filter(|v| (busy - mine).max(rate(*v) + mine) <= 0.75 * busy)
             .min_by(|a, b| rate(*a).total_cmp(&rate(*b)).then(a.cmp(b)))
     }

@@ -691,6 +691,30 @@ fn a_split_is_recorded_then_finished_by_compare_and_set_and_refuses_what_is_in_f
     assert_eq!(s.start_split(1, None).unwrap().0.child.0, 2);
 }
 
+/// `beat_leading`'s caught-up heartbeats with each primary's request counter and bytes:
+/// `requests(shard)` is the cumulative count its primary reports.
+fn beat_load(s: &mut MasterState, nodes: &[u64], t: u64, requests: impl Fn(u32) -> u64, bytes: u64) {
+    for n in nodes {
+        let shards: Vec<pb::ShardStat> = s
+            .assignments(*n)
+            .iter()
+            .map(|a| pb::ShardStat {
+                shard: a.shard,
+                serving: true,
+                primary_epoch: if a.primary { a.epoch } else { 0 },
+                leading: a.primary,
+                last_lsn: 5_000,
+                commit_lsn: 5_000,
+                requests: if a.primary { requests(a.shard) } else { 0 },
+                bytes,
+                ..Default::default()
+            })
+            .collect();
+        s.heartbeat(*n, &[], &shards, 0, t).unwrap();
+    }
+    s.evaluate(t);
+}
+
 #[test]
 fn the_split_policy_splits_a_shard_hot_for_long_enough_once_and_not_again_until_it_cooled_down() {
     use super::state::MembershipConfig;
@@ -706,25 +730,7 @@ fn the_split_policy_splits_a_shard_hot_for_long_enough_once_and_not_again_until_
     let mut requests = 0u64;
     let mut beat = |s: &mut MasterState, t: u64, per_beat: u64, bytes: u64| {
         requests += per_beat;
-        for n in &nodes {
-            let shards: Vec<pb::ShardStat> = s
-                .assignments(*n)
-                .iter()
-                .map(|a| pb::ShardStat {
-                    shard: a.shard,
-                    serving: true,
-                    primary_epoch: if a.primary { a.epoch } else { 0 },
-                    leading: a.primary,
-                    last_lsn: 5_000,
-                    commit_lsn: 5_000,
-                    requests: if a.primary { requests } else { 0 },
-                    bytes,
-                    ..Default::default()
-                })
-                .collect();
-            s.heartbeat(*n, &[], &shards, 0, t).unwrap();
-        }
-        s.evaluate(t);
+        beat_load(s, &nodes, t, |_| requests, bytes);
     };
     let mut t = 0;
     // 40 requests per 500 ms = 80/s: below the threshold, never wanted.
@@ -799,24 +805,7 @@ fn a_busy_node_hands_one_of_its_hot_shards_to_the_least_loaded_voter_and_nothing
         for e in s.map().shards.clone() {
             *counters.entry(e.id.0).or_default() += if hot.contains(&e.id.0) { 50 } else { 5 };
         }
-        for n in &nodes {
-            let shards: Vec<pb::ShardStat> = s
-                .assignments(*n)
-                .iter()
-                .map(|a| pb::ShardStat {
-                    shard: a.shard,
-                    serving: true,
-                    primary_epoch: if a.primary { a.epoch } else { 0 },
-                    leading: a.primary,
-                    last_lsn: 5_000,
-                    commit_lsn: 5_000,
-                    requests: if a.primary { counters[&a.shard] } else { 0 },
-                    ..Default::default()
-                })
-                .collect();
-            s.heartbeat(*n, &[], &shards, 0, t).unwrap();
-        }
-        s.evaluate(t);
+        beat_load(s, &nodes, t, |shard| counters[&shard], 0);
     };
     let mut t = 0;
     while t < crate::limits::LEADER_TRANSFER_SETTLE_MS + 1_000 {
