@@ -32,6 +32,24 @@ pub enum BenchCmd {
     /// Failover as a user sees it: a local grid under writes to shard 0 while its primary
     /// process is killed (SIGKILL) or hung (SIGSTOP), trial after trial; recovery times.
     Failover(crate::bench_failover::FailoverArgs),
+    /// The master's control plane at size, in one process without network or storage
+    /// (`master::scale`): machines heartbeat their replicas, one machine is lost, one joins,
+    /// the master restarts; the master's CPU per heartbeat round and the time to converge.
+    Master(MasterArgs),
+}
+
+#[derive(clap::Args)]
+pub struct MasterArgs {
+    #[arg(long, default_value_t = 100)]
+    machines: u32,
+    /// Storage processes per machine.
+    #[arg(long, default_value_t = 3)]
+    per_machine: u32,
+    #[arg(long, default_value_t = 3000)]
+    shards: u32,
+    /// Print only the JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -125,6 +143,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::ClusterWrite(a) => (bench_cluster_write(&a).await?, a.common.json),
         BenchCmd::Api(a) => (crate::bench_api::bench_api(&a).await?, a.json),
         BenchCmd::Failover(a) => (crate::bench_failover::bench_failover(&a).await?, a.json),
+        BenchCmd::Master(a) => (bench_master(&a)?, a.json),
     };
     if !quiet {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
@@ -513,5 +532,52 @@ async fn bench_cluster_write(a: &ClusterWriteArgs) -> Result<serde_json::Value> 
         "label_bytes": 64,
         "content_bytes": 200,
         "seconds": secs,
+    }))
+}
+
+fn bench_master(a: &MasterArgs) -> Result<serde_json::Value> {
+    use sutra_grid::master::scale;
+    anyhow::ensure!(a.machines >= 4 && a.per_machine >= 1 && a.shards >= 1, "need 4+ machines, 1+ process each, 1+ shard");
+    let plan = scale::Plan::new(a.machines, a.per_machine, a.shards);
+    if !a.json {
+        eprintln!(
+            "  {} machines x {} processes, {} shards x 3: machine lost at {} s, one joins at {} s, master restart at {} s",
+            a.machines,
+            a.per_machine,
+            a.shards,
+            plan.lose_round / 2,
+            plan.join_round / 2,
+            plan.restart_round / 2
+        );
+    }
+    let wall = Instant::now();
+    let out = scale::run(&plan).map_err(anyhow::Error::msg)?;
+    let round_s = sutra_grid::limits::HEARTBEAT_INTERVAL_MS as f64 / 1000.0;
+    let mut us = out.round_us.clone();
+    us.sort_unstable();
+    let pct = |p: f64| us.get(((us.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0) as f64 / 1000.0;
+    let nodes = (a.machines * a.per_machine) as f64;
+    Ok(json!({
+        "bench": "master",
+        "machines": a.machines,
+        "processes": a.machines * a.per_machine,
+        "shards": a.shards,
+        "rounds": out.rounds,
+        "round_interval_s": round_s,
+        "converged": out.converged_round.is_some(),
+        "converged_after_s": out.converged_round.map(|r| r as f64 * round_s),
+        "converged_after_restart_s": out.converged_round.map(|r| r.saturating_sub(plan.restart_round) as f64 * round_s),
+        "unsettled": out.unsettled,
+        "round_cpu_ms": {"median": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
+        "heartbeat_us_median": pct(0.5) * 1000.0 / nodes,
+        "round_cpu_share_of_interval_median": pct(0.5) / (round_s * 1000.0),
+        "elections": out.elections,
+        "replica_moves": out.moves,
+        "leader_transfers": out.transfers,
+        "max_in_flight": out.max_in_flight,
+        "in_flight_bound": plan.membership.changes_max,
+        "replicas_per_up_node": [out.replicas.0, out.replicas.1],
+        "primaries_per_up_node": [out.primaries.0, out.primaries.1],
+        "wall_s": wall.elapsed().as_secs_f64(),
     }))
 }

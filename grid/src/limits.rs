@@ -260,6 +260,10 @@ pub const SPLIT_REQUESTS_PER_S_DEFAULT: f64 = 2_000.0;
 pub const SPLIT_LOAD_SUSTAIN_MS: u64 = 10_000;
 /// A shard stays hot until its rate falls below this share of the threshold (hysteresis).
 pub const SPLIT_LOAD_COOL_FRACTION: f64 = 0.8;
+/// Below this share of the split threshold a shard's request rate is noise to the
+/// leadership balancer: counting primaries alone decides (light, uneven load must not stop
+/// the primaries from evening out).
+pub const LOAD_NOTICED_FRACTION: f64 = 0.1;
 /// A shard whose range just changed (it split, or was split off) is not split by the policy
 /// for this long: its load is measured afresh first.
 pub const SPLIT_COOLDOWN_MS: u64 = 30_000;

@@ -405,10 +405,15 @@ pub fn parse(text: &str, origin: &str) -> Result<Scenario, String> {
     Ok(s)
 }
 
+/// Machines a scenario may run (the scale scenarios' size; addresses allow up to 250).
+const AGENTS_MAX: u8 = 128;
+/// Shards a scenario may create.
+const SHARDS_MAX: u32 = 4096;
+
 fn validate(s: &Scenario) -> Result<(), String> {
     let c = &s.cluster;
-    if !(1..=16).contains(&c.agents) {
-        return Err(format!("cluster.agents must be 1 to 16; got {}", c.agents));
+    if !(1..=AGENTS_MAX).contains(&c.agents) {
+        return Err(format!("cluster.agents must be 1 to {AGENTS_MAX}; got {}", c.agents));
     }
     if !(1..=8).contains(&c.processes_per_agent) {
         return Err(format!("cluster.processes_per_agent must be 1 to 8; got {}", c.processes_per_agent));
@@ -442,8 +447,8 @@ fn validate(s: &Scenario) -> Result<(), String> {
     if c.replace_down_after_s.is_some_and(|t| !(0.5..=600.0).contains(&t)) {
         return Err("cluster.replace_down_after_s must be 0.5 to 600".into());
     }
-    if c.shards == 0 || c.shards > 1024 {
-        return Err(format!("cluster.shards must be 1 to 1024; got {}", c.shards));
+    if c.shards == 0 || c.shards > SHARDS_MAX {
+        return Err(format!("cluster.shards must be 1 to {SHARDS_MAX}; got {}", c.shards));
     }
     if !(s.duration_s > 0.0 && s.duration_s <= 600.0) {
         return Err(format!("duration_s must be in (0, 600]; got {}", s.duration_s));

@@ -8,6 +8,7 @@
 
 pub mod failover;
 pub mod meta;
+pub mod scale;
 pub mod service;
 pub mod state;
 

@@ -1113,9 +1113,9 @@ impl MasterState {
 
     /// The voter to hand `shard`'s primary role to, among the eligible ones
     /// (`transfer_targets`): first to even the primaries (the voter on the node leading
-    /// fewest shards, when the primary's node leads 2 or more more, unless the move would
-    /// leave that node serving more requests than the primary's did: a hot shard stays and a
-    /// cold one on the same node moves instead); else to move load off a busy node (the
+    /// fewest shards, when the primary's node leads 2 or more more, unless the shard's load is
+    /// noticeable and the move would leave that node serving more requests than the
+    /// primary's did: a hot shard stays and a cold one on the same node moves instead); else to move load off a busy node (the
     /// primary's node leads other shards too and serves at least half the split threshold,
     /// and moving this shard's requests lowers the busier of the two nodes by a quarter or
     /// more, so a move never just swaps which node is busy and nothing flaps).
@@ -1134,12 +1134,13 @@ impl MasterState {
         let rate = |n: u64| led_rate.get(&n).copied().unwrap_or(0.0);
         let mine = self.load.get(&shard).map_or(0.0, |l| l.rate);
         let busy = rate(primary);
+        let noticed = self.split_requests_per_s * limits::LOAD_NOTICED_FRACTION;
         let targets: Vec<u64> = self.transfer_targets(now_ms, shard, primary, commit_lsn, voters).collect();
         let evens = targets
             .iter()
             .copied()
             .filter(|v| count(primary) >= count(*v) + 2)
-            .filter(|v| mine == 0.0 || rate(*v) + mine <= busy)
+            .filter(|v| mine < noticed || rate(*v) + mine <= busy)
             .min_by_key(|v| (count(*v), *v));
         if evens.is_some() || count(primary) < 2 || busy < self.split_requests_per_s / 2.0 || mine <= 0.0 {
             return evens;
