@@ -191,7 +191,7 @@ async fn bench_wal(a: &WalArgs) -> Result<serde_json::Value> {
     a.common.progress(&format!("{} writers for {} s on {}", a.writers, a.seconds, scratch.0.display()));
     let disk: Arc<dyn Disk> = Arc::new(RealDisk::new(&scratch.0)?);
     let node = StorageNode::open(disk, bench_config()).await?;
-    let shard = node.create_shard(0, KeyRange::ALL).await?;
+    let shard = node.create_shard(0, KeyRange::ALL, false).await?;
     let content = "c".repeat(200);
     let deadline = Instant::now() + Duration::from_secs_f64(a.seconds);
     let start = Instant::now();
@@ -338,7 +338,7 @@ async fn bench_reopen(a: &ReopenArgs) -> Result<serde_json::Value> {
     let disk: Arc<dyn Disk> = Arc::new(RealDisk::new(&scratch.0)?);
     {
         let node = StorageNode::open(disk.clone(), bench_config()).await?;
-        node.create_shard(0, KeyRange::ALL).await?;
+        node.create_shard(0, KeyRange::ALL, false).await?;
     }
     let bytes = write_generated(&*disk, "shards/000000", a.concepts, a.associations, a.seed, 0)?;
     {
@@ -537,7 +537,10 @@ async fn bench_cluster_write(a: &ClusterWriteArgs) -> Result<serde_json::Value> 
 
 fn bench_master(a: &MasterArgs) -> Result<serde_json::Value> {
     use sutra_grid::master::scale;
-    anyhow::ensure!(a.machines >= 4 && a.per_machine >= 1 && a.shards >= 1, "need 4+ machines, 1+ process each, 1+ shard");
+    anyhow::ensure!(
+        a.machines >= 4 && a.per_machine >= 1 && a.shards >= 1,
+        "need 4+ machines, 1+ process each, 1+ shard"
+    );
     let plan = scale::Plan::new(a.machines, a.per_machine, a.shards);
     if !a.json {
         eprintln!(

@@ -60,6 +60,19 @@ pub struct MasterArgs {
     split_requests_per_s: f64,
     #[arg(long, default_value_t = limits::SPLIT_LOAD_SUSTAIN_MS / 1000)]
     split_after_s: u64,
+    /// Do not merge shards on their own (small and cold); `sutra merge` still works. The
+    /// policy never goes below the shard count `sutra init` made.
+    #[arg(long)]
+    no_auto_merge: bool,
+    /// Merge two neighbouring shards that together hold under this many MiB...
+    #[arg(long, default_value_t = limits::MERGE_BYTES_DEFAULT >> 20)]
+    merge_size_mib: u64,
+    /// ...and serve under this many requests per second, each under half of it for
+    /// --merge-after-s.
+    #[arg(long, default_value_t = limits::MERGE_REQUESTS_PER_S_DEFAULT)]
+    merge_requests_per_s: f64,
+    #[arg(long, default_value_t = limits::MERGE_COLD_MS / 1000)]
+    merge_after_s: u64,
 }
 
 pub async fn master(a: MasterArgs) -> Result<()> {
@@ -77,6 +90,21 @@ pub async fn master(a: MasterArgs) -> Result<()> {
     if a.split_after_s == 0 || a.split_after_s > 3600 {
         anyhow::bail!("--split-after-s must be between 1 and 3600");
     }
+    // Hysteresis: a merged shard must be far from splitting again.
+    if a.merge_size_mib == 0 || a.merge_size_mib * 2 > a.split_size_mib {
+        anyhow::bail!("--merge-size-mib must be between 1 and half of --split-size-mib ({})", a.split_size_mib / 2);
+    }
+    if !(a.merge_requests_per_s.is_finite() && a.merge_requests_per_s > 0.0)
+        || a.merge_requests_per_s * 2.0 > a.split_requests_per_s
+    {
+        anyhow::bail!(
+            "--merge-requests-per-s must be above 0 and at most half of --split-requests-per-s ({})",
+            a.split_requests_per_s / 2.0
+        );
+    }
+    if a.merge_after_s == 0 || a.merge_after_s > 24 * 3600 {
+        anyhow::bail!("--merge-after-s must be between 1 and 86400 (a day)");
+    }
     let membership = MembershipConfig {
         replace_after_ms: a.replace_down_after_s * 1000,
         rebalance: !a.no_rebalance,
@@ -84,6 +112,10 @@ pub async fn master(a: MasterArgs) -> Result<()> {
         split_bytes: a.split_size_mib << 20,
         split_requests_per_s: a.split_requests_per_s,
         split_after_ms: a.split_after_s * 1000,
+        auto_merge: !a.no_auto_merge,
+        merge_bytes: a.merge_size_mib << 20,
+        merge_requests_per_s: a.merge_requests_per_s,
+        merge_after_ms: a.merge_after_s * 1000,
         ..MembershipConfig::default()
     };
     let running = start_master(&a.data_dir, a.listen, http, a.vector_dim, membership, stop).await?;
@@ -270,6 +302,7 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
             "id": e.shard, "key_start": format!("{:016x}", e.key_start), "key_end": format!("{:016x}", e.key_end),
             "replicas": e.replicas, "primary": e.primary, "epoch": e.epoch,
             "splitting": e.splitting.then(|| json!({"at": format!("{:016x}", e.split_at), "into": e.split_child})),
+            "merging": e.merging.then(|| json!({"absorbs": e.merge_from})),
             "bytes": e.bytes, "requests_per_s": e.requests_per_s, "lag_entries": e.lag_entries,
             "moving": (e.replacing != 0).then(|| json!({"learner": e.learner, "replacing": e.replacing})),
         })).collect::<Vec<_>>(),
@@ -281,6 +314,8 @@ fn print_map(map: &pb::ShardMap) {
         let replicas: Vec<String> = e.replicas.iter().map(|r| r.to_string()).collect();
         let splitting = if e.splitting {
             format!("  splitting at {:016x} into shard {}", e.split_at, e.split_child)
+        } else if e.merging {
+            format!("  absorbing shard {} (merging)", e.merge_from)
         } else {
             String::new()
         };
@@ -449,6 +484,55 @@ pub async fn split(a: SplitArgs) -> Result<()> {
         }
         if start.elapsed() > std::time::Duration::from_secs(30) {
             anyhow::bail!("the split of {what} has not finished after 30 s; `sutra status` shows why (is the shard's primary serving?)");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(clap::Args)]
+pub struct MergeArgs {
+    #[arg(long, default_value = MASTER_DEFAULT)]
+    master: String,
+    /// Shard id, as `sutra status` lists it.
+    #[arg(long)]
+    shard: u32,
+    /// The neighbour to merge it with (default: the shard after it, or the one before it
+    /// when it is the last). The lower of the two stays and absorbs the other.
+    #[arg(long)]
+    with: Option<u32>,
+    /// Return once the master has recorded the merge, without waiting for it to finish.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+pub async fn merge(a: MergeArgs) -> Result<()> {
+    let c = MasterClient::connect(&a.master).await?;
+    let r = c.merge_shard(a.shard, a.with).await?;
+    let what = format!("shard {} into shard {}", r.from, r.into);
+    println!("{} merge of {what}", if r.started { "started the" } else { "already under way or done: the" });
+    if a.no_wait {
+        return Ok(());
+    }
+    let start = std::time::Instant::now();
+    loop {
+        let map = c.shard_map().await?;
+        if !map.shards.iter().any(|s| s.shard == r.from) {
+            if let Some(into) = map.shards.iter().find(|s| s.shard == r.into) {
+                println!(
+                    "done in {} ms: shard {} owns [{:#018x}, {:#018x}] on nodes {:?}",
+                    start.elapsed().as_millis(),
+                    r.into,
+                    into.key_start,
+                    into.key_end,
+                    into.replicas
+                );
+            }
+            return Ok(());
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            anyhow::bail!(
+                "the merge of {what} has not finished after 60 s; `sutra status` shows why (are both primaries serving? a frozen shard first delivers its outbox)"
+            );
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }

@@ -55,6 +55,9 @@ enum Cmd {
     Rebalance(cluster::RebalanceArgs),
     /// Split a shard in two at a key (default: the middle of its range), while it serves.
     Split(cluster::SplitArgs),
+    /// Merge a shard with its neighbour, while it serves (the neighbour's writes pause while
+    /// its data is copied).
+    Merge(cluster::MergeArgs),
     /// Learn sentences (or a JSON /learn request from --file).
     Learn(verbs::LearnArgs),
     /// Look a concept up, by label or 32-hex-char id.
@@ -118,7 +121,7 @@ pub async fn open_node(data_dir: &std::path::Path, vector_dim: usize, standalone
         Arc::new(RealDisk::new(data_dir).with_context(|| format!("cannot use data dir {}", data_dir.display()))?);
     let node = StorageNode::open(disk, NodeConfig::with_vector_dim(vector_dim)).await?;
     if standalone && node.list().is_empty() {
-        node.create_shard(0, KeyRange::ALL).await?;
+        node.create_shard(0, KeyRange::ALL, false).await?;
     }
     Ok(node)
 }
@@ -241,6 +244,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Split(a) => {
             init_tracing("warn");
             rt.block_on(cluster::split(a))
+        }
+        Cmd::Merge(a) => {
+            init_tracing("warn");
+            rt.block_on(cluster::merge(a))
         }
         Cmd::Learn(a) => {
             init_tracing("warn");

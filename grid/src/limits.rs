@@ -264,6 +264,25 @@ pub const SPLIT_LOAD_COOL_FRACTION: f64 = 0.8;
 /// leadership balancer: counting primaries alone decides (light, uneven load must not stop
 /// the primaries from evening out).
 pub const LOAD_NOTICED_FRACTION: f64 = 0.1;
+/// The merge policy (architecture.md §10): two neighbouring shards merge when together they
+/// hold under this (an eighth of the split size, so a merged shard is far from splitting
+/// again; TiKV merges regions under 20 MiB)...
+pub const MERGE_BYTES_DEFAULT: u64 = 32 << 20;
+/// ...and serve under this many requests per second, each under half of it...
+pub const MERGE_REQUESTS_PER_S_DEFAULT: f64 = 200.0;
+/// ...for this long (a shard split for load merges back a minute after the load is gone).
+pub const MERGE_COLD_MS: u64 = 60_000;
+const _: () = assert!(MERGE_BYTES_DEFAULT * 4 <= SPLIT_BYTES_DEFAULT);
+const _: () = assert!(MERGE_REQUESTS_PER_S_DEFAULT * 4.0 <= SPLIT_REQUESTS_PER_S_DEFAULT * SPLIT_LOAD_COOL_FRACTION);
+const _: () = assert!(MERGE_COLD_MS >= SPLIT_COOLDOWN_MS);
+/// Bytes of a merged shard's data per log entry of the merge (architecture.md §10): a part is
+/// built in memory on both primaries and shipped like any entry.
+pub const MERGE_PART_BYTES_MAX: usize = 1024 * 1024;
+const _: () =
+    assert!(MERGE_PART_BYTES_MAX <= REPL_APPEND_BYTES_MAX && MERGE_PART_BYTES_MAX * 8 <= WAL_RECORD_PAYLOAD_BYTES_MAX);
+/// How long the master waits for the absorbing primary to copy a frozen shard (a part per
+/// commit; a 32 MiB shard is 32 commits). Past it the master asks again, and the copy restarts.
+pub const MERGE_ABSORB_DEADLINE_MS: u64 = 60_000;
 /// A shard whose range just changed (it split, or was split off) is not split by the policy
 /// for this long: its load is measured afresh first.
 pub const SPLIT_COOLDOWN_MS: u64 = 30_000;

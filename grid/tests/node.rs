@@ -38,7 +38,7 @@ async fn acknowledged_writes_survive_restart_and_checkpoint() {
     let sim = SimDisk::new(7);
     let disk: Arc<dyn Disk> = Arc::new(sim.clone());
     let node = StorageNode::open(disk.clone(), cfg()).await.unwrap();
-    let shard = node.create_shard(0, KeyRange::ALL).await.unwrap();
+    let shard = node.create_shard(0, KeyRange::ALL, false).await.unwrap();
     for i in 0..50 {
         shard.write(batch(i), vec![]).await.unwrap();
     }
@@ -73,7 +73,7 @@ async fn a_failed_fsync_stops_the_shard_and_nothing_unsynced_is_acknowledged() {
     let sim = SimDisk::new(8);
     let disk: Arc<dyn Disk> = Arc::new(sim.clone());
     let node = StorageNode::open(disk.clone(), cfg()).await.unwrap();
-    let shard = node.create_shard(0, KeyRange::ALL).await.unwrap();
+    let shard = node.create_shard(0, KeyRange::ALL, false).await.unwrap();
     shard.write(batch(1), vec![]).await.unwrap();
     sim.fail_next_syncs(1);
     let err = shard.write(batch(2), vec![]).await.unwrap_err();
@@ -88,7 +88,7 @@ async fn corruption_before_the_tail_makes_the_replica_refuse_to_serve() {
     let sim = SimDisk::new(9);
     let disk: Arc<dyn Disk> = Arc::new(sim.clone());
     let node = StorageNode::open(disk.clone(), cfg()).await.unwrap();
-    let shard = node.create_shard(3, KeyRange::ALL).await.unwrap();
+    let shard = node.create_shard(3, KeyRange::ALL, false).await.unwrap();
     for i in 0..10 {
         shard.write(batch(i), vec![]).await.unwrap();
     }
@@ -122,7 +122,7 @@ async fn corruption_before_the_tail_makes_the_replica_refuse_to_serve() {
 async fn a_bad_batch_is_rejected_whole_and_names_every_bad_item() {
     let disk: Arc<dyn Disk> = Arc::new(SimDisk::new(1));
     let node = StorageNode::open(disk, cfg()).await.unwrap();
-    let shard = node.create_shard(0, KeyRange { start: 0, end: 1 << 62 }).await.unwrap();
+    let shard = node.create_shard(0, KeyRange { start: 0, end: 1 << 62 }, false).await.unwrap();
     let mut b = batch(1);
     b.concepts[0].label = "x".repeat(400);
     b.concepts[1].vector = vec![1.0; 3];
@@ -158,7 +158,7 @@ async fn a_large_overlay_is_checkpointed_automatically_and_the_wal_trimmed() {
         ..cfg()
     };
     let node = StorageNode::open(disk.clone(), config).await.unwrap();
-    let shard = node.create_shard(0, KeyRange::ALL).await.unwrap();
+    let shard = node.create_shard(0, KeyRange::ALL, false).await.unwrap();
     for i in 0..20 {
         shard.write(batch(i), vec![]).await.unwrap();
     }
@@ -177,7 +177,7 @@ async fn a_shard_with_data_but_no_readable_metadata_refuses_to_serve() {
     let disk: Arc<dyn Disk> = Arc::new(SimDisk::new(6));
     {
         let node = StorageNode::open(disk.clone(), cfg()).await.unwrap();
-        node.create_shard(4, KeyRange::ALL).await.unwrap().write(batch(0), vec![]).await.unwrap();
+        node.create_shard(4, KeyRange::ALL, false).await.unwrap().write(batch(0), vec![]).await.unwrap();
     }
     let mut f = disk.create("shards/000004/shard.meta").unwrap();
     f.append(b"garbage").unwrap();

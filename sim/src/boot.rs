@@ -24,7 +24,7 @@ pub async fn storage_standalone(disk: SimDisk, addr: SocketAddr, config: NodeCon
         }
     };
     if node.list().is_empty() {
-        if let Err(e) = node.create_shard(0, KeyRange::ALL).await {
+        if let Err(e) = node.create_shard(0, KeyRange::ALL, false).await {
             tracing::error!(error = %e, "creating shard 0 failed");
             return;
         }

@@ -204,8 +204,11 @@ fn map_from_pb(m: &pb::ShardMap) -> ShardMap {
                 split: e
                     .splitting
                     .then_some(sutra_grid::shardmap::SplitIntent { at: e.split_at, child: ShardId(e.split_child) }),
+                merge: e.merging.then_some(sutra_grid::shardmap::MergeIntent { from: ShardId(e.merge_from) }),
             })
             .collect(),
+        next_id: 0,
+        initial_shards: 0,
     }
 }
 
@@ -560,10 +563,12 @@ async fn wait_balanced(g: &Grid, budget: Duration) -> Result<f64, String> {
     }
 }
 
-/// The map may change only by elections, one-member-at-a-time membership changes and splits:
-/// ranges as at `init` or split from them; `replication` voters, or one more while a new one joins; the
-/// version never going back; each shard's epoch growing with a new primary, never the same
-/// epoch naming two primaries; and the voter set changing by at most one member per epoch.
+/// The map may change only by elections, one-member-at-a-time membership changes, splits and
+/// merges: a shard keeps its start, gains keys only from shards that left the map (merged into
+/// it), and a new shard takes an id above every one seen; `replication` voters, or one more
+/// while a new one joins; the version never going back; each shard's epoch growing with a new
+/// primary, never the same epoch naming two primaries; and the voter set changing by at most
+/// one member per epoch.
 fn map_change_problem(
     init: Option<&pb::ShardMap>,
     prev: Option<&pb::ShardMap>,
@@ -578,20 +583,15 @@ fn map_change_problem(
         ));
     }
     let init = init?;
-    // Ranges change only by splits: a shard keeps its start and may only shrink, a shard
-    // never vanishes, and new shards get new ids (the map's validation, checked apart, makes
-    // sure every key is owned exactly once).
+    // Ranges change only by splits and merges: a shard keeps its start, and new shards get new
+    // ids (the map's validation, checked apart, makes sure every key is owned exactly once).
     let by_id =
         |map: &pb::ShardMap| map.shards.iter().map(|s| (s.shard, s.clone())).collect::<BTreeMap<u32, pb::ShardEntry>>();
     let now = by_id(m);
     let first = by_id(init);
     for (id, a) in &first {
-        match now.get(id) {
-            None => return Some(format!("shard {id} vanished from the map")),
-            Some(b) if b.key_start != a.key_start || b.key_end > a.key_end => {
-                return Some(format!("shard {id}'s range grew or moved its start"))
-            }
-            _ => {}
+        if now.get(id).is_some_and(|b| b.key_start != a.key_start) {
+            return Some(format!("shard {id} moved its start"));
         }
     }
     for b in &m.shards {
@@ -605,15 +605,24 @@ fn map_change_problem(
         return Some(format!("the map version went back from {} to {}", prev.version, m.version));
     }
     let before = by_id(prev);
-    if let Some(id) = before.keys().find(|id| !now.contains_key(id)) {
-        return Some(format!("shard {id} vanished from the map"));
-    }
-    if let Some(b) = m.shards.iter().find(|b| !before.contains_key(&b.shard) && before.keys().any(|id| *id > b.shard)) {
-        return Some(format!("new shard {} reuses an id below one already used", b.shard));
+    let seen = before.keys().chain(first.keys()).max().copied().unwrap_or(0);
+    let fresh =
+        |b: &&pb::ShardEntry| !before.contains_key(&b.shard) && !(prev.version <= 1 && first.contains_key(&b.shard));
+    if let Some(b) = m.shards.iter().filter(fresh).find(|b| b.shard <= seen) {
+        return Some(format!("new shard {} reuses an id (ids up to {seen} were used)", b.shard));
     }
     for (a, b) in before.values().filter_map(|a| Some((a, now.get(&a.shard)?))) {
-        if b.key_start != a.key_start || b.key_end > a.key_end {
-            return Some(format!("shard {}'s range grew or moved its start", b.shard));
+        if b.key_start != a.key_start {
+            return Some(format!("shard {}'s range moved its start", b.shard));
+        }
+        // Keys a shard gained were owned by shards that left the map since: merged into it.
+        if b.key_end > a.key_end {
+            let from = prev.shards.iter().find(|o| {
+                o.shard != a.shard && o.key_start <= b.key_end && a.key_end < o.key_end && now.contains_key(&o.shard)
+            });
+            if let Some(o) = from {
+                return Some(format!("shard {} took keys from shard {}, which is still in the map", b.shard, o.shard));
+            }
         }
         if b.epoch < a.epoch || (b.epoch == a.epoch && b.primary != a.primary) {
             return Some(format!(
@@ -678,10 +687,13 @@ async fn drain_machine(g: &Grid, agent: u8, drain: bool) -> Result<(), String> {
     Err(format!("{verb} of machine {agent} got no answer within 10 s: {last}"))
 }
 
-/// `sutra split` of the `k`-th shard of the latest map, as an operator would: the master's
-/// `SplitShard` RPC, retried for 10 s across master restarts and refusals. A refusal that
-/// lasts (the shard keeps moving a replica) is the operator's answer, not a failure.
-async fn split_shard(g: &Grid, k: usize) -> Result<(String, Option<u32>), String> {
+/// `sutra split` (or `sutra merge`) of the `k`-th shard of the latest map, as an operator
+/// would: the master's `SplitShard` (`MergeShard`) RPC, retried for 10 s across master
+/// restarts. A refusal (the shard is busy moving a replica, splitting or merging) is the
+/// operator's answer, not a failure. The note, and the shard whose appearance (split) or
+/// departure (merge) ends the change.
+async fn split_or_merge(g: &Grid, k: usize, merge: bool) -> Result<(String, Option<u32>), String> {
+    let verb = if merge { "merge" } else { "split" };
     let start = Instant::now();
     let mut last = String::from("no map yet");
     while start.elapsed() < Duration::from_secs(10) {
@@ -694,28 +706,31 @@ async fn split_shard(g: &Grid, k: usize) -> Result<(String, Option<u32>), String
                 .map(|e| e.shard)
         };
         if let Some(shard) = shard {
-            match MasterClient::connect(&plan::master_addr().to_string()).await {
-                Ok(c) => match c.with_deadline(Duration::from_millis(500)).split_shard(shard, None).await {
-                    Ok(r) => {
-                        let note = format!(
-                            "operator: split of shard {shard} at {:#018x} into shard {} {}",
-                            r.at,
-                            r.child,
-                            if r.started { "started" } else { "already under way" }
-                        );
-                        return Ok((note, Some(r.child)));
-                    }
-                    Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
-                        return Ok((format!("operator: split of shard {shard} refused: {e}"), None));
-                    }
-                    Err(e) => last = e.to_string(),
-                },
+            let answer = match MasterClient::connect(&plan::master_addr().to_string()).await {
+                Ok(c) if merge => c.with_deadline(Duration::from_millis(500)).merge_shard(shard, None).await.map(|r| {
+                    let how = if r.started { "started" } else { "already under way" };
+                    (format!("operator: merge of shard {} into shard {} {how}", r.from, r.into), r.from)
+                }),
+                Ok(c) => c.with_deadline(Duration::from_millis(500)).split_shard(shard, None).await.map(|r| {
+                    let how = if r.started { "started" } else { "already under way" };
+                    (
+                        format!("operator: split of shard {shard} at {:#018x} into shard {} {how}", r.at, r.child),
+                        r.child,
+                    )
+                }),
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok((note, target)) => return Ok((note, Some(target))),
+                Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
+                    return Ok((format!("operator: {verb} of shard {shard} refused: {e}"), None));
+                }
                 Err(e) => last = e.to_string(),
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(format!("split of shard #{k} got no answer within 10 s: {last}"))
+    Err(format!("{verb} of shard #{k} got no answer within 10 s: {last}"))
 }
 
 fn replaced_off(g: &Grid, agent: u8) -> Result<(), String> {
@@ -785,6 +800,9 @@ struct Measured {
     /// From a split's RPC answer to the master's status showing the new shard.
     split_ms: Vec<f64>,
     splits_refused: usize,
+    /// From a merge's RPC answer to the master's status no longer showing the absorbed shard.
+    merge_ms: Vec<f64>,
+    merges_refused: usize,
 }
 
 /// A step with its time and targets resolved for this seed.
@@ -945,6 +963,9 @@ fn resolve(sc: &Scenario, rng: &mut sutra_grid::io::Rng) -> Vec<Planned> {
                 }
                 SwarmKind::Split => {
                     push(at, Action::Split { shard: rng.random_range(0..1024) }, vec![], None);
+                }
+                SwarmKind::Merge => {
+                    push(at, Action::Merge { shard: rng.random_range(0..1024) }, vec![], None);
                 }
                 SwarmKind::Drain => {
                     push(at, Action::Drain { agent: a.to_string() }, vec![], Some(a));
@@ -1311,32 +1332,36 @@ fn perform(
                 }
             }));
         }
-        Action::Split { shard } => {
+        Action::Split { shard } | Action::Merge { shard } => {
             let k = *shard as usize;
-            g.note(format!("operator: split shard #{k} of the latest map"));
+            let merge = matches!(step.action, Action::Merge { .. });
+            g.note(format!("operator: {} shard #{k} of the latest map", if merge { "merge" } else { "split" }));
             let (g2, m) = (g.clone(), measured.clone());
             tasks.push(checker.spawn(async move {
                 let _turn = g2.operator.lock().await;
-                match split_shard(&g2, k).await {
-                    Ok((note, child)) => {
+                match split_or_merge(&g2, k, merge).await {
+                    Ok((note, target)) => {
                         g2.note(note);
-                        let Some(child) = child else {
-                            m.lock().unwrap().splits_refused += 1;
+                        let Some(target) = target else {
+                            let mut m = m.lock().unwrap();
+                            *(if merge { &mut m.merges_refused } else { &mut m.splits_refused }) += 1;
                             return;
                         };
-                        // Done when the status shows the new shard (the end-of-run checks
-                        // require every split to finish).
+                        // Done when the status shows the new shard, or no longer shows the
+                        // absorbed one (the end-of-run checks require every change to finish).
                         let t = Instant::now();
                         loop {
-                            let shown = {
+                            let done = {
                                 let o = g2.obs.lock().unwrap();
                                 o.last
                                     .as_ref()
                                     .and_then(|st| st.map.as_ref())
-                                    .is_some_and(|m| m.shards.iter().any(|e| e.shard == child))
+                                    .is_some_and(|m| m.shards.iter().any(|e| e.shard == target) != merge)
                             };
-                            if shown {
-                                m.lock().unwrap().split_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                            if done {
+                                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                                let mut m = m.lock().unwrap();
+                                (if merge { &mut m.merge_ms } else { &mut m.split_ms }).push(ms);
                                 return;
                             }
                             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1933,11 +1958,13 @@ async fn check_replicas(st: &pb::StatusResponse) -> Result<f64, String> {
                 map = latest.map.unwrap_or(map);
             }
         }
-        let mut problem = map
-            .shards
-            .iter()
-            .find(|e| e.splitting)
-            .map(|e| format!("shard {} is still splitting into shard {}", e.shard, e.split_child));
+        let mut problem = map.shards.iter().find(|e| e.splitting || e.merging).map(|e| {
+            if e.splitting {
+                format!("shard {} is still splitting into shard {}", e.shard, e.split_child)
+            } else {
+                format!("shard {} is still absorbing shard {}", e.shard, e.merge_from)
+            }
+        });
         'shards: for e in map.shards.iter().filter(|_| problem.is_none()) {
             let mut seen: Vec<(u64, u64, u64, u64)> = Vec::new();
             for r in &e.replicas {
@@ -2060,6 +2087,8 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
         split_requests_per_s: c.split_requests_per_s.unwrap_or(limits::SPLIT_REQUESTS_PER_S_DEFAULT),
         split_after_ms: c.split_after_s.map_or(limits::SPLIT_LOAD_SUSTAIN_MS, |s| (s * 1000.0) as u64),
         split_cooldown_ms: c.split_cooldown_s.map_or(limits::SPLIT_COOLDOWN_MS, |s| (s * 1000.0) as u64),
+        merge_requests_per_s: c.merge_requests_per_s.unwrap_or(limits::MERGE_REQUESTS_PER_S_DEFAULT),
+        merge_after_ms: c.merge_after_s.map_or(limits::MERGE_COLD_MS, |s| (s * 1000.0) as u64),
         ..MembershipConfig::default()
     };
     let master = h
@@ -2446,6 +2475,7 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
             "voter_changes": o.voter_changes,
             "shards_end": last.map.as_ref().map_or(0, |m| m.shards.len()),
             "split_ms": {"median": median(&m.split_ms), "max": max(&m.split_ms), "n": m.split_ms.len(), "refused": m.splits_refused},
+            "merge_ms": {"median": median(&m.merge_ms), "max": max(&m.merge_ms), "n": m.merge_ms.len(), "refused": m.merges_refused},
             // Seconds into the fault phase (negative: during boot).
             "last_voter_change_s": o.last_voter_change.map(|t| {
                 let s = if t >= t0 { t.duration_since(t0).as_secs_f64() } else { -t0.duration_since(t).as_secs_f64() };

@@ -62,6 +62,13 @@ pub struct Shape {
     pub split_after_s: Option<f64>,
     #[serde(default)]
     pub split_cooldown_s: Option<f64>,
+    /// The master's merge policy, scaled down likewise (default: the production 200/s for
+    /// 60 s): two neighbours serving under this many requests per second together, each under
+    /// half of it for `merge_after_s`, merge. It never goes below the shards `init` made.
+    #[serde(default)]
+    pub merge_requests_per_s: Option<f64>,
+    #[serde(default)]
+    pub merge_after_s: Option<f64>,
 }
 
 fn three() -> u32 {
@@ -216,6 +223,15 @@ pub enum Action {
         #[serde(default)]
         shard: u32,
     },
+    /// An operator merges a shard with its neighbour (`sutra merge`): `shard: k` is the k-th
+    /// shard of the latest map (mod the shard count), merged with the one after it (the one
+    /// before it for the last). Retried for 10 s while the master is away; a refusal (a shard
+    /// of the pair is busy) is noted, not a failure. Every merge started must finish by the
+    /// end of the run.
+    Merge {
+        #[serde(default)]
+        shard: u32,
+    },
     /// Undo every network fault and resume every paused process.
     Heal,
     /// The master's status must show `node` in `state` within `within_s` of this step.
@@ -296,6 +312,8 @@ pub enum SwarmKind {
     Drain,
     /// An operator splits a shard (no repair: the split is permanent).
     Split,
+    /// An operator merges two neighbouring shards (no repair).
+    Merge,
 }
 
 impl SwarmKind {
@@ -317,6 +335,7 @@ impl SwarmKind {
         SwarmKind::IsolateFromServers,
         SwarmKind::Drain,
         SwarmKind::Split,
+        SwarmKind::Merge,
     ];
 }
 
@@ -343,6 +362,7 @@ impl Action {
             Action::ClockSkew { .. } => SwarmKind::ClockSkew,
             Action::Drain { .. } => SwarmKind::Drain,
             Action::Split { .. } => SwarmKind::Split,
+            Action::Merge { .. } => SwarmKind::Merge,
             Action::RestartAgent { .. } => return Err("the repair of kill-agent and kill-machine"),
             Action::Resume { .. } => return Err("the repair of pause"),
             Action::Undrain { .. } => return Err("the repair of drain"),
@@ -443,6 +463,11 @@ fn validate(s: &Scenario) -> Result<(), String> {
         return Err(
             "cluster.split_requests_per_s must be 1 to 1e6, split_after_s 0.1 to 600, split_cooldown_s 0 to 600".into(),
         );
+    }
+    if c.merge_requests_per_s.is_some_and(|r| !(0.1..=1e5).contains(&r))
+        || c.merge_after_s.is_some_and(|t| !(0.1..=600.0).contains(&t))
+    {
+        return Err("cluster.merge_requests_per_s must be 0.1 to 1e5, merge_after_s 0.1 to 600".into());
     }
     if c.replace_down_after_s.is_some_and(|t| !(0.5..=600.0).contains(&t)) {
         return Err("cluster.replace_down_after_s must be 0.5 to 600".into());
@@ -594,10 +619,11 @@ mod tests {
                 | SwarmKind::ClockSkew
                 | SwarmKind::IsolateFromServers
                 | SwarmKind::Drain
-                | SwarmKind::Split => {}
+                | SwarmKind::Split
+                | SwarmKind::Merge => {}
             }
         }
-        assert_eq!(SwarmKind::ALL.len(), 17, "a kind added to ALL must be added to the match above");
+        assert_eq!(SwarmKind::ALL.len(), 18, "a kind added to ALL must be added to the match above");
     }
 
     #[test]

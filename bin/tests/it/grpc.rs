@@ -20,7 +20,7 @@ async fn start() -> (String, tokio::sync::oneshot::Sender<()>, tempfile::TempDir
     let dir = tempfile::tempdir().unwrap();
     let disk: Arc<dyn Disk> = Arc::new(RealDisk::new(dir.path()).unwrap());
     let node = StorageNode::open(disk, NodeConfig::with_vector_dim(4)).await.unwrap();
-    node.create_shard(0, KeyRange::ALL).await.unwrap();
+    node.create_shard(0, KeyRange::ALL, false).await.unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(serve(node, addr, async {

@@ -116,6 +116,13 @@ impl MasterClient {
         .await
     }
 
+    pub async fn merge_shard(&self, shard: u32, with: Option<u32>) -> Result<pb::MergeShardResponse, ClientError> {
+        idempotent(&self.inner, self.deadline, "merge_shard", |mut c| async move {
+            c.merge_shard(pb::MergeShardRequest { shard, with }).await
+        })
+        .await
+    }
+
     pub async fn drain(&self, node_id: u64, drain: bool) -> Result<pb::NodeStatus, ClientError> {
         idempotent(&self.inner, self.deadline, "drain", |mut c| async move {
             c.drain(pb::DrainRequest { node_id, drain }).await

@@ -129,12 +129,15 @@ impl StorageClient {
         shard: u32,
         source_shard: u32,
         items: &[(u64, Association)],
+        routed: Option<(u64, u64)>,
     ) -> Result<pb::WriteBatchResponse, ClientError> {
         let req = pb::DeliverInEdgesRequest {
             shard,
             source_shard,
             associations: items.iter().map(|(_, a)| association_to_pb(a)).collect(),
             seqs: items.iter().map(|(s, _)| *s).collect(),
+            routed_start: routed.map(|r| r.0),
+            routed_end: routed.map(|r| r.1),
         };
         self.once("deliver_in_edges", self.inner.clone().deliver_in_edges(req)).await
     }
@@ -259,6 +262,18 @@ impl StorageClient {
 
     pub async fn split(&self, req: pb::SplitRequest) -> Result<pb::SplitResponse, ClientError> {
         self.once("split", self.inner.clone().split(req)).await
+    }
+
+    pub async fn freeze(&self, req: pb::FreezeRequest) -> Result<pb::FreezeResponse, ClientError> {
+        self.once("freeze", self.inner.clone().freeze(req)).await
+    }
+
+    pub async fn merge_part(&self, req: pb::MergePartRequest) -> Result<pb::MergePartResponse, ClientError> {
+        self.once("merge_part", self.inner.clone().merge_part(req)).await
+    }
+
+    pub async fn absorb(&self, req: pb::AbsorbRequest) -> Result<pb::AbsorbResponse, ClientError> {
+        self.once("absorb", self.inner.clone().absorb(req)).await
     }
 
     pub async fn promote(&self, req: pb::PromoteRequest) -> Result<pb::PromoteResponse, ClientError> {

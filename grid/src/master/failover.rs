@@ -36,6 +36,10 @@ pub async fn run_failovers(master: Arc<Master>) {
     // Per shard, no leadership transfer before this: one that did not take (the target had
     // not received everything when fenced) is not retried at once, and none churns.
     let mut transfer_not_before: BTreeMap<u32, u64> = BTreeMap::new();
+    // Merges run beside elections (a merge waits on both shards' primaries, which elections
+    // may have to replace meanwhile), one per absorbing shard; true once recorded.
+    let mut merges: BTreeMap<u32, tokio::task::JoinHandle<Result<bool, String>>> = BTreeMap::new();
+    let mut merge_not_before: BTreeMap<u32, u64> = BTreeMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(limits::MASTER_TICK_MS)).await;
         let now = master.now_ms();
@@ -89,6 +93,46 @@ pub async fn run_failovers(master: Arc<Master>) {
             }
             running.insert(s, tokio::spawn(split(master.clone(), s, epoch, addr, intent)));
         }
+        let done: Vec<u32> = merges.iter().filter(|(_, h)| h.is_finished()).map(|(s, _)| *s).collect();
+        for s in done {
+            let Some(h) = merges.remove(&s) else { continue };
+            let wait = match h.await {
+                Ok(Ok(true)) => 0,
+                // Waiting for the frozen shard's outbox: ask again soon.
+                Ok(Ok(false)) => limits::MASTER_TICK_MS * 2,
+                Ok(Err(e)) => {
+                    tracing::info!(shard = s, error = %e, "merge step failed; retrying");
+                    limits::FAILOVER_RETRY_MS
+                }
+                Err(_) => limits::FAILOVER_RETRY_MS,
+            };
+            merge_not_before.insert(s, master.now_ms() + wait);
+        }
+        for step in master.with(|st, _| st.merges_due()) {
+            if merges.contains_key(&step.into) || merge_not_before.get(&step.into).is_some_and(|t| *t > now) {
+                continue;
+            }
+            merges.insert(step.into, tokio::spawn(merge(master.clone(), step)));
+        }
+        // The merge policy: record the intent as `sutra merge` would; the step above runs it.
+        if let Some((into, from, why)) = master.with(|st, now| st.merge_wanted(now, &master.membership)) {
+            if !running.contains_key(&into) && !running.contains_key(&from) {
+                tracing::info!(shard = into, from, reason = %why, "the merge policy merges two shards");
+                let m = master.clone();
+                running.insert(
+                    into,
+                    tokio::spawn(async move {
+                        m.mutate(move |st, _| {
+                            let (_, _, op) = st.start_merge(into, Some(from))?;
+                            Ok(((), op))
+                        })
+                        .await
+                        .map(|_| None)
+                        .map_err(|e| e.to_string())
+                    }),
+                );
+            }
+        }
         // The split policy: record the intent as `sutra split` would; the step above runs it.
         if let Some((s, why)) = master.with(|st, now| st.split_wanted(now, &master.membership)) {
             if let std::collections::btree_map::Entry::Vacant(slot) = running.entry(s) {
@@ -123,6 +167,44 @@ async fn split(
     master.mutate(move |st, _| Ok(((), Some(st.finish_split(shard, intent)?)))).await.map_err(|e| e.to_string())?;
     tracing::info!(shard, child = intent.child.0, at = format_args!("{:#018x}", intent.at), lsn = reply.lsn, "split");
     Ok(None)
+}
+
+/// Carries a merge on (architecture.md §10): freezes the shard to absorb; once its outbox is
+/// delivered, has the absorbing shard's primary copy it through its own log; then records the
+/// merge. False: the frozen shard still delivers its outbox (ask again). Every step may be
+/// asked again after a lost answer, a new primary or a master restart.
+async fn merge(master: Arc<Master>, step: super::MergeStep) -> Result<bool, String> {
+    let deadline = Duration::from_millis(limits::REPL_RPC_DEADLINE_MS);
+    let (into, from) = (step.into, step.from);
+    let req = pb::FreezeRequest { shard: from, epoch: step.from_epoch, into };
+    let frozen = tokio::time::timeout(deadline, async {
+        let c = StorageClient::connect(&step.from_addr).await.map_err(|e| e.to_string())?.with_deadline(deadline);
+        c.freeze(req).await.map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|_| format!("freezing shard {from}: no answer from its primary in time"))??;
+    if !frozen.drained {
+        tracing::debug!(shard = into, from, "merge: waiting for the frozen shard's outbox");
+        return Ok(false);
+    }
+    let copy = Duration::from_millis(limits::MERGE_ABSORB_DEADLINE_MS);
+    let req = pb::AbsorbRequest {
+        shard: into,
+        epoch: step.into_epoch,
+        from,
+        from_start: step.from_range.start,
+        from_end: step.from_range.end,
+        from_addr: step.from_addr.clone(),
+    };
+    let copied = tokio::time::timeout(copy, async {
+        let c = StorageClient::connect(&step.into_addr).await.map_err(|e| e.to_string())?.with_deadline(copy);
+        c.absorb(req).await.map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|_| format!("shard {into} did not absorb shard {from} within {copy:?}"))??;
+    master.mutate(move |st, _| Ok(((), Some(st.finish_merge(into, from)?)))).await.map_err(|e| e.to_string())?;
+    tracing::info!(shard = into, from, parts = copied.parts, bytes = copied.bytes, lsn = copied.lsn, "merged");
+    Ok(true)
 }
 
 /// One step of a membership change; the new epoch when it moved the shard into one.

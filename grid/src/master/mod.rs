@@ -21,7 +21,8 @@ use std::time::Duration;
 
 pub use service::{serve, MasterService};
 pub use state::{
-    MasterError, MasterState, MemberChange, MembershipConfig, Meta, MetaOp, NodeRecord, NodeState, Transition,
+    MasterError, MasterState, MemberChange, MembershipConfig, MergeStep, Meta, MetaOp, NodeRecord, NodeState,
+    Transition,
 };
 
 use crate::io::{blocking, Disk};
@@ -78,6 +79,7 @@ impl Master {
                 state: {
                     let mut st = MasterState::new(meta);
                     st.set_split_threshold(membership.split_requests_per_s);
+                    st.set_merge_threshold(membership.merge_requests_per_s);
                     st
                 },
                 log,

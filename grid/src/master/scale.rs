@@ -223,9 +223,8 @@ fn spread(s: &MasterState, up: &[u64]) -> ((usize, usize), (usize, usize)) {
             *c += 1;
         }
     }
-    let range = |m: &BTreeMap<u64, usize>| {
-        (m.values().copied().min().unwrap_or(0), m.values().copied().max().unwrap_or(0))
-    };
+    let range =
+        |m: &BTreeMap<u64, usize>| (m.values().copied().min().unwrap_or(0), m.values().copied().max().unwrap_or(0));
     (range(&replicas), range(&primaries))
 }
 

@@ -150,6 +150,22 @@ impl pb::master_server::Master for MasterService {
         Ok(Response::new(pb::SplitShardResponse { at: intent.at, child: intent.child.0, started }))
     }
 
+    async fn merge_shard(
+        &self,
+        req: Request<pb::MergeShardRequest>,
+    ) -> Result<Response<pb::MergeShardResponse>, Status> {
+        let req = req.into_inner();
+        let (into, from, started) = self
+            .master
+            .mutate(move |s, _| {
+                let (into, from, op) = s.start_merge(req.shard, req.with)?;
+                let started = op.is_some();
+                Ok(((into, from, started), op))
+            })
+            .await?;
+        Ok(Response::new(pb::MergeShardResponse { into, from, started }))
+    }
+
     async fn drain(&self, req: Request<pb::DrainRequest>) -> Result<Response<pb::NodeStatus>, Status> {
         let req = req.into_inner();
         let id = req.node_id;

@@ -173,6 +173,8 @@ struct ShardLoad {
     rate: f64,
     /// Since when the rate has been at or over the threshold.
     hot_since_ms: Option<u64>,
+    /// Since when the rate has been under half the merge threshold (architecture.md §10).
+    cold_since_ms: Option<u64>,
     bytes: u64,
 }
 
@@ -220,6 +222,13 @@ pub struct MembershipConfig {
     pub split_requests_per_s: f64,
     pub split_after_ms: u64,
     pub split_cooldown_ms: u64,
+    /// The merge policy (architecture.md §10): merge two neighbours that together hold under
+    /// `merge_bytes` and serve under `merge_requests_per_s`, each cold (under half of it) for
+    /// `merge_after_ms`, never below the shard count `init` made.
+    pub auto_merge: bool,
+    pub merge_bytes: u64,
+    pub merge_requests_per_s: f64,
+    pub merge_after_ms: u64,
 }
 
 impl Default for MembershipConfig {
@@ -235,6 +244,10 @@ impl Default for MembershipConfig {
             split_requests_per_s: limits::SPLIT_REQUESTS_PER_S_DEFAULT,
             split_after_ms: limits::SPLIT_LOAD_SUSTAIN_MS,
             split_cooldown_ms: limits::SPLIT_COOLDOWN_MS,
+            auto_merge: true,
+            merge_bytes: limits::MERGE_BYTES_DEFAULT,
+            merge_requests_per_s: limits::MERGE_REQUESTS_PER_S_DEFAULT,
+            merge_after_ms: limits::MERGE_COLD_MS,
         }
     }
 }
@@ -264,6 +277,18 @@ impl MemberChange {
     }
 }
 
+/// A merge the failover loop carries on: freeze `from`, then have `into`'s primary copy it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeStep {
+    pub into: u32,
+    pub into_epoch: u64,
+    pub into_addr: String,
+    pub from: u32,
+    pub from_epoch: u64,
+    pub from_addr: String,
+    pub from_range: crate::store::KeyRange,
+}
+
 /// A node state change, kept for `status`, traces and detection-time measurements.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Transition {
@@ -283,6 +308,8 @@ pub struct MasterState {
     load: BTreeMap<u32, ShardLoad>,
     /// The rate at which the load counts as hot (from the membership config).
     split_requests_per_s: f64,
+    /// Two neighbours serving less than this together may merge (from the membership config).
+    merge_requests_per_s: f64,
     /// Each shard id's position in the map.
     position: BTreeMap<u32, usize>,
 }
@@ -298,6 +325,7 @@ impl MasterState {
             down_after_ms: limits::HEARTBEAT_DOWN_AFTER_MS,
             load: BTreeMap::new(),
             split_requests_per_s: limits::SPLIT_REQUESTS_PER_S_DEFAULT,
+            merge_requests_per_s: limits::MERGE_REQUESTS_PER_S_DEFAULT,
             position: BTreeMap::new(),
         };
         st.index_map();
@@ -307,6 +335,11 @@ impl MasterState {
     /// The request rate the split policy calls hot (the master sets it from its config).
     pub fn set_split_threshold(&mut self, requests_per_s: f64) {
         self.split_requests_per_s = requests_per_s;
+    }
+
+    /// The request rate under which two neighbours may merge (the master sets it from its config).
+    pub fn set_merge_threshold(&mut self, requests_per_s: f64) {
+        self.merge_requests_per_s = requests_per_s;
     }
 
     pub fn meta(&self) -> &Meta {
@@ -505,6 +538,24 @@ impl MasterState {
         } else if load.rate < threshold * limits::SPLIT_LOAD_COOL_FRACTION {
             load.hot_since_ms = None;
         }
+        if load.rate * 2.0 < self.merge_requests_per_s {
+            load.cold_since_ms.get_or_insert(now_ms);
+        } else {
+            load.cold_since_ms = None;
+        }
+    }
+
+    /// Shards in a merge, either side.
+    fn merging(&self) -> BTreeSet<u32> {
+        let m = &self.meta.map.shards;
+        m.iter().filter_map(|e| Some([e.id.0, e.merge?.from.0])).flatten().collect()
+    }
+
+    /// Shards changing membership, splitting or merging: each counts against the grid-wide
+    /// bound of changes in flight.
+    fn in_flight(&self) -> usize {
+        let m = &self.meta.map.shards;
+        m.iter().filter(|s| s.replacing.is_some() || s.split.is_some() || s.merge.is_some()).count()
     }
 
     /// The shard the split policy would split now, with why: its primary holds
@@ -516,13 +567,13 @@ impl MasterState {
         {
             return None;
         }
-        let in_flight = self.meta.map.shards.iter().filter(|s| s.replacing.is_some() || s.split.is_some()).count();
-        if in_flight >= cfg.changes_max {
+        if self.in_flight() >= cfg.changes_max {
             return None;
         }
+        let merging = self.merging();
         self.meta.map.shards.iter().find_map(|e| {
             let load = self.load.get(&e.id.0)?;
-            let idle = e.learner.is_none() && e.replacing.is_none() && e.split.is_none();
+            let idle = e.learner.is_none() && e.replacing.is_none() && e.split.is_none() && !merging.contains(&e.id.0);
             let settled = now_ms.saturating_sub(load.since_ms) >= cfg.split_cooldown_ms;
             let wide = e.range.end - e.range.start >= limits::SPLIT_RANGE_MIN_KEYS;
             if !(idle && settled && wide && load.range == (e.range.start, e.range.end))
@@ -804,11 +855,20 @@ impl MasterState {
         if self.meta.map.version == 0 {
             return Vec::new();
         }
+        let next = self.meta.map.next_shard_id();
+        // A split's new shard is on its nodes before the map records it.
+        let reserved: BTreeSet<u32> = self.meta.map.shards.iter().filter_map(|s| Some(s.split?.child.0)).collect();
         live.shards
             .keys()
-            .filter_map(|id| self.meta.map.shards.iter().find(|s| s.id.0 == *id))
-            .filter(|s| !s.replicas.contains(&NodeId(node)) && s.learner != Some(NodeId(node)))
-            .map(|s| pb::RetiredReplica { shard: s.id.0, epoch: s.epoch.0 })
+            .filter_map(|id| match self.position.get(id).and_then(|i| self.meta.map.shards.get(*i)) {
+                Some(s) => (!s.replicas.contains(&NodeId(node)) && s.learner != Some(NodeId(node)))
+                    .then_some(pb::RetiredReplica { shard: s.id.0, epoch: s.epoch.0 }),
+                // Merged away (an id handed out, no longer in the map nor a split's reserved
+                // one): its data lives on in the shard that absorbed it, whatever it promised.
+                None => {
+                    (*id < next && !reserved.contains(id)).then_some(pb::RetiredReplica { shard: *id, epoch: u64::MAX })
+                }
+            })
             .collect()
     }
 
@@ -837,7 +897,8 @@ impl MasterState {
         if self.meta.map.version == 0 {
             return out;
         }
-        let mut in_flight = self.meta.map.shards.iter().filter(|s| s.replacing.is_some() || s.split.is_some()).count();
+        let mut in_flight = self.in_flight();
+        let merging = self.merging();
         let mut load: BTreeMap<u64, usize> = BTreeMap::new();
         let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
         let mut led_rate: BTreeMap<u64, f64> = BTreeMap::new();
@@ -895,6 +956,7 @@ impl MasterState {
                     if in_flight >= cfg.changes_max
                         || s.replicas.len() != self.meta.replication as usize
                         || s.split.is_some()
+                        || merging.contains(&shard)
                     {
                         continue;
                     }
@@ -1049,12 +1111,14 @@ impl MasterState {
         if max < min + 2 {
             return None;
         }
+        let merging = self.merging();
         let movable: Vec<(u32, Vec<u64>)> = self
             .meta
             .map
             .shards
             .iter()
             .filter(|e| e.learner.is_none() && e.replacing.is_none() && e.split.is_none())
+            .filter(|e| !merging.contains(&e.id.0))
             .filter(|e| self.leading_primary(e).is_some())
             .filter(|e| e.replicas.len() == self.meta.replication as usize)
             .map(|e| (e.id.0, e.replicas.iter().map(|r| r.0).collect()))
@@ -1187,6 +1251,9 @@ impl MasterState {
         if e.replacing.is_some() {
             return Err(MasterError::Busy(format!("shard {shard} is finishing a membership change; retry shortly")));
         }
+        if self.merging().contains(&shard) {
+            return Err(MasterError::Busy(format!("shard {shard} is merging; retry once the merge is done")));
+        }
         if e.range.start == e.range.end {
             return Err(MasterError::Invalid(format!("shard {shard} owns a single key and cannot split")));
         }
@@ -1203,8 +1270,7 @@ impl MasterState {
                 e.range.start, e.range.end
             )));
         }
-        let taken = self.meta.map.shards.iter().flat_map(|s| std::iter::once(s.id.0).chain(s.split.map(|x| x.child.0)));
-        let child = taken.max().unwrap_or(0).checked_add(1).filter(|c| *c < shardmap::SHARDS_MAX);
+        let child = Some(self.meta.map.next_shard_id()).filter(|c| *c < shardmap::SHARDS_MAX);
         let (Some(child), true) = (child, self.meta.map.shards.len() < shardmap::SHARDS_MAX as usize) else {
             return Err(MasterError::Invalid(format!(
                 "the grid holds the most shards it may ({})",
@@ -1217,6 +1283,152 @@ impl MasterState {
             Ok(())
         })?;
         Ok((intent, Some(op)))
+    }
+
+    /// Records the decision to merge `shard` with its neighbour `with` (architecture.md §10);
+    /// without one, the shard just after it, or the one before it when it is the last. The
+    /// lower one stays and absorbs the other: (the one that stays, the one absorbed, the op).
+    /// The same merge asked again answers the one in flight, or the one done when `with` was
+    /// merged away already; a shard that moves a replica, splits or merges otherwise refuses,
+    /// saying why.
+    pub fn start_merge(&self, shard: u32, with: Option<u32>) -> Result<(u32, u32, Option<MetaOp>), MasterError> {
+        let m = &self.meta.map;
+        if m.version == 0 {
+            return Err(MasterError::Invalid("the grid is not initialised; run `sutra init`".into()));
+        }
+        let at = |id: u32| m.shards.iter().position(|e| e.id.0 == id);
+        let i = at(shard).ok_or_else(|| MasterError::Invalid(format!("no shard {shard}")))?;
+        if let Some(w) = with.filter(|w| at(*w).is_none() && *w < m.next_shard_id()) {
+            return Ok((shard.min(w), shard.max(w), None));
+        }
+        let (l, r) = match with.map(at) {
+            None if i + 1 < m.shards.len() => (i, i + 1),
+            None if i > 0 => (i - 1, i),
+            None => {
+                return Err(MasterError::Invalid("the grid has one shard: there is nothing to merge it with".into()))
+            }
+            Some(Some(j)) if j == i + 1 || j + 1 == i => (i.min(j), i.max(j)),
+            Some(_) => {
+                return Err(MasterError::Invalid(format!(
+                    "shard {} is not a neighbour of shard {shard}: only adjacent ranges merge",
+                    with.unwrap_or(0)
+                )))
+            }
+        };
+        if let Some(mg) = m.shards[l].merge.filter(|x| x.from == m.shards[r].id) {
+            return Ok((m.shards[l].id.0, mg.from.0, None));
+        }
+        let merging = self.merging();
+        for e in [&m.shards[l], &m.shards[r]] {
+            if let Some(sp) = e.split {
+                return Err(MasterError::Busy(format!(
+                    "shard {} is splitting into shard {}; retry once it is done",
+                    e.id, sp.child
+                )));
+            }
+            if let (Some(n), Some(old)) = (e.learner, e.replacing) {
+                return Err(MasterError::Busy(format!(
+                    "shard {} is moving a replica (node {} replacing node {}); retry once it is done",
+                    e.id, n.0, old.0
+                )));
+            }
+            if e.replacing.is_some() {
+                return Err(MasterError::Busy(format!(
+                    "shard {} is finishing a membership change; retry shortly",
+                    e.id
+                )));
+            }
+            if merging.contains(&e.id.0) {
+                return Err(MasterError::Busy(format!("shard {} is in another merge; retry once it is done", e.id)));
+            }
+        }
+        let (into, from) = (m.shards[l].id, m.shards[r].id);
+        let op = self.change_shard(into.0, |e| {
+            e.merge = Some(shardmap::MergeIntent { from });
+            Ok(())
+        })?;
+        Ok((into.0, from.0, Some(op)))
+    }
+
+    /// Merges to carry on now, for shards whose primaries (both sides) lead the map's epoch
+    /// with a lease.
+    pub fn merges_due(&self) -> Vec<MergeStep> {
+        let m = &self.meta.map.shards;
+        m.iter()
+            .zip(m.iter().skip(1))
+            .filter(|(l, r)| l.merge.is_some_and(|x| x.from == r.id))
+            .filter(|(l, r)| self.leading_primary(l).is_some() && self.leading_primary(r).is_some())
+            .map(|(l, r)| MergeStep {
+                into: l.id.0,
+                into_epoch: l.epoch.0,
+                into_addr: self.storage_addr(l.primary.0),
+                from: r.id.0,
+                from_epoch: r.epoch.0,
+                from_addr: self.storage_addr(r.primary.0),
+                from_range: r.range,
+            })
+            .collect()
+    }
+
+    /// The op that records a merge the absorbing primary finished: `into` takes in `from`'s
+    /// range, and `from` leaves the map (its replicas are then deleted, `retired`).
+    pub fn finish_merge(&self, into: u32, from: u32) -> Result<MetaOp, MasterError> {
+        let mut map = self.meta.map.clone();
+        let mut found = Err(MasterError::Invalid(format!("shard {into} has no merge of shard {from} in flight")));
+        let cas = map.compare_and_set(self.meta.map.version, |m| {
+            let Some(i) = m.shards.iter().position(|e| e.id.0 == into && e.merge.is_some_and(|x| x.from.0 == from))
+            else {
+                return;
+            };
+            let Some(right) = m.shards.get(i + 1).filter(|r| r.id.0 == from).map(|r| r.range) else { return };
+            m.next_id = m.next_shard_id();
+            m.shards[i].range.end = right.end;
+            m.shards[i].merge = None;
+            m.shards.remove(i + 1);
+            found = Ok(());
+        });
+        found?;
+        cas?;
+        Ok(MetaOp::Map { map, replication: self.meta.replication })
+    }
+
+    /// The neighbours the merge policy would merge now, with why (architecture.md §10): both
+    /// lead with a lease and change nothing else, their ranges have not changed within the
+    /// cooldown, together they hold under `cfg.merge_bytes` and each has served under half of
+    /// `cfg.merge_requests_per_s` for `cfg.merge_after_ms`, the one to absorb has delivered its
+    /// outbox (its writes pause only for the copy), the grid keeps more shards than `init`
+    /// made, and fewer than `cfg.changes_max` shards change at once. One at a time.
+    pub fn merge_wanted(&self, now_ms: u64, cfg: &MembershipConfig) -> Option<(u32, u32, String)> {
+        let m = &self.meta.map;
+        if !cfg.auto_merge || m.version == 0 || m.initial_shards == 0 || m.shards.len() <= m.initial_shards as usize {
+            return None;
+        }
+        if self.in_flight() >= cfg.changes_max || !self.merging().is_empty() {
+            return None;
+        }
+        let quiet = |e: &shardmap::ShardEntry| -> Option<&ShardLoad> {
+            let load = self.load.get(&e.id.0)?;
+            let idle = e.learner.is_none() && e.replacing.is_none() && e.split.is_none() && e.merge.is_none();
+            let settled = now_ms.saturating_sub(load.since_ms) >= cfg.split_cooldown_ms;
+            let cold = load.cold_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= cfg.merge_after_ms);
+            (idle && settled && cold && load.range == (e.range.start, e.range.end) && self.leading_primary(e).is_some())
+                .then_some(load)
+        };
+        m.shards.iter().zip(m.shards.iter().skip(1)).find_map(|(l, r)| {
+            let (a, b) = (quiet(l)?, quiet(r)?);
+            let drained = self.leading_primary(r).is_some_and(|p| p.outbox_items == 0);
+            (drained && a.bytes + b.bytes < cfg.merge_bytes && a.rate + b.rate < cfg.merge_requests_per_s).then(|| {
+                let why = format!(
+                    "together they hold {} KiB and serve {:.0} requests/s (thresholds {} MiB, {:.0}/s), cold for {} ms",
+                    (a.bytes + b.bytes) >> 10,
+                    a.rate + b.rate,
+                    cfg.merge_bytes >> 20,
+                    cfg.merge_requests_per_s,
+                    cfg.merge_after_ms
+                );
+                (l.id.0, r.id.0, why)
+            })
+        })
     }
 
     /// Splits the primary should log now: (shard, epoch, primary's address, intent), for
@@ -1270,10 +1482,12 @@ impl MasterState {
                 learner: None,
                 replacing: None,
                 split: None,
+                merge: None,
             };
             parent.range.end = intent.at - 1;
             parent.split = None;
             m.shards.insert(i + 1, child);
+            m.next_id = m.next_shard_id();
             found = Ok(());
         });
         found?;
@@ -1283,6 +1497,7 @@ impl MasterState {
 
     /// The op that records (or, with `None`, abandons) a learner for `shard`, keeping its epoch.
     pub fn set_learner(&self, shard: u32, change: Option<(u64, u64)>, epoch: u64) -> Result<MetaOp, MasterError> {
+        let merging = self.merging();
         self.change_shard(shard, |e| {
             if e.epoch.0 != epoch {
                 return Err(MasterError::Invalid(format!("shard {shard} moved to epoch {} meanwhile", e.epoch.0)));
@@ -1291,6 +1506,9 @@ impl MasterState {
                 Some((learner, replacing)) => {
                     if let Some(sp) = e.split {
                         return Err(MasterError::Busy(format!("shard {shard} is splitting into shard {}", sp.child)));
+                    }
+                    if merging.contains(&shard) {
+                        return Err(MasterError::Busy(format!("shard {shard} is merging")));
                     }
                     if e.learner.is_some() || e.replacing.is_some() {
                         return Err(MasterError::Invalid(format!("shard {shard} is already changing its membership")));
@@ -1365,6 +1583,8 @@ impl MasterState {
                     splitting: s.split.is_some(),
                     split_at: s.split.map_or(0, |x| x.at),
                     split_child: s.split.map_or(0, |x| x.child.0),
+                    merging: s.merge.is_some(),
+                    merge_from: s.merge.map_or(0, |x| x.from.0),
                     bytes: self.load.get(&s.id.0).map_or(0, |l| l.bytes),
                     requests_per_s: self.load.get(&s.id.0).map_or(0.0, |l| l.rate),
                     lag_entries: self.lag(s),
@@ -1508,6 +1728,9 @@ impl MasterState {
                     "waiting for its primary to lead with a lease"
                 };
                 problems.push(format!("shard {}: splitting at {:#018x} into shard {} ({why})", s.id, sp.at, sp.child));
+            }
+            if let Some(mg) = s.merge {
+                problems.push(format!("shard {}: absorbing shard {} (a merge under way)", s.id, mg.from));
             }
             // A voter on a drained node, with no change under way: the drain is waiting, or stuck.
             if s.learner.is_none() && s.replacing.is_none() {

@@ -824,3 +824,153 @@ fn a_busy_node_hands_one_of_its_hot_shards_to_the_least_loaded_voter_and_nothing
         assert!(due.is_empty(), "at {t} ms: {due:?}");
     }
 }
+
+#[test]
+fn a_merge_is_recorded_then_finished_by_compare_and_set_refuses_what_is_in_flight_and_retires_the_absorbed_replicas() {
+    use super::state::MembershipConfig;
+    let (mut s, nodes) = grid(3, 1);
+    let op = s.init(3, 3).unwrap().unwrap();
+    s.commit(&op);
+    // Shard 0 splits (shard 3 is born), so the grid holds more shards than `init` made.
+    let (intent, op) = s.start_split(0, None).unwrap();
+    commit(&mut s, op);
+    let op = s.finish_split(0, intent).unwrap();
+    s.commit(&op);
+    let ids = |s: &MasterState| s.map().shards.iter().map(|e| e.id.0).collect::<Vec<_>>();
+    assert_eq!(ids(&s), vec![0, 3, 1, 2]);
+    // Merging shard 3 takes its next neighbour (1); the last shard merges into the one before it.
+    let (into, from, op) = s.start_merge(3, None).unwrap();
+    assert_eq!((into, from), (3, 1));
+    commit(&mut s, op);
+    s.map().validate().unwrap();
+    assert!(s.merges_due().is_empty(), "no heartbeat says the primaries lead yet");
+    beat_leading(&mut s, &nodes, 500, 5_000);
+    let due = s.merges_due();
+    assert_eq!((due.len(), due[0].into, due[0].from), (1, 3, 1));
+    // Asked again (either side, or naming the pair): the merge in flight. Anything else
+    // touching the two shards is refused while it runs, and it counts against the bound.
+    assert_eq!(s.start_merge(3, None).unwrap(), (3, 1, None));
+    assert_eq!(s.start_merge(1, Some(3)).unwrap(), (3, 1, None));
+    assert!(matches!(s.start_merge(2, Some(1)), Err(MasterError::Busy(_))));
+    assert!(matches!(s.start_merge(0, Some(3)), Err(MasterError::Busy(_))));
+    assert!(matches!(s.start_split(1, None), Err(MasterError::Busy(_))));
+    let e1 = s.map().shards.iter().find(|e| e.id.0 == 1).unwrap().clone();
+    assert!(matches!(s.set_learner(1, Some((nodes[0], e1.replicas[0].0)), e1.epoch.0), Err(MasterError::Busy(_))));
+    assert!(matches!(s.start_merge(0, Some(2)), Err(MasterError::Invalid(_))), "only neighbours merge");
+    assert!(matches!(s.start_merge(9, None), Err(MasterError::Invalid(_))));
+    let v = s.map().version;
+    let op = s.finish_merge(3, 1).unwrap();
+    s.commit(&op);
+    let m = s.map();
+    m.validate().unwrap();
+    assert_eq!(m.version, v + 1);
+    assert_eq!(ids(&s), vec![0, 3, 2]);
+    assert_eq!(m.shards[1].range.end, e1.range.end, "shard 3 took in shard 1's range");
+    assert_eq!(m.shards[1].merge, None);
+    assert!(s.finish_merge(3, 1).is_err(), "finishing twice is refused");
+    assert_eq!(s.start_merge(3, Some(1)).unwrap(), (1, 3, None), "asked again once done: done");
+    // Ids are never handed out again, and the absorbed shard's replicas are retired.
+    assert_eq!(s.start_split(2, None).unwrap().0.child.0, 4);
+    assert_eq!(s.start_split(3, None).unwrap().0.child.0, 4, "the next id, whichever shard splits");
+    beat_leading(&mut s, &nodes, 1_000, 5_000);
+    for n in &nodes {
+        // The nodes still report shard 1 until they delete it.
+        let mut shards: Vec<pb::ShardStat> = s
+            .assignments(*n)
+            .iter()
+            .map(|a| pb::ShardStat { shard: a.shard, serving: true, ..Default::default() })
+            .collect();
+        shards.push(pb::ShardStat { shard: 1, serving: true, ..Default::default() });
+        s.heartbeat(*n, &[], &shards, 0, 1_500).unwrap();
+        let retired: Vec<u32> = s.retired(*n).iter().map(|r| r.shard).collect();
+        assert_eq!(retired, vec![1], "node {n}");
+    }
+    // A split's new shard is on its nodes before the map records it: never retired.
+    let (intent, op) = s.start_split(2, None).unwrap();
+    commit(&mut s, op);
+    for n in &nodes {
+        let mut shards: Vec<pb::ShardStat> = s
+            .assignments(*n)
+            .iter()
+            .map(|a| pb::ShardStat { shard: a.shard, serving: true, ..Default::default() })
+            .collect();
+        shards.push(pb::ShardStat { shard: intent.child.0, serving: true, ..Default::default() });
+        s.heartbeat(*n, &[], &shards, 0, 2_000).unwrap();
+        assert!(s.retired(*n).is_empty(), "node {n}");
+    }
+    let op = s.finish_split(2, intent).unwrap();
+    s.commit(&op);
+    let (_, _, op) = s.start_merge(2, Some(intent.child.0)).unwrap();
+    commit(&mut s, op);
+    let op = s.finish_merge(2, intent.child.0).unwrap();
+    s.commit(&op);
+    // The policy never merges below the count `init` made: three shards now.
+    let cfg = MembershipConfig { merge_after_ms: 0, split_cooldown_ms: 0, ..MembershipConfig::default() };
+    assert_eq!(s.merge_wanted(10_000, &cfg), None);
+}
+
+#[test]
+fn the_merge_policy_merges_two_cold_small_neighbours_once_they_stayed_cold_and_never_below_init() {
+    use super::state::MembershipConfig;
+    let (mut s, nodes) = grid(3, 1);
+    let op = s.init(2, 3).unwrap().unwrap();
+    s.commit(&op);
+    for shard in 0..2u32 {
+        let e = s.map().shards[shard as usize].clone();
+        let op = s.elect(shard, e.primary.0, e.epoch.0 + 1).unwrap();
+        s.commit(&op);
+    }
+    let (intent, op) = s.start_split(1, None).unwrap();
+    commit(&mut s, op);
+    let op = s.finish_split(1, intent).unwrap();
+    s.commit(&op);
+    let cfg = MembershipConfig {
+        merge_requests_per_s: 40.0,
+        merge_after_ms: 3_000,
+        merge_bytes: 8 << 20,
+        split_cooldown_ms: 2_000,
+        ..MembershipConfig::default()
+    };
+    s.set_merge_threshold(cfg.merge_requests_per_s);
+    let mut counters = std::collections::BTreeMap::<u32, u64>::new();
+    let mut beat = |s: &mut MasterState, t: u64, per_beat: u64, bytes: u64| {
+        for e in s.map().shards.clone() {
+            *counters.entry(e.id.0).or_default() += per_beat;
+        }
+        beat_load(s, &nodes, t, |shard| counters[&shard], bytes);
+    };
+    // 15 requests per 500 ms = 30/s each: not cold (half the threshold is 20/s).
+    let mut t = 0;
+    while t < 8_000 {
+        t += 500;
+        beat(&mut s, t, 15, 1 << 20);
+        assert_eq!(s.merge_wanted(t, &cfg), None, "at {t} ms");
+    }
+    // 5 per 500 ms = 10/s: cold, merged once cold for 3 s (the smoothed rate takes a beat or two).
+    let cold_from = t;
+    let mut wanted = None;
+    while t < 20_000 && wanted.is_none() {
+        t += 500;
+        beat(&mut s, t, 5, 1 << 20);
+        wanted = s.merge_wanted(t, &cfg).map(|w| (w, t));
+    }
+    let ((into, from, why), at) = wanted.expect("two cold neighbours are merged");
+    assert!(at >= cold_from + 3_000 && at <= cold_from + 5_000, "wanted at {at}, cold from {cold_from}");
+    assert!(why.contains("requests/s"), "{why}");
+    // The first cold pair in key order; merging it leaves the 2 shards `init` made.
+    assert_eq!((into, from), (0, 1));
+    // Too big together, or the policy off: nothing.
+    beat(&mut s, t + 500, 5, 5 << 20);
+    assert_eq!(s.merge_wanted(t + 500, &cfg), None, "10 MiB together is above 8");
+    beat(&mut s, t + 1_000, 5, 1 << 20);
+    assert!(s.merge_wanted(t + 1_000, &cfg).is_some());
+    assert_eq!(s.merge_wanted(t + 1_000, &MembershipConfig { auto_merge: false, ..cfg.clone() }), None);
+    let (_, _, op) = s.start_merge(into, Some(from)).unwrap();
+    commit(&mut s, op);
+    assert_eq!(s.merge_wanted(t + 1_000, &cfg), None, "one merge at a time");
+    let op = s.finish_merge(into, from).unwrap();
+    s.commit(&op);
+    assert_eq!(s.map().shards.len(), 2);
+    beat(&mut s, t + 60_000, 0, 0);
+    assert_eq!(s.merge_wanted(t + 60_000, &cfg), None, "never below the count init made");
+}

@@ -265,7 +265,8 @@ async fn host(node: &StorageNode, me: u64, assignments: &[pb::Assignment], take_
                     ok = false;
                     continue;
                 }
-                match node.create_shard(a.shard, range).await {
+                // A shard past its first epoch has a history: this empty replica catches up before it votes.
+                match node.create_shard(a.shard, range, a.epoch > 1).await {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::error!(shard = a.shard, error = %e, "cannot create an assigned shard replica");

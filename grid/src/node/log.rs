@@ -46,7 +46,13 @@ pub(crate) struct Waiter {
 /// the entry names keys this shard no longer owns (it applied as a no-op). A split writes the
 /// new shard's first checkpoint to its own directory before the store forgets that half; a
 /// checkpoint of this shard cannot run meanwhile (the caller holds the apply gate).
-pub(crate) fn apply_body(st: &mut ShardStore, id: EntryId, body: Body<'_>, disk: &dyn Disk) -> Result<bool, String> {
+pub(crate) fn apply_body(
+    st: &mut ShardStore,
+    me: u32,
+    id: EntryId,
+    body: Body<'_>,
+    disk: &dyn Disk,
+) -> Result<bool, String> {
     let lsn = id.lsn;
     Ok(match body {
         Body::EpochStart => st.apply(lsn, 0, WriteBatch::default()),
@@ -70,6 +76,28 @@ pub(crate) fn apply_body(st: &mut ShardStore, id: EntryId, body: Body<'_>, disk:
                     lsn,
                     "split: the new shard's replica is written"
                 );
+            }
+            true
+        }
+        Body::Freeze { into } => {
+            st.apply_freeze(lsn, into);
+            true
+        }
+        Body::MergeBegin { from, start, end, marks } => {
+            let marks = crate::store::Links::decode(marks).map_err(|e| format!("merge marks: {e}"))?;
+            st.apply_merge_begin(lsn, from, KeyRange { start, end }, marks);
+            true
+        }
+        Body::Absorb { from, image } => {
+            let part = Checkpoint::open(crate::io::Mapped::from_vec(image.to_vec()))
+                .map_err(|e| format!("a part of merged shard {from}: {e}"))?;
+            st.apply_absorb(lsn, from, &part);
+            true
+        }
+        Body::MergeEnd { from } => {
+            st.apply_merge_end(lsn, me, from);
+            if st.absorbing().is_none() {
+                tracing::info!(shard = me, from, lsn, end = st.range.end, "merge: absorbed the shard");
             }
             true
         }
@@ -113,7 +141,8 @@ pub(crate) struct Shipping {
 /// What the driver, the shippers and the shard's handle share.
 pub(crate) struct Shared {
     pub shard: u32,
-    /// The range the replica was created with; the store's own is narrower once it split.
+    /// The range the replica was created with; the store's own end moves with splits and
+    /// merges, its start never.
     pub range: KeyRange,
     pub dir: String,
     pub disk: Arc<dyn Disk>,
@@ -218,7 +247,8 @@ impl Shared {
                     } else {
                         Err(ShardError::WrongShard {
                             shard: self.shard,
-                            reason: "the shard split while the write waited; it did not apply".into(),
+                            reason: "the shard split or froze for a merge while the write waited; it did not apply"
+                                .into(),
                         })
                     };
                     (w.done, r)
@@ -231,7 +261,7 @@ impl Shared {
                         acks.push(answer(owned, owes, st.range, w));
                         Ok(())
                     }
-                    (Ok((_, body)), w) => apply_body(&mut st, id, body, &*self.disk).map(|owned| {
+                    (Ok((_, body)), w) => apply_body(&mut st, self.shard, id, body, &*self.disk).map(|owned| {
                         if let Some(w) = w {
                             acks.push(answer(owned, false, st.range, w));
                         }
@@ -245,11 +275,11 @@ impl Shared {
                 applied = Some(id.lsn);
             }
         }
-        let split_lsn = self.state.read().unwrap_or_else(|p| p.into_inner()).split_lsn();
+        let range_lsn = self.state.read().unwrap_or_else(|p| p.into_inner()).range_lsn();
         if let Some(lsn) = applied {
             let mut core = self.core();
             core.applied_through(lsn);
-            core.snapshot_through = core.snapshot_through.max(split_lsn);
+            core.snapshot_through = core.snapshot_through.max(range_lsn);
         }
         if let Some(reason) = failed {
             return self.set_fault(reason);
@@ -539,8 +569,8 @@ fn install_checkpoint(sh: &Shared, at: EntryId, image: &[u8]) -> Result<Checkpoi
     crate::store::checkpoint::write(&*sh.disk, &sh.dir, image).map_err(|e| e.to_string())?;
     let map = sh.disk.map(&format!("{}/storage.dat", sh.dir)).map_err(|e| e.to_string())?;
     let cp = Checkpoint::open(map).map_err(|e| e.to_string())?;
-    // A primary that split since this replica was created sends the narrower range.
-    if cp.lsn != at.lsn || cp.key_start < sh.range.start || cp.key_end > sh.range.end || cp.key_start > cp.key_end {
+    // A shard's start never moves; its end does (a split narrows it, a merge widens it).
+    if cp.lsn != at.lsn || cp.key_start != sh.range.start || cp.key_start > cp.key_end {
         return Err("the snapshot does not match what the primary announced".into());
     }
     Ok(cp)

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 mod log;
+mod merge;
 mod outbox;
 mod service;
 mod shard;
@@ -14,7 +15,7 @@ pub use log::Promotion;
 #[cfg(not(madsim))]
 pub use service::serve_listener;
 pub use service::{serve, StorageService};
-pub use shard::{ReplicationInfo, Shard, ShardError, Written};
+pub use shard::{MergeStage, ReplicationInfo, Shard, ShardError, Written};
 
 use std::collections::BTreeMap;
 use std::io;
@@ -331,8 +332,11 @@ impl StorageNode {
         Ok(())
     }
 
-    /// Creates an empty shard replica. Idempotent for the same range.
-    pub async fn create_shard(&self, id: u32, range: KeyRange) -> Result<Arc<Shard>, NodeError> {
+    /// Creates an empty shard replica. Idempotent for the same range. `resync`: the shard has
+    /// a history (its data must come from a primary), so the replica may neither vote nor lead
+    /// until a primary has caught it up: an empty replica of a shard that holds data must never
+    /// count as an up-to-date voter (say, on a node that missed the split that made the shard).
+    pub async fn create_shard(&self, id: u32, range: KeyRange, resync: bool) -> Result<Arc<Shard>, NodeError> {
         if range.start > range.end {
             return Err(NodeError::Invalid(format!("key range start {} is after its end {}", range.start, range.end)));
         }
@@ -362,6 +366,10 @@ impl StorageNode {
             purge(&*self.disk, &dir)?;
             self.disk.remove(&retired)?;
             self.disk.sync_dir(&dir)?;
+        }
+        if resync {
+            let promise = log::Promise { resync: true, ..log::Promise::default() };
+            write_atomic(&*self.disk, &dir, "promise", &promise.encode())?;
         }
         write_atomic(&*self.disk, &dir, "shard.meta", &encode_meta(range))?;
         self.disk.sync_dir("shards")?;

@@ -205,7 +205,11 @@ impl pb::storage_server::Storage for StorageService {
             return Err(Status::invalid_argument(format!("associations[{}]: {}", e.index, e.reason)));
         }
         let items = req.seqs.into_iter().zip(batch.associations).collect();
-        let lsn = shard.deliver_in_edges(req.source_shard, items).await?;
+        let routed = match (req.routed_start, req.routed_end) {
+            (Some(start), Some(end)) => Some(KeyRange { start, end }),
+            _ => None,
+        };
+        let lsn = shard.deliver_in_edges(req.source_shard, items, routed).await?;
         Ok(Response::new(pb::WriteBatchResponse { lsn, ..Default::default() }))
     }
 
@@ -325,7 +329,7 @@ impl pb::storage_server::Storage for StorageService {
     async fn create_shard(&self, req: Request<pb::CreateShardRequest>) -> Result<Response<pb::ShardInfo>, Status> {
         let req = req.into_inner();
         let range = KeyRange { start: req.key_start, end: req.key_end };
-        let shard = self.node.create_shard(req.shard, range).await?;
+        let shard = self.node.create_shard(req.shard, range, false).await?;
         Ok(Response::new(shard_info(req.shard, &ShardSlot::Serving(shard))))
     }
 
@@ -368,6 +372,38 @@ impl pb::storage_server::Storage for StorageService {
         // Open the new shard's replica now rather than at the next heartbeat.
         self.node.adopt_split_shards().await;
         Ok(Response::new(pb::SplitResponse { lsn }))
+    }
+
+    async fn freeze(&self, req: Request<pb::FreezeRequest>) -> Result<Response<pb::FreezeResponse>, Status> {
+        let req = req.into_inner();
+        let (lsn, drained) = self.node.shard(req.shard)?.freeze(req.epoch, req.into).await?;
+        if !drained {
+            // The outbox is all that is left to do before the copy.
+            self.node.outbox_wake.notify_one();
+        }
+        Ok(Response::new(pb::FreezeResponse { lsn, drained }))
+    }
+
+    async fn merge_part(&self, req: Request<pb::MergePartRequest>) -> Result<Response<pb::MergePartResponse>, Status> {
+        let req = req.into_inner();
+        let bytes_max = (req.bytes_max as usize).clamp(1, limits::MERGE_PART_BYTES_MAX);
+        let (image, next, range, marks) = self.node.shard(req.shard)?.merge_part(req.from_key, bytes_max)?;
+        Ok(Response::new(pb::MergePartResponse {
+            image: image.into(),
+            last: next.is_none(),
+            next_key: next.unwrap_or(0),
+            key_start: range.start,
+            key_end: range.end,
+            marks: marks.into(),
+        }))
+    }
+
+    async fn absorb(&self, req: Request<pb::AbsorbRequest>) -> Result<Response<pb::AbsorbResponse>, Status> {
+        let req = req.into_inner();
+        let shard = self.node.shard(req.shard)?;
+        let right = KeyRange { start: req.from_start, end: req.from_end };
+        let (lsn, parts, bytes) = super::merge::absorb(&shard, req.epoch, req.from, right, &req.from_addr).await?;
+        Ok(Response::new(pb::AbsorbResponse { lsn, parts, bytes }))
     }
 
     async fn promote(&self, req: Request<pb::PromoteRequest>) -> Result<Response<pb::PromoteResponse>, Status> {

@@ -108,8 +108,9 @@ impl Shard {
             };
             // Once more before refusing to serve: a read error in transit is not a damaged file.
             let cp = load().or_else(|_| load()).map_err(|e| storage_err(sid, e))?;
-            // Narrower once the shard split (the range the replica was created with is kept).
-            if cp.key_start < range.start || cp.key_end > range.end || cp.key_start > cp.key_end {
+            // The end moves (a split narrows it, a merge widens it; `shard.meta` keeps the range
+            // the replica was created with); the start never does.
+            if cp.key_start != range.start || cp.key_start > cp.key_end {
                 return Err(storage_err(sid, "checkpoint key range is outside the shard's"));
             }
             Some(cp)
@@ -159,7 +160,8 @@ impl Shard {
                 RecordType::Batch => Body::Batch(&payload[..]),
                 _ => entry::decode(&payload).map_err(|e| storage_err(sid, e))?.1,
             };
-            apply_body(&mut store, id, body, &*disk).map_err(|e| storage_err(sid, format!("entry {}: {e}", id.lsn)))?;
+            apply_body(&mut store, sid, id, body, &*disk)
+                .map_err(|e| storage_err(sid, format!("entry {}: {e}", id.lsn)))?;
             applied = id.lsn;
         }
         let promised = promise.promised.max(log_index.last().epoch);
@@ -174,7 +176,7 @@ impl Shard {
         );
         let role = Role::Replica(Replica::new(log_index, promised, commit));
         let mut core = Core::new(role, promise, pending, applied, config.repl_retain_bytes);
-        core.snapshot_through = store.split_lsn();
+        core.snapshot_through = store.range_lsn();
         let (sh, replies) = Shared::new(sid, range, dir.to_string(), disk, store, core);
         let (tx, rx) = mpsc::channel(limits::WAL_QUEUE_DEPTH_MAX);
         tokio::spawn(log::run_log(sh.clone(), wal, rx, replies));
@@ -245,7 +247,18 @@ impl Shard {
             let reason = "strong reads go to the primary while it holds its lease".into();
             return Err(ShardError::NotPrimary { shard: self.id.0, reason });
         }
-        self.read()
+        let st = self.read()?;
+        // A frozen shard's keys are about to be served by the shard it merges into, which
+        // may take writes before a stale router learns it: no strong read may answer here.
+        if let (Consistency::Strong, Some(into)) = (consistency, st.frozen_into()) {
+            return Err(self.merging(into));
+        }
+        Ok(st)
+    }
+
+    fn merging(&self, into: u32) -> ShardError {
+        let reason = format!("merging into shard {into}; re-read the shard map");
+        ShardError::WrongShard { shard: self.id.0, reason }
     }
 
     pub fn replication(&self) -> ReplicationInfo {
@@ -333,6 +346,13 @@ impl Shard {
             let reason = format!("not the primary of epoch {epoch}");
             return Err(ShardError::NotPrimary { shard: self.id.0, reason });
         }
+        {
+            let st = self.read()?;
+            if st.frozen_into().is_some() || st.absorbing().is_some() {
+                let reason = "a merge is under way; it splits afterwards".into();
+                return Err(ShardError::Busy { shard: self.id.0, reason });
+            }
+        }
         if at <= range.start || at > range.end || child == self.id.0 {
             let reason = format!(
                 "cannot split at {at:#018x} into shard {child}: outside [{:#018x}, {:#018x}]",
@@ -347,6 +367,106 @@ impl Shard {
             return Err(ShardError::Storage { shard: self.id.0, reason });
         }
         Ok(w.lsn)
+    }
+
+    /// Freezes this shard to be merged into shard `into` (primary of `epoch` only;
+    /// architecture.md §10): logs the `Freeze` entry unless it applied already. Answers the
+    /// applied LSN and whether the outbox is empty (the shard's data is then final).
+    pub async fn freeze(&self, epoch: u64, into: u32) -> Result<(u64, bool), ShardError> {
+        self.check_serving()?;
+        let frozen = |st: &ShardStore| (st.applied_lsn(), st.links().outbox.is_empty());
+        {
+            let st = self.read()?;
+            match st.frozen_into() {
+                Some(i) if i == into => return Ok(frozen(&st)),
+                Some(i) => {
+                    let reason = format!("frozen to merge into shard {i}, not {into}");
+                    return Err(ShardError::Storage { shard: self.id.0, reason });
+                }
+                None if st.absorbing().is_some() => {
+                    let reason = "absorbing another shard; retry once it is done".into();
+                    return Err(ShardError::Busy { shard: self.id.0, reason });
+                }
+                None => {}
+            }
+        }
+        self.primary_of(epoch)?;
+        self.submit_merge(Body::Freeze { into }).await?;
+        let st = self.read()?;
+        if st.frozen_into() != Some(into) {
+            let reason = "the freeze entry applied without freezing".into();
+            return Err(ShardError::Storage { shard: self.id.0, reason });
+        }
+        Ok(frozen(&st))
+    }
+
+    fn primary_of(&self, epoch: u64) -> Result<(), ShardError> {
+        if self.sh.core().primary_epoch() != epoch || !self.replication().leading {
+            let reason = format!("not leading epoch {epoch}");
+            return Err(ShardError::NotPrimary { shard: self.id.0, reason });
+        }
+        Ok(())
+    }
+
+    async fn submit_merge(&self, body: Body<'_>) -> Result<Written, ShardError> {
+        let bytes = entry::encode(0, body);
+        self.submit(WriteKind::Merge, now_ms(), WriteBatch::default(), Vec::new(), bytes).await
+    }
+
+    /// Part of a frozen, drained shard's data for a merge: a checkpoint image of its vertices
+    /// from placement key `from` on, of about `bytes_max` bytes (at least one vertex); the
+    /// next key to ask for (none: that was the last part); and the shard's range and inbox
+    /// marks (`Links` encoding).
+    pub fn merge_part(
+        &self,
+        from: u64,
+        bytes_max: usize,
+    ) -> Result<(Vec<u8>, Option<u64>, KeyRange, Vec<u8>), ShardError> {
+        let st = self.read()?;
+        if st.frozen_into().is_none() || !st.links().outbox.is_empty() {
+            let reason = "not frozen with its outbox delivered yet".into();
+            return Err(ShardError::Busy { shard: self.id.0, reason });
+        }
+        let (vertices, next) = st.vertices_from(from, bytes_max);
+        let meta = checkpoint::CheckpointMeta {
+            lsn: st.applied_lsn(),
+            epoch: 0,
+            key_start: from,
+            key_end: next.map_or(st.range.end, |n| n - 1),
+        };
+        let image = checkpoint::build_image(&meta, st.relations(), &vertices, &crate::store::Links::default());
+        let marks = crate::store::Links { outbox: Default::default(), ..st.links().clone() };
+        Ok((image, next, st.range, marks.encode()))
+    }
+
+    /// Where a merge of shard `from` (owning `right`) into this one stands here: not begun,
+    /// absorbing, or done (this shard's range takes in `right`).
+    pub fn merge_stage(&self, from: u32, right: KeyRange) -> Result<MergeStage, ShardError> {
+        let st = self.read()?;
+        Ok(match st.absorbing() {
+            Some(f) if f == from => MergeStage::Absorbing,
+            Some(f) => {
+                let reason = format!("absorbing shard {f}, not {from}");
+                return Err(ShardError::Busy { shard: self.id.0, reason });
+            }
+            None if st.range.end >= right.end && st.range.start < right.start => MergeStage::Done,
+            None if st.range.end.checked_add(1) == Some(right.start) => MergeStage::NotBegun,
+            None => {
+                let reason = format!(
+                    "this shard [{:#018x}, {:#018x}] does not end where shard {from} starts ({:#018x})",
+                    st.range.start, st.range.end, right.start
+                );
+                return Err(ShardError::Storage { shard: self.id.0, reason });
+            }
+        })
+    }
+
+    /// Logs one step of absorbing shard `from` (primary of `epoch` only): its `MergeBegin`, a
+    /// part, or its `MergeEnd`; answers once it applied here.
+    pub async fn merge_step(&self, epoch: u64, body: Body<'_>) -> Result<u64, ShardError> {
+        self.check_serving()?;
+        self.primary_of(epoch)?;
+        Ok(self.submit_merge(body).await?.lsn)
     }
 
     /// The master names this replica primary.
@@ -405,6 +525,9 @@ impl Shard {
         if !extra.is_empty() {
             return Err(ShardError::Rejected(BatchRejected { errors: sorted(extra), unlisted: 0 }));
         }
+        if let Some(into) = self.read()?.frozen_into() {
+            return Err(self.merging(into));
+        }
         let range = self.range();
         // An association is logged on its source's shard (architecture.md §5 rule 7).
         let stray =
@@ -428,7 +551,14 @@ impl Shard {
 
     /// Logs in-edges delivered from `source_shard`'s outbox (items in sequence order). Items
     /// already applied are skipped when the entry applies, so re-delivery is harmless.
-    pub async fn deliver_in_edges(&self, source_shard: u32, items: Vec<(u64, Association)>) -> Result<u64, ShardError> {
+    /// `routed`: the range the deliverer's map gave this shard; refused unless it owns exactly
+    /// that when the entry applies (`InEdges::routed`).
+    pub async fn deliver_in_edges(
+        &self,
+        source_shard: u32,
+        items: Vec<(u64, Association)>,
+        routed: Option<KeyRange>,
+    ) -> Result<u64, ShardError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.check_serving()?;
         let batch = WriteBatch { concepts: Vec::new(), associations: items.iter().map(|(_, a)| a.clone()).collect() };
@@ -443,11 +573,22 @@ impl Shard {
         if !extra.is_empty() {
             return Err(ShardError::Rejected(BatchRejected { errors: sorted(extra), unlisted: 0 }));
         }
+        if let Some(into) = self.read()?.frozen_into() {
+            return Err(self.merging(into));
+        }
         let range = self.range();
         if let Some(a) = batch.associations.iter().find(|a| !range.contains(a.target)) {
             return Err(self.wrong_shard(range, a.target));
         }
-        let bytes = InEdges { source_shard, items }.encode();
+        if let Some(r) = routed.filter(|r| *r != range) {
+            let reason = format!(
+                "this shard owns [{:016x}, {:016x}], not the [{:016x}, {:016x}] the delivery was routed by; re-read the shard map",
+                range.start, range.end, r.start, r.end
+            );
+            return Err(ShardError::WrongShard { shard: self.id.0, reason });
+        }
+        let routed = routed.map(|r| (r.start, r.end));
+        let bytes = InEdges { source_shard, items, routed }.encode();
         Ok(self.submit(WriteKind::InEdges, now_ms(), WriteBatch::default(), Vec::new(), bytes).await?.lsn)
     }
 
@@ -495,6 +636,11 @@ impl Shard {
     /// logging do not.
     pub async fn checkpoint(&self) -> Result<u64, ShardError> {
         self.check_serving()?;
+        if self.read()?.absorbing().is_some() {
+            // The absorbed shard's parts live only in the log until its end entry.
+            let reason = "absorbing a merge; the checkpoint follows its end".into();
+            return Err(ShardError::Busy { shard: self.id.0, reason });
+        }
         let _one = self.checkpointing.lock().await;
         let sh = self.sh.clone();
         let sid = self.id.0;
@@ -521,6 +667,14 @@ impl Shard {
         self.sh.trim_through.store(lsn, Ordering::Release);
         Ok(lsn)
     }
+}
+
+/// Where a merge stands on one replica of the shard absorbing another.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum MergeStage {
+    NotBegun,
+    Absorbing,
+    Done,
 }
 
 /// `id` is not `shard`'s (any more: it split); the caller re-reads the map.

@@ -36,13 +36,17 @@ pub enum RouterError {
     Truncated { shard: u32 },
     #[error("a routing task failed: {0}")]
     Task(String),
+    /// The shard left the map (merged into its neighbour) while a request was routed to it.
+    #[error("shard {shard} left the shard map (it merged into another); route again")]
+    Gone { shard: u32 },
 }
 
 impl RouterError {
-    /// A shard answered that it does not own a key (it split since this router's map was
-    /// read): re-read the map and route again.
+    /// A shard answered that it does not own a key (it split or merged since this router's
+    /// map was read), or left the map: re-read the map and route again.
     fn is_wrong_shard(&self) -> bool {
-        matches!(self, RouterError::Shard { source, .. } if wrong_shard(source))
+        matches!(self, RouterError::Gone { .. })
+            || matches!(self, RouterError::Shard { source, .. } if wrong_shard(source))
     }
 }
 
@@ -355,6 +359,10 @@ impl Router {
             }
             self.forget(&addr);
             let _ = self.refresh().await;
+            // Merged away (so it logged nothing more once it froze): route by the new map.
+            if never_logged(&source) && !self.has_shard(shard) {
+                return Err(PartError::Moved(part));
+            }
             let retry = never_logged(&source) || (idempotent && outcome_unknown(&source));
             if !retry || start.elapsed() >= self.deadline {
                 return Err(PartError::Failed(RouterError::Shard { shard, addr, source }));
@@ -366,6 +374,12 @@ impl Router {
                 addr = a;
             }
         }
+    }
+
+    /// Whether this router's map (once it has one) still holds `shard`.
+    fn has_shard(&self, shard: u32) -> bool {
+        let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+        t.map.version == 0 || t.entry(shard).is_some()
     }
 
     fn primary_addr_of(&self, shard: u32) -> Option<String> {
@@ -402,6 +416,11 @@ impl Router {
         while !left.is_empty() {
             let mut still = Vec::new();
             for w in left {
+                // The write's shard merged into another since (this router routed the write by
+                // a map that held it): a shard is absorbed only once it delivered its outbox.
+                if !self.has_shard(w.shard) {
+                    continue;
+                }
                 // The write's shard, and any split off it since (its items may have moved).
                 let split_off: Vec<u32> = {
                     let t = self.table.read().unwrap_or_else(|p| p.into_inner());
@@ -489,16 +508,22 @@ impl Router {
                 by_shard.entry(t.shard_for(a.target.placement_key())?.shard).or_default().push((s, a));
             }
         }
+        // Each part carries the range this map gives its shard (`store::InEdges::routed`).
+        let routed: BTreeMap<u32, (u64, u64)> = {
+            let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+            by_shard.keys().filter_map(|s| Some((*s, t.entry(*s).map(|e| (e.key_start, e.key_end))?))).collect()
+        };
         let mut tasks = Vec::with_capacity(by_shard.len());
         for (shard, part) in by_shard {
             let me = self.clone();
+            let routed = routed.get(&shard).copied();
             tasks.push(tokio::spawn(async move {
                 let addr = {
                     let t = me.table.read().unwrap_or_else(|p| p.into_inner());
                     t.primary_addr(t.entry(shard).ok_or(RouterError::NoAddress { shard, node: 0 })?)?
                 };
                 let r = match me.client(&addr).await {
-                    Ok(c) => c.deliver_in_edges(shard, source_shard, &part).await,
+                    Ok(c) => c.deliver_in_edges(shard, source_shard, &part, routed).await,
                     Err(e) => Err(e),
                 };
                 match r {
@@ -830,6 +855,9 @@ impl Router {
                 }
             }
             let _ = self.refresh().await;
+            if !self.has_shard(shard) {
+                return Err(RouterError::Gone { shard });
+            }
             if start.elapsed() >= self.deadline {
                 return Err(last.unwrap_or(RouterError::NoAddress { shard, node: 0 }));
             }

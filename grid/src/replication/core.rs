@@ -147,6 +147,9 @@ pub enum WriteKind {
     Delivered,
     /// `bytes` is `entry::split_bytes(at, child)`.
     Split,
+    /// A merge's entry (`Freeze`, `MergeBegin`, `Absorb`, `MergeEnd`): `bytes` is the whole
+    /// `entry::encode` payload; its commit hint is filled in here.
+    Merge,
 }
 
 /// Why a write was not logged (nothing was: the caller may retry, elsewhere for the first two).
@@ -202,9 +205,12 @@ pub struct Core {
     /// When this replica last accepted an append (or snapshot) from a primary, on the lease
     /// clock: reported at a fence (`replication::lease`).
     pub append_heard_at: Option<Instant>,
-    /// Entries at or below this LSN reach a peer only inside a snapshot: the shard split
-    /// there, and a replica created since with the narrower range would apply older entries
-    /// differently from one that held the whole range when they were logged.
+    /// Entries at or below this LSN reach an empty peer only inside a snapshot: the shard's
+    /// range changed there (a split, a merge's end), and a replica created since with the new
+    /// range would apply older entries differently from one that held the old range when they
+    /// were logged. A peer holding entries already held the old range: it replays them, the
+    /// range-changing entry included (a split entry skipped inside a snapshot would never
+    /// write the new shard's replica on that node).
     pub snapshot_through: u64,
 }
 
@@ -344,6 +350,19 @@ impl Core {
         if uncommitted >= limits::REPL_UNCOMMITTED_MAX {
             return Err(Refused::Busy(format!("{uncommitted} writes are waiting to commit; retry later")));
         }
+        if kind == WriteKind::Merge {
+            if !matches!(
+                entry::decode(bytes),
+                Ok((_, Body::Freeze { .. } | Body::MergeBegin { .. } | Body::Absorb { .. } | Body::MergeEnd { .. }))
+            ) {
+                return Err(Refused::NotPrimary("a malformed merge entry".into()));
+            }
+            let id = p.append();
+            let mut payload = bytes.to_vec();
+            payload[..8].copy_from_slice(&p.commit.to_le_bytes());
+            self.push(id, Arc::new(payload), ready);
+            return Ok(id);
+        }
         let id = p.append();
         let body = match kind {
             WriteKind::Batch => Body::Batch(bytes),
@@ -358,6 +377,7 @@ impl Core {
                 };
                 Body::Split { at, child }
             }
+            WriteKind::Merge => unreachable!("handled above"),
         };
         let payload = Arc::new(entry::encode(p.commit, body));
         self.push(id, payload, ready);
@@ -582,7 +602,9 @@ impl Core {
             return Job::Stop;
         }
         match p.next_append(peer, limits::REPL_APPEND_ENTRIES_MAX) {
-            Ok(Some(a)) if a.entries.first().is_some_and(|e| e.lsn <= self.snapshot_through) => Job::Snapshot,
+            Ok(Some(a)) if a.prev.lsn == 0 && a.entries.first().is_some_and(|e| e.lsn <= self.snapshot_through) => {
+                Job::Snapshot
+            }
             Ok(Some(mut a)) => {
                 let Some(mut ps) = self.payloads(&a.entries) else { return Job::FromDisk(a) };
                 let mut bytes = 0usize;

@@ -16,6 +16,15 @@ pub enum Body<'a> {
     /// The shard splits: keys from `at` on belong to shard `child` from this entry on
     /// (architecture.md §9).
     Split { at: u64, child: u32 },
+    /// The shard freezes to be merged into shard `into` (architecture.md §10).
+    Freeze { into: u32 },
+    /// The shard starts absorbing shard `from`, which owns `[start, end]` and whose inbox
+    /// marks are `marks` (`store::Links` encoding).
+    MergeBegin { from: u32, start: u64, end: u64, marks: &'a [u8] },
+    /// Part of the absorbed shard's data: a checkpoint image of some of its vertices.
+    Absorb { from: u32, image: &'a [u8] },
+    /// The merge is done: the range takes in the absorbed shard's.
+    MergeEnd { from: u32 },
 }
 
 const EPOCH_START: u8 = 0;
@@ -23,6 +32,10 @@ const BATCH: u8 = 1;
 const IN_EDGES: u8 = 2;
 const DELIVERED: u8 = 3;
 const SPLIT: u8 = 4;
+const FREEZE: u8 = 5;
+const MERGE_BEGIN: u8 = 6;
+const ABSORB: u8 = 7;
+const MERGE_END: u8 = 8;
 
 /// The body of a split entry: `[at u64][child u32]`.
 pub fn split_bytes(at: u64, child: u32) -> Vec<u8> {
@@ -31,16 +44,47 @@ pub fn split_bytes(at: u64, child: u32) -> Vec<u8> {
     b
 }
 
+/// The body of a merge's entry (`Body::Freeze`, `MergeBegin`, `Absorb`, `MergeEnd`).
+pub fn merge_bytes(body: Body<'_>) -> Vec<u8> {
+    let mut b = Vec::new();
+    match body {
+        Body::Freeze { into } => b.extend_from_slice(&into.to_le_bytes()),
+        Body::MergeBegin { from, start, end, marks } => {
+            b.extend_from_slice(&from.to_le_bytes());
+            b.extend_from_slice(&start.to_le_bytes());
+            b.extend_from_slice(&end.to_le_bytes());
+            b.extend_from_slice(marks);
+        }
+        Body::Absorb { from, image } => {
+            b.extend_from_slice(&from.to_le_bytes());
+            b.extend_from_slice(image);
+        }
+        Body::MergeEnd { from } => b.extend_from_slice(&from.to_le_bytes()),
+        _ => {}
+    }
+    b
+}
+
 pub fn encode(commit: u64, body: Body<'_>) -> Vec<u8> {
-    let split;
+    let owned;
     let (kind, bytes) = match body {
         Body::EpochStart => (EPOCH_START, &[][..]),
         Body::Batch(b) => (BATCH, b),
         Body::InEdges(b) => (IN_EDGES, b),
         Body::Delivered(b) => (DELIVERED, b),
         Body::Split { at, child } => {
-            split = split_bytes(at, child);
-            (SPLIT, &split[..])
+            owned = split_bytes(at, child);
+            (SPLIT, &owned[..])
+        }
+        Body::Freeze { .. } | Body::MergeBegin { .. } | Body::Absorb { .. } | Body::MergeEnd { .. } => {
+            owned = merge_bytes(body);
+            let kind = match body {
+                Body::Freeze { .. } => FREEZE,
+                Body::MergeBegin { .. } => MERGE_BEGIN,
+                Body::Absorb { .. } => ABSORB,
+                _ => MERGE_END,
+            };
+            (kind, &owned[..])
         }
     };
     let mut out = Vec::with_capacity(9 + bytes.len());
@@ -48,6 +92,14 @@ pub fn encode(commit: u64, body: Body<'_>) -> Vec<u8> {
     out.push(kind);
     out.extend_from_slice(bytes);
     out
+}
+
+fn u32_of(b: &[u8], at: usize) -> Result<u32, String> {
+    b.get(at..at + 4).and_then(|x| x.try_into().ok()).map(u32::from_le_bytes).ok_or_else(|| "short merge entry".into())
+}
+
+fn u64_of(b: &[u8], at: usize) -> Result<u64, String> {
+    b.get(at..at + 8).and_then(|x| x.try_into().ok()).map(u64::from_le_bytes).ok_or_else(|| "short merge entry".into())
 }
 
 /// `(commit hint, body)`.
@@ -70,6 +122,14 @@ pub fn decode(payload: &[u8]) -> Result<(u64, Body<'_>), String> {
             let child = u32::from_le_bytes(b[8..].try_into().map_err(|_| "short split")?);
             Ok((commit, Body::Split { at, child }))
         }
+        FREEZE => Ok((commit, Body::Freeze { into: u32_of(&payload[9..], 0)? })),
+        MERGE_BEGIN => {
+            let b = &payload[9..];
+            let (from, start, end) = (u32_of(b, 0)?, u64_of(b, 4)?, u64_of(b, 12)?);
+            Ok((commit, Body::MergeBegin { from, start, end, marks: &b[20..] }))
+        }
+        ABSORB => Ok((commit, Body::Absorb { from: u32_of(&payload[9..], 0)?, image: &payload[13..] })),
+        MERGE_END => Ok((commit, Body::MergeEnd { from: u32_of(&payload[9..], 0)? })),
         k => Err(format!("unknown entry kind {k}")),
     }
 }
@@ -88,6 +148,15 @@ mod tests {
             decode(&encode(5, Body::Split { at: 1 << 63, child: 9 })),
             Ok((5, Body::Split { at: 1 << 63, child: 9 }))
         );
+        assert_eq!(decode(&encode(6, Body::Freeze { into: 3 })), Ok((6, Body::Freeze { into: 3 })));
+        let begin = Body::MergeBegin { from: 4, start: 10, end: 20, marks: b"mk" };
+        assert_eq!(decode(&encode(7, begin)), Ok((7, begin)));
+        let part = Body::Absorb { from: 4, image: b"img" };
+        assert_eq!(decode(&encode(8, part)), Ok((8, part)));
+        assert_eq!(decode(&encode(9, Body::MergeEnd { from: 4 })), Ok((9, Body::MergeEnd { from: 4 })));
+        let mut short = encode(7, begin);
+        short.truncate(20);
+        assert!(decode(&short).is_err());
         assert!(decode(b"short").is_err());
         let mut bad = encode(1, Body::EpochStart);
         bad[8] = 42;

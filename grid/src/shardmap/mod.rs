@@ -34,6 +34,15 @@ pub struct ShardEntry {
     /// A split in progress (architecture.md §9): keys from `at` on are to become shard `child`.
     #[serde(default)]
     pub split: Option<SplitIntent>,
+    /// A merge in progress (architecture.md §10): this shard absorbs the one just after it.
+    #[serde(default)]
+    pub merge: Option<MergeIntent>,
+}
+
+/// A merge the master has decided: the shard holding it absorbs shard `from`, the next one.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MergeIntent {
+    pub from: ShardId,
 }
 
 /// A split the master has decided and the shard's primary has yet to log.
@@ -49,6 +58,14 @@ pub struct ShardMap {
     pub version: u64,
     /// Sorted by range start.
     pub shards: Vec<ShardEntry>,
+    /// Shard ids below this were handed out (ids are never reused: a merged-away shard's
+    /// replicas may still be on disk). 0 in maps written before merges: see `next_shard_id`.
+    #[serde(default)]
+    pub next_id: u32,
+    /// The shard count `init` made: the merge policy never goes below it (0: unknown, a map
+    /// written before merges; the policy then merges nothing).
+    #[serde(default)]
+    pub initial_shards: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,12 +143,20 @@ pub fn place(shards: u32, replication: usize, nodes: &[NodeInfo]) -> Result<Shar
             learner: None,
             replacing: None,
             split: None,
+            merge: None,
         });
     }
-    Ok(ShardMap { version: 1, shards: out })
+    Ok(ShardMap { version: 1, shards: out, next_id: shards, initial_shards: shards })
 }
 
 impl ShardMap {
+    /// The id the next new shard takes: above every id the map holds or reserves, and every
+    /// one it ever handed out.
+    pub fn next_shard_id(&self) -> u32 {
+        let taken = self.shards.iter().flat_map(|s| std::iter::once(s.id.0).chain(s.split.map(|x| x.child.0)));
+        taken.map(|i| i.saturating_add(1)).max().unwrap_or(0).max(self.next_id)
+    }
+
     /// The shard owning `key`, by binary search over range starts.
     pub fn shard_for(&self, key: u64) -> Option<&ShardEntry> {
         let i = self.shards.partition_point(|s| s.range.start <= key);
@@ -185,6 +210,15 @@ impl ShardMap {
                     .any(|o| o.id == sp.child || o.split.is_some_and(|x| x.child == sp.child && o.id != s.id))
                 {
                     return bad(format!("shard {}'s split names shard id {}, which is taken", s.id, sp.child));
+                }
+            }
+            if let Some(mg) = s.merge {
+                let next = self.shards.get(i + 1);
+                if next.is_none_or(|n| n.id != mg.from) {
+                    return bad(format!("shard {} would absorb shard {}, which does not follow it", s.id, mg.from));
+                }
+                if s.split.is_some() || next.is_some_and(|n| n.split.is_some() || n.merge.is_some()) {
+                    return bad(format!("shard {}'s merge overlaps a split or another merge", s.id));
                 }
             }
         }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use checkpoint::{Checkpoint, CheckpointError, EdgeRec, EdgeView, VertexData};
-pub use links::{InEdges, Links};
+pub use links::{InEdges, Links, Scoped};
 
 use crate::ids::ConceptId;
 use crate::limits;
@@ -60,8 +60,17 @@ pub struct ShardStore {
     overlay_items: u64,
     /// In-edges owed to other shards, and the marks of those delivered here (`links`).
     links: Links,
-    /// The LSN of the last split entry applied since this state was loaded (0: none).
-    split_lsn: u64,
+    /// The LSN of the last entry that changed the range (a split, a merge's end) applied since
+    /// this state was loaded (0: none): replicas made after it start from a snapshot.
+    range_lsn: u64,
+    /// The checkpoint's data holds for keys up to here only: a split narrows it (the half that
+    /// left stays in `storage.dat` until the next checkpoint), and what a merge brings in
+    /// beyond it must never be read from an older checkpoint.
+    cp_end: u64,
+    /// A merge under way (architecture.md §10): the shard being absorbed, its range and its
+    /// inbox marks. Its vertices arrive in parts and stay out of `range` (unread, unsaved)
+    /// until the merge's end entry.
+    absorbing: Option<Absorbing>,
     /// What the overlay's upserts carried, roughly (for the size a split policy reads).
     overlay_bytes: u64,
 }
@@ -72,6 +81,7 @@ impl ShardStore {
         let relation_ids = relations.iter().enumerate().map(|(i, r)| (r.clone(), i as u32)).collect();
         let applied_lsn = checkpoint.as_ref().map(|c| c.lsn).unwrap_or(0);
         let links = checkpoint.as_ref().map(|c| c.links().clone()).unwrap_or_default();
+        let cp_end = checkpoint.as_ref().map_or(u64::MAX, |c| c.key_end);
         ShardStore {
             range,
             checkpoint,
@@ -86,7 +96,9 @@ impl ShardStore {
             overlay_in_edges: 0,
             overlay_items: 0,
             links,
-            split_lsn: 0,
+            range_lsn: 0,
+            cp_end,
+            absorbing: None,
             overlay_bytes: 0,
         }
     }
@@ -97,8 +109,24 @@ impl ShardStore {
         self.checkpoint.as_ref().map_or(0, |c| c.bytes() as u64) + self.overlay_bytes
     }
 
-    pub fn split_lsn(&self) -> u64 {
-        self.split_lsn
+    /// `v` in the checkpoint, where its data still holds (see `cp_end`).
+    fn cp_find(&self, v: ConceptId) -> Option<(&Checkpoint, u32)> {
+        let cp = self.checkpoint.as_ref().filter(|_| v.placement_key() <= self.cp_end)?;
+        Some((cp, cp.find(v)?))
+    }
+
+    pub fn range_lsn(&self) -> u64 {
+        self.range_lsn
+    }
+
+    /// The shard this one is absorbing, while a merge is under way.
+    pub fn absorbing(&self) -> Option<u32> {
+        self.absorbing.as_ref().map(|a| a.from)
+    }
+
+    /// The shard this one is frozen to merge into (its `Freeze` entry applied).
+    pub fn frozen_into(&self) -> Option<u32> {
+        self.links.frozen_into
     }
 
     pub fn applied_lsn(&self) -> u64 {
@@ -172,17 +200,25 @@ impl ShardStore {
         assert!(lsn > self.applied_lsn, "apply out of order: lsn {lsn} after {}", self.applied_lsn);
         assert_eq!(ids.len(), batch.concepts.len(), "one id per concept");
         debug_assert!(batch.concepts.iter().zip(ids).all(|(c, id)| ConceptId::from_label(&c.label) == *id));
+        // A frozen shard's data is final: what a merge copies is all there is.
+        if self.links.frozen_into.is_some() && !batch.is_empty() {
+            self.applied_lsn = lsn;
+            return false;
+        }
         if !self.owns(&batch, ids) {
             self.applied_lsn = lsn;
             return false;
         }
         for (c, &id) in batch.concepts.into_iter().zip(ids) {
             self.overlay_bytes += (64 + c.label.len() + c.content.len() + 4 * c.vector.len()) as u64;
-            let (checkpoint, new_concepts, items) =
-                (&self.checkpoint, &mut self.overlay_new_concepts, &mut self.overlay_items);
+            let (checkpoint, new_concepts, items, cp_end) =
+                (&self.checkpoint, &mut self.overlay_new_concepts, &mut self.overlay_items, self.cp_end);
             let p = self.concepts.entry(id).or_insert_with(|| {
                 *items += 1;
-                let base = checkpoint.as_ref().and_then(|cp| cp.concept(cp.find(id)?));
+                let base = checkpoint
+                    .as_ref()
+                    .filter(|_| id.placement_key() <= cp_end)
+                    .and_then(|cp| cp.concept(cp.find(id)?));
                 base.unwrap_or_else(|| {
                     *new_concepts += 1;
                     Concept {
@@ -217,27 +253,32 @@ impl ShardStore {
 
     /// Applies in-edges delivered from `e.source_shard`, skipping any at or below its inbox
     /// mark. False (nothing applied, the mark unmoved) when a target is not in this range (the
-    /// shard split): the deliverer sends the items again by the new map, and the new shard,
-    /// which copied this one's marks at the split, takes them.
+    /// shard split), or the deliverer routed by another range than this shard's (`routed`), or
+    /// the shard froze for a merge: the deliverer sends the items again by the new map, and the
+    /// shard that owns them then (which copied or merged this one's marks) takes them.
     pub fn apply_in_edges(&mut self, lsn: u64, e: InEdges) -> bool {
         assert!(lsn > self.applied_lsn, "apply out of order: lsn {lsn} after {}", self.applied_lsn);
-        if !e.items.iter().all(|(_, a)| self.range.contains(a.target)) {
+        let stale = e.routed.is_some_and(|r| r != (self.range.start, self.range.end));
+        if stale || self.links.frozen_into.is_some() || !e.items.iter().all(|(_, a)| self.range.contains(a.target)) {
             self.applied_lsn = lsn;
             return false;
         }
-        let mark = self.links.inbox.get(&e.source_shard).copied().unwrap_or(0);
+        let src = e.source_shard;
+        let mark = self.links.inbox.get(&src).copied().unwrap_or(0);
         // A running mark, so items out of order cannot let an older copy overwrite a newer one.
         let mut top = mark;
         for (s, a) in e.items {
             if s > top {
                 top = s;
-                if self.range.contains(a.target) {
+                // A merge may have left a higher mark for the target's side (`links::Scoped`).
+                if !self.links.applied(src, s, a.target.placement_key()) {
                     self.upsert_association(a);
                 }
             }
         }
         if top > mark {
-            self.links.inbox.insert(e.source_shard, top);
+            self.links.inbox.insert(src, top);
+            self.links.prune_scoped(src);
         }
         self.applied_lsn = lsn;
         true
@@ -253,8 +294,10 @@ impl ShardStore {
     pub fn apply_split(&mut self, lsn: u64, epoch: u64, at: u64) -> Option<Vec<u8>> {
         assert!(lsn > self.applied_lsn, "apply out of order: lsn {lsn} after {}", self.applied_lsn);
         self.applied_lsn = lsn;
-        self.split_lsn = lsn;
-        if at <= self.range.start || at > self.range.end {
+        self.range_lsn = lsn;
+        // Never while merging (the master starts neither while the other is under way).
+        if at <= self.range.start || at > self.range.end || self.links.frozen_into.is_some() || self.absorbing.is_some()
+        {
             return None;
         }
         let right = KeyRange { start: at, end: self.range.end };
@@ -262,9 +305,16 @@ impl ShardStore {
         let moving: Vec<u64> =
             self.links.outbox.iter().filter(|(_, a)| right.contains(a.source)).map(|(s, _)| *s).collect();
         let outbox = moving.iter().filter_map(|s| Some((*s, self.links.outbox.remove(s)?))).collect();
-        let links = Links { outbox, inbox: self.links.inbox.clone() };
+        let links = Links {
+            outbox,
+            inbox: self.links.inbox.clone(),
+            scoped: self.links.scoped_within(right.start, right.end),
+            frozen_into: None,
+        };
+        self.links.scoped = self.links.scoped_within(self.range.start, at - 1);
         let image = checkpoint::build_image(&meta, &self.relations, &self.vertices_in(right), &links);
         self.range.end = at - 1;
+        self.cp_end = self.cp_end.min(at - 1);
         let gone = |id: &ConceptId| right.contains(*id);
         self.concepts.retain(|id, _| !gone(id));
         self.out.retain(|id, _| !gone(id));
@@ -272,6 +322,96 @@ impl ShardStore {
         // Due for a checkpoint: the next one drops the half that left from storage.dat.
         self.overlay_items = self.overlay_items.max(limits::CHECKPOINT_OVERLAY_ITEMS_TRIGGER);
         Some(image)
+    }
+
+    /// Freezes the shard for a merge into shard `into` (architecture.md §10): from here on it
+    /// applies no writes, deliveries or splits (they are refused, whole, on every replica
+    /// alike) and only delivers its outbox. Its data is then final.
+    pub fn apply_freeze(&mut self, lsn: u64, into: u32) {
+        assert!(lsn > self.applied_lsn, "apply out of order: lsn {lsn} after {}", self.applied_lsn);
+        self.applied_lsn = lsn;
+        self.links.frozen_into.get_or_insert(into);
+    }
+
+    /// Starts absorbing shard `from`, which owns `right` (the range just after this one's),
+    /// froze, delivered its whole outbox, and holds the inbox marks `marks`. A no-op when
+    /// this shard does not end just before `right` or already absorbs (a repeated entry).
+    pub fn apply_merge_begin(&mut self, lsn: u64, from: u32, right: KeyRange, marks: Links) {
+        assert!(lsn > self.applied_lsn, "apply out of order: lsn {lsn} after {}", self.applied_lsn);
+        self.applied_lsn = lsn;
+        if self.absorbing.is_some() || self.range.end.checked_add(1) != Some(right.start) || !marks.outbox.is_empty() {
+            return;
+        }
+        self.absorbing = Some(Absorbing { from, range: right, marks });
+    }
+
+    /// One part of the absorbed shard: its vertices with all their edges (a checkpoint image
+    /// of part of its range). Each is added where this replica lacks it, so a part sent again
+    /// (a new primary redoing the merge) changes nothing. A no-op unless absorbing `from`.
+    pub fn apply_absorb(&mut self, lsn: u64, from: u32, part: &Checkpoint) {
+        assert!(lsn > self.applied_lsn, "apply out of order: lsn {lsn} after {}", self.applied_lsn);
+        self.applied_lsn = lsn;
+        let Some(right) = self.absorbing.as_ref().filter(|a| a.from == from).map(|a| a.range) else { return };
+        let rels: Vec<u32> = part.relations().iter().map(|r| self.intern(r)).collect();
+        for i in 0..part.vertices() as u32 {
+            let id = part.id_at(i);
+            if !right.contains(id) {
+                continue;
+            }
+            if let Some(c) = part.concept(i) {
+                if !self.concepts.contains_key(&id) {
+                    self.overlay_bytes += (64 + c.label.len() + c.content.len() + 4 * c.vector.len()) as u64;
+                    self.overlay_new_concepts += 1;
+                    self.overlay_items += 1;
+                    self.concepts.insert(id, c);
+                }
+            }
+            for out in [true, false] {
+                for x in part.edge_range(i, out) {
+                    let e = part.edge(x, out);
+                    let Some(rel) = rels.get(e.rel as usize).copied() else { continue };
+                    let list = if out { self.out.entry(id).or_default() } else { self.inn.entry(id).or_default() };
+                    if list.iter().any(|o| o.same_key(e.other, e.kind, rel)) {
+                        continue;
+                    }
+                    let evidence: Option<Arc<str>> = e.evidence.map(Arc::from);
+                    self.overlay_bytes += 48 + e.evidence.map_or(0, str::len) as u64;
+                    list.push(EdgeRec { other: e.other, kind: e.kind, rel, confidence: e.confidence, evidence });
+                    self.overlay_items += 1;
+                    if out {
+                        self.overlay_out_edges += 1;
+                    } else {
+                        self.overlay_in_edges += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends absorbing shard `from` (this replica is shard `me`): the range takes in the
+    /// absorbed one; this shard's undelivered in-edges for it apply here now, unless the
+    /// absorbed shard had applied them (its mark for `me`); the inbox marks merge exactly
+    /// (`Links::merge_marks`). The next checkpoint is due. A no-op unless absorbing `from`.
+    pub fn apply_merge_end(&mut self, lsn: u64, me: u32, from: u32) {
+        assert!(lsn > self.applied_lsn, "apply out of order: lsn {lsn} after {}", self.applied_lsn);
+        self.applied_lsn = lsn;
+        if self.absorbing.as_ref().is_none_or(|a| a.from != from) {
+            return;
+        }
+        let Some(Absorbing { range: right, marks, .. }) = self.absorbing.take() else { return };
+        let left = self.range;
+        self.range.end = right.end;
+        self.range_lsn = lsn;
+        let local: Vec<(u64, Association)> =
+            self.links.outbox.iter().filter(|(_, a)| right.contains(a.target)).map(|(s, a)| (*s, a.clone())).collect();
+        for (seq, a) in local {
+            self.links.outbox.remove(&seq);
+            if !marks.applied(me, seq, a.target.placement_key()) {
+                self.upsert_association(a);
+            }
+        }
+        self.links.merge_marks((left.start, left.end), &marks, (right.start, right.end));
+        self.overlay_items = self.overlay_items.max(limits::CHECKPOINT_OVERLAY_ITEMS_TRIGGER);
     }
 
     /// Removes delivered items from the outbox.
@@ -314,8 +454,7 @@ impl ShardStore {
 
     /// Returns true when the edge is new (neither in the overlay nor the checkpoint).
     fn upsert_edge(&mut self, v: ConceptId, e: EdgeRec, out: bool) -> bool {
-        let in_checkpoint = self.checkpoint.as_ref().and_then(|cp| {
-            let i = cp.find(v)?;
+        let in_checkpoint = self.cp_find(v).and_then(|(cp, i)| {
             cp.edge_range(i, out).find(|&x| {
                 let ev = cp.edge(x, out);
                 ev.other == e.other && ev.kind == e.kind && ev.rel == e.rel
@@ -340,8 +479,8 @@ impl ShardStore {
         if let Some(c) = self.concepts.get(&id) {
             return Some(c.clone());
         }
-        let cp = self.checkpoint.as_ref()?;
-        cp.concept(cp.find(id)?)
+        let (cp, i) = self.cp_find(id)?;
+        cp.concept(i)
     }
 
     /// The `k` concepts whose vectors are nearest `query` by cosine, best first (ties by id).
@@ -366,7 +505,7 @@ impl ShardStore {
         if let Some(cp) = &self.checkpoint {
             for i in 0..cp.vertices() as u32 {
                 let id = cp.id_at(i);
-                if self.concepts.contains_key(&id) || !self.range.contains(id) {
+                if self.concepts.contains_key(&id) || !self.range.contains(id) || id.placement_key() > self.cp_end {
                     continue;
                 }
                 if let Some(c) = cp.concept(i).filter(|c| c.vector.len() == query.len()) {
@@ -438,7 +577,7 @@ impl ShardStore {
             Direction::In => &[false],
             Direction::Both => &[true, false],
         };
-        let cp_index = self.checkpoint.as_ref().and_then(|cp| cp.find(v).map(|i| (cp, i)));
+        let cp_index = self.cp_find(v);
         for &out in sides {
             let overlay = if out { self.out.get(&v) } else { self.inn.get(&v) };
             let overlay: &[EdgeRec] = overlay.map(Vec::as_slice).unwrap_or(&[]);
@@ -487,7 +626,7 @@ impl ShardStore {
             && (self.concepts.contains_key(&v)
                 || self.out.contains_key(&v)
                 || self.inn.contains_key(&v)
-                || self.checkpoint.as_ref().is_some_and(|cp| cp.find(v).is_some()))
+                || self.cp_find(v).is_some())
     }
 
     /// Full single-thread BFS from `start`; returns (vertices reached, edges scanned). Uses the
@@ -531,42 +670,77 @@ impl ShardStore {
 
     /// The vertices of `range` (within this replica's), sorted by id, as a checkpoint lists them.
     pub fn vertices_in(&self, range: KeyRange) -> Vec<VertexData> {
+        self.ids_in(range).into_iter().map(|id| self.vertex_data(id)).collect()
+    }
+
+    /// The vertices from placement key `start` on, sorted by id, until they pass about
+    /// `bytes_max` bytes (at least every vertex of the first key), and the key the rest start
+    /// at. A part never ends between two ids with one placement key, so asking from that key
+    /// next never repeats one nor stalls.
+    pub fn vertices_from(&self, start: u64, bytes_max: usize) -> (Vec<VertexData>, Option<u64>) {
+        if start > self.range.end {
+            return (Vec::new(), None);
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut last_key = None;
+        for id in self.ids_in(KeyRange { start, end: self.range.end }) {
+            let key = id.placement_key();
+            if bytes >= bytes_max && last_key.is_some_and(|k| k != key) {
+                return (out, Some(key));
+            }
+            let v = self.vertex_data(id);
+            let edge_bytes =
+                |l: &[EdgeRec]| l.iter().map(|e| 40 + e.evidence.as_ref().map_or(0, |x| x.len())).sum::<usize>();
+            bytes += 64
+                + v.concept.as_ref().map_or(0, |c| c.label.len() + c.content.len() + 4 * c.vector.len())
+                + edge_bytes(&v.out)
+                + edge_bytes(&v.inn);
+            last_key = Some(key);
+            out.push(v);
+        }
+        (out, None)
+    }
+
+    /// The ids this replica holds in `range` (within its own), sorted.
+    fn ids_in(&self, range: KeyRange) -> Vec<ConceptId> {
         let mut ids: Vec<ConceptId> =
             self.concepts.keys().chain(self.out.keys()).chain(self.inn.keys()).copied().collect();
         if let Some(cp) = &self.checkpoint {
-            ids.extend((0..cp.vertices() as u32).map(|i| cp.id_at(i)));
+            ids.extend((0..cp.vertices() as u32).map(|i| cp.id_at(i)).filter(|id| id.placement_key() <= self.cp_end));
         }
         ids.retain(|id| range.contains(*id) && self.range.contains(*id));
         ids.sort_unstable();
         ids.dedup();
+        ids
+    }
+
+    /// One vertex with all its edges, as a checkpoint lists it.
+    fn vertex_data(&self, id: ConceptId) -> VertexData {
         let all = EdgeFilter::default();
-        ids.into_iter()
-            .map(|id| {
-                let mut v = VertexData { id, concept: self.concept(id), ..Default::default() };
-                self.for_each_edge(id, &all, |e| {
-                    let rec = EdgeRec {
-                        other: e.other,
-                        kind: e.kind,
-                        rel: self.relation_id(e.relation).unwrap_or(0),
-                        confidence: e.confidence,
-                        evidence: e.evidence.map(Arc::from),
-                    };
-                    if e.outgoing {
-                        v.out.push(rec)
-                    } else {
-                        v.inn.push(rec)
-                    }
-                    true
-                });
-                // Canonical order: a replica that checkpointed between two upserts lists them
-                // checkpoint-last, one that did not in apply order; images (and digests) must
-                // not depend on when a replica checkpointed.
-                let key = |e: &EdgeRec| (e.other, e.kind, self.relation_name(e.rel).to_string());
-                v.out.sort_by_cached_key(key);
-                v.inn.sort_by_cached_key(key);
-                v
-            })
-            .collect()
+        let mut v = VertexData { id, concept: self.concept(id), ..Default::default() };
+        self.for_each_edge(id, &all, |e| {
+            let rec = EdgeRec {
+                other: e.other,
+                kind: e.kind,
+                rel: self.relation_id(e.relation).unwrap_or(0),
+                confidence: e.confidence,
+                evidence: e.evidence.map(Arc::from),
+            };
+            if e.outgoing {
+                v.out.push(rec)
+            } else {
+                v.inn.push(rec)
+            }
+            true
+        });
+        // Canonical order: a replica that checkpointed between two upserts lists them
+        // checkpoint-last, one that did not in apply order; images (and digests) must not
+        // depend on when a replica checkpointed.
+        let key = |e: &EdgeRec| (e.other, e.kind, self.relation_name(e.rel).to_string());
+        v.out.sort_by_cached_key(key);
+        v.inn.sort_by_cached_key(key);
+        v
     }
 
     pub fn relations(&self) -> &[String] {
@@ -576,8 +750,17 @@ impl ShardStore {
     /// Replaces checkpoint + overlay with a freshly written checkpoint covering `applied_lsn`.
     pub fn install_checkpoint(&mut self, cp: Checkpoint) {
         assert_eq!(cp.lsn, self.applied_lsn, "a checkpoint must cover exactly what was applied");
+        assert!(self.absorbing.is_none(), "no checkpoint while a merge is under way");
         *self = ShardStore::new(self.range, Some(cp));
     }
+}
+
+/// A merge under way (see [`ShardStore::apply_merge_begin`]).
+#[derive(Clone, Debug)]
+struct Absorbing {
+    from: u32,
+    range: KeyRange,
+    marks: Links,
 }
 
 /// BFS over local indexes; edges to vertices not stored here are counted but not followed.

@@ -206,7 +206,7 @@ fn the_outbox_holds_in_edges_until_delivered_and_the_inbox_skips_repeats() {
     assert_eq!(src.outbox_head(10), items, "the outbox survives a checkpoint");
 
     let mut dst = ShardStore::new(hi, None);
-    let deliver = |items: Vec<(u64, Association)>| InEdges { source_shard: 0, items };
+    let deliver = |items: Vec<(u64, Association)>| InEdges { source_shard: 0, items, routed: None };
     dst.apply_in_edges(1, deliver(items.clone()));
     let conf = |s: &ShardStore| edges_of(s, id(b)).iter().map(|e| f32::from_bits(e.3)).collect::<Vec<_>>();
     assert_eq!(conf(&dst), vec![0.7]);
@@ -310,4 +310,174 @@ proptest! {
         union.extend(right.links().outbox.clone());
         prop_assert_eq!(union, before);
     }
+}
+
+/// Each association of `later` on its source's side of `at`, written twice (a re-weight), on
+/// the two halves and on the whole alike.
+fn write_later(later: &[(u32, u32, f32)], at: u64, whole: &mut ShardStore, halves: [&mut ShardStore; 2]) {
+    let [left, right] = halves;
+    for round in 0..2 {
+        let all: Vec<Association> =
+            later.iter().map(|(a, b, c)| assoc(*a, *b, "later", if round == 0 { *c } else { 1.0 - *c })).collect();
+        let (l, r): (Vec<_>, Vec<_>) = all.iter().cloned().partition(|a| a.source.placement_key() < at);
+        let next = |s: &ShardStore| s.applied_lsn() + 1;
+        prop_assume_ok(whole.apply(next(whole), 3000, WriteBatch { concepts: vec![], associations: all }));
+        prop_assume_ok(left.apply(next(left), 3000, WriteBatch { concepts: vec![], associations: l }));
+        prop_assume_ok(right.apply(next(right), 3000, WriteBatch { concepts: vec![], associations: r }));
+    }
+}
+
+fn prop_assume_ok(applied: bool) {
+    assert!(applied, "a write inside the range applies");
+}
+
+/// The right half's parts from `key` on, `bytes` at a time, as checkpoint images.
+fn parts_of(right: &ShardStore, bytes: usize) -> Vec<Checkpoint> {
+    let mut out = Vec::new();
+    let mut key = right.range.start;
+    loop {
+        let (vs, next) = right.vertices_from(key, bytes);
+        let meta =
+            CheckpointMeta { lsn: 0, epoch: 0, key_start: key, key_end: next.map_or(right.range.end, |n| n - 1) };
+        let image = build_image(&meta, right.relations(), &vs, &Links::default());
+        out.push(Checkpoint::open(Mapped::from_vec(image)).unwrap());
+        match next {
+            Some(n) => key = n,
+            None => return out,
+        }
+    }
+}
+
+proptest! {
+    /// A merge gives back what the two shards held, exactly: split a shard, write on both
+    /// halves (each association on its source's half, its in-edge through the outbox), deliver
+    /// the right half's outbox and part of the left's (the rest is owed when the right half
+    /// freezes), then merge it back in parts (one part twice, as a new primary redoing the copy
+    /// would): every vertex has the concept and edges of a shard that was never split, whether
+    /// or not the left half's checkpoint still held the right half's old data.
+    #[test]
+    fn a_merge_after_a_split_gives_back_the_whole(
+        edges in proptest::collection::vec((0u32..30, 0u32..30, 0.0f32..=1.0), 0..60),
+        later in proptest::collection::vec((0u32..30, 0u32..30, 0.0f32..=1.0), 0..40),
+        at in 1u64..u64::MAX,
+        cp in any::<bool>(),
+        delivered in 0usize..100,
+        part_bytes in 1usize..4000,
+    ) {
+        let (l_id, r_id) = (0u32, 1u32);
+        let mut whole = store_with(&edges, 30);
+        let mut left = if cp { checkpointed(&whole) } else { store_with(&edges, 30) };
+        let image = left.apply_split(2, 1, at).expect("at is inside the range");
+        let mut right = ShardStore::new(KeyRange { start: at, end: u64::MAX }, Some(Checkpoint::open(Mapped::from_vec(image)).unwrap()));
+        whole.apply(2, 0, WriteBatch::default());
+        write_later(&later, at, &mut whole, [&mut left, &mut right]);
+        // The right half delivers its whole outbox; the left half part of its own, unacknowledged.
+        let owed = right.outbox_head(usize::MAX);
+        let seqs: Vec<u64> = owed.iter().map(|(s, _)| *s).collect();
+        let took = left.apply_in_edges(left.applied_lsn() + 1, InEdges { source_shard: r_id, items: owed, routed: None });
+        prop_assert!(took);
+        right.apply_delivered(right.applied_lsn() + 1, &seqs);
+        let sent: Vec<_> = left.outbox_head(delivered);
+        let took = right.apply_in_edges(right.applied_lsn() + 1, InEdges { source_shard: l_id, items: sent, routed: None });
+        prop_assert!(took);
+        // A third shard delivered two versions of an in-edge to the right half (none to the
+        // left); after the merge it sends the older one again, which must not win.
+        let third = 5u32;
+        let ext = |t: u32, c: f32| Association {
+            source: id(1000),
+            target: id(t),
+            kind: AssocKind::Semantic,
+            relation: "ext".into(),
+            confidence: c,
+            evidence: String::new(),
+        };
+        let target = (0..30).find(|n| id(*n).placement_key() >= at);
+        if let Some(t) = target {
+            let items = vec![(1, ext(t, 0.25)), (2, ext(t, 0.75))];
+            let took = right.apply_in_edges(right.applied_lsn() + 1, InEdges { source_shard: third, items: items.clone(), routed: None });
+            prop_assert!(took);
+            whole.apply_in_edges(whole.applied_lsn() + 1, InEdges { source_shard: third, items, routed: None });
+        }
+        // Frozen: the right half takes nothing any more.
+        right.apply_freeze(right.applied_lsn() + 1, l_id);
+        let stray = WriteBatch { concepts: vec![], associations: later.iter().map(|(a, b, _)| assoc(*a, *b, "late", 0.5)).filter(|a| a.source.placement_key() >= at).collect() };
+        if !stray.is_empty() {
+            prop_assert!(!right.apply(right.applied_lsn() + 1, 4000, stray));
+        }
+        prop_assert!(right.apply_split(right.applied_lsn() + 1, 1, at.saturating_add(1).max(u64::MAX - 1)).is_none());
+        // The merge, through the left half's log.
+        let marks = Links { outbox: Default::default(), ..right.links().clone() };
+        left.apply_merge_begin(left.applied_lsn() + 1, r_id, right.range, marks);
+        prop_assert_eq!(left.absorbing(), Some(r_id));
+        let parts = parts_of(&right, part_bytes);
+        for p in parts.iter().chain(parts.first()) {
+            left.apply_absorb(left.applied_lsn() + 1, r_id, p);
+        }
+        left.apply_merge_end(left.applied_lsn() + 1, l_id, r_id);
+        prop_assert_eq!(left.absorbing(), None);
+        prop_assert_eq!(left.range, KeyRange::ALL);
+        prop_assert!(left.links().outbox.is_empty());
+        // A deliverer still routing by the left half's old range is refused, whole: it would
+        // move the source's mark past items it owes the right half's range.
+        let old_left = (0, at - 1);
+        if let Some(k) = (0..30).find(|n| id(*n).placement_key() < at) {
+            let stale = InEdges { source_shard: third, items: vec![(u64::MAX, ext(k, 0.5))], routed: Some(old_left) };
+            let took = left.apply_in_edges(left.applied_lsn() + 1, stale);
+            prop_assert!(!took);
+        }
+        if let Some(t) = target {
+            let again = InEdges { source_shard: third, items: vec![(1, ext(t, 0.25))], routed: Some((0, u64::MAX)) };
+            let took = left.apply_in_edges(left.applied_lsn() + 1, again);
+            prop_assert!(took);
+        }
+        let saved = checkpointed(&left);
+        for s in [&left, &saved] {
+            for n in 0..30 {
+                let v = id(n);
+                prop_assert_eq!(s.concept(v), whole.concept(v));
+                prop_assert_eq!(edges_of(s, v), edges_of(&whole, v));
+            }
+        }
+        // A repeated end, or parts after it, change nothing.
+        let before = edges_of(&left, id(0));
+        left.apply_absorb(left.applied_lsn() + 1, r_id, &parts[0]);
+        left.apply_merge_end(left.applied_lsn() + 1, l_id, r_id);
+        prop_assert_eq!(edges_of(&left, id(0)), before);
+    }
+}
+
+#[test]
+fn merged_inbox_marks_skip_exactly_what_either_side_applied() {
+    // Source 7 had delivered up to 10 to the left side and up to 20 to the right side.
+    let mut left = Links::default();
+    left.inbox.insert(7, 10);
+    left.inbox.insert(8, 5);
+    let mut right = Links::default();
+    right.inbox.insert(7, 20);
+    right.inbox.insert(9, 3);
+    left.merge_marks((0, 99), &right, (100, 199));
+    assert_eq!(left.inbox.get(&7), Some(&10));
+    // Source 8 never delivered to the right side, 9 never to the left.
+    assert_eq!(left.inbox.get(&8), None);
+    assert_eq!(left.inbox.get(&9), None);
+    for (src, seq, key, applied) in [
+        (7, 10, 50, true),
+        (7, 11, 50, false),
+        (7, 20, 150, true),
+        (7, 21, 150, false),
+        (8, 5, 50, true),
+        (8, 5, 150, false),
+        (9, 3, 150, true),
+        (9, 3, 50, false),
+        (9, 4, 150, false),
+    ] {
+        assert_eq!(left.applied(src, seq, key), applied, "source {src} seq {seq} key {key}");
+    }
+    // The marks survive a checkpoint's encoding; once a source passes a scoped mark it goes.
+    assert_eq!(Links::decode(&left.encode()).unwrap(), left);
+    left.inbox.insert(7, 25);
+    left.prune_scoped(7);
+    assert!(!left.scoped.contains_key(&7));
+    let frozen = Links { frozen_into: Some(3), ..Links::default() };
+    assert_eq!(Links::decode(&frozen.encode()).unwrap(), frozen);
 }

@@ -58,7 +58,7 @@ impl Sharded {
                 .filter(|(_, a)| s.range.contains(a.target) && !s.range.contains(a.source))
                 .map(|(i, a)| (crate::store::links::seq(1, i), a.clone()))
                 .collect();
-            s.apply_in_edges(2, crate::store::InEdges { source_shard: 9, items: remote });
+            s.apply_in_edges(2, crate::store::InEdges { source_shard: 9, items: remote, routed: None });
         }
         Sharded(shards)
     }
