@@ -5,9 +5,10 @@
 #
 #   sweep       10,000 seeds over the replication scenarios (ci/big-sweep.sh 2500; resumable)
 #   scenarios   1,000 fresh seeds of every YAML scenario in chaos-scenarios/ but the skew-beyond one
+#               (scale-many: 50, about a minute each)
 #   gossip      SWIM at 1,000 nodes, 20 seeds
 #   mutants     the planted-bug catalogue (ci/mutants.sh): every entry must be caught
-#   bench       the big WAL, BFS, reopen and cluster-write benchmarks (release build, JSON)
+#   bench       the big WAL, BFS, reopen, cluster-write and master-at-size benchmarks (release, JSON)
 #
 # Each step prints its seed base or figures; the script exits non-zero if any step failed and
 # says which. Set SOAK_SEEDS to change the per-scenario seed count of `scenarios`.
@@ -27,8 +28,10 @@ for s in "${steps[@]}"; do
       for f in chaos-scenarios/*.yaml; do
         sc=$(basename "$f" .yaml)
         [ "$sc" = skew-beyond-margin ] && continue   # expected to fail; ci/test.sh checks it is caught
-        step "$sc: $SOAK_SEEDS fresh seeds"
-        SIM_RELEASE=1 bash ci/sim.sh sweep "$sc" --seeds "$SOAK_SEEDS" --jobs 2 || failed+=("$sc")
+        n=$SOAK_SEEDS
+        [ "$sc" = scale-many ] && [ "$n" -gt 50 ] && n=50
+        step "$sc: $n fresh seeds"
+        SIM_RELEASE=1 bash ci/sim.sh sweep "$sc" --seeds "$n" --jobs 2 || failed+=("$sc")
       done ;;
     gossip)
       step "SWIM gossip at 1,000 nodes, 20 seeds"
@@ -39,7 +42,7 @@ for s in "${steps[@]}"; do
     bench)
       step "benchmarks (release)"
       cargo build -q --release -p sutra || { failed+=(bench); continue; }
-      for b in wal bfs reopen cluster-write; do
+      for b in wal bfs reopen cluster-write master; do
         target/release/sutra bench "$b" --json || failed+=("bench-$b")
       done ;;
     *)

@@ -134,10 +134,13 @@ for scenario in node-crash-restart master-restart gossip-partition control-plane
   sweep_and_replay "$scenario"
 done
 
-step "simulation: replication (failover, repeated primary kills, partitions, disk faults, a slow primary disk, replacement, drain, scale-out, splits under faults, a hot shard split by the policy, minority fence, swarm), ${SIM_BUDGET_S} s per scenario"
+step "simulation: replication (failover, repeated primary kills, partitions, disk faults, a slow primary disk, replacement, drain, scale-out, splits and merges under faults, a hot shard split by the policy, minority fence, swarm), ${SIM_BUDGET_S} s per scenario"
 for scenario in primary-crash primary-restarts network-partition disk-faults slow-primary-disk replace-node drain scale-out split-under-faults hot-shard-split minority-fence swarm; do
   sweep_and_replay "$scenario"
 done
+
+step "simulation: the control plane at size (scale-many: 800 shards on 40 machines; one seed per job, about a minute)"
+bash ci/sim.sh sweep scale-many --seed "$SIM_BASE_SEED" --seeds 2 --jobs 2
 
 step "simulation: leases under clock skew (within the margin must pass; beyond it the checkers must catch stale strong reads)"
 bash ci/sim.sh sweep skew-within-margin --seed "$SIM_BASE_SEED" --budget-s 15 --jobs 2

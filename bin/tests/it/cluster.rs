@@ -380,11 +380,11 @@ async fn a_shard_splits_while_it_serves_writes() {
     until("writes accepted", Duration::from_secs(10), async || router.write(&common::batch(2, 0)).await.ok()).await;
     // A writer runs through the split; each batch's concepts spread over both halves.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
+    let write_from = |first: u32| {
         let (router, stop) = (router.clone(), stop.clone());
         tokio::spawn(async move {
-            let (mut i, mut took) = (1u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) || i < 60 {
+            let (mut i, mut took) = (first, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || i < first + 60 {
                 let t = Instant::now();
                 router.write_idempotent(&common::batch(2, i)).await.unwrap_or_else(|e| panic!("batch {i}: {e}"));
                 took.push(t.elapsed());
@@ -394,6 +394,7 @@ async fn a_shard_splits_while_it_serves_writes() {
             (i, took)
         })
     };
+    let writer = write_from(1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t = Instant::now();
     let out = run(&["split", "--master", &master, "--shard", "0"]);
@@ -436,4 +437,52 @@ async fn a_shard_splits_while_it_serves_writes() {
     assert!(again.status.success() && text.contains("already under way or done"), "{text}");
     let bad = run(&["split", "--master", &master, "--shard", "9"]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("no shard 9"));
+
+    // `sutra merge` takes the split back while the writer writes again: shard 0 absorbs the
+    // new shard, every acknowledged write is still there, and the same merge asked again is
+    // done.
+    stop.store(false, std::sync::atomic::Ordering::Relaxed);
+    let writer = write_from(batches);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    let out = run(&["merge", "--master", &master, "--shard", "0"]);
+    let merge_took = t.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && text.contains("done in"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (batches, took) = writer.await.unwrap();
+    println!(
+        "real mode: `sutra merge` took {merge_took:?}; {} writes meanwhile: median {:?}, p99 {:?}, slowest {:?}",
+        took.len(),
+        took[took.len() / 2],
+        took[took.len() * 99 / 100],
+        took[took.len() - 1]
+    );
+    let map = status(&master).await.unwrap().map.unwrap();
+    assert_eq!(map.shards.iter().map(|e| e.shard).collect::<Vec<_>>(), vec![0, 1], "{map:?}");
+    assert_eq!((map.shards[0].key_start, map.shards[0].key_end + 1), (parent.key_start, map.shards[1].key_start));
+    let ids: Vec<ConceptId> = (0..batches).flat_map(|i| common::ids(2, i)).collect();
+    let found = router.get_concepts_at(&ids, Consistency::Strong).await.unwrap();
+    assert_eq!(found.len(), ids.len(), "every acknowledged concept, after the merge");
+    for i in (0..batches).step_by(7) {
+        let [a, b, _] = common::ids(2, i)[..] else { unreachable!() };
+        let has = async |v: ConceptId, other: ConceptId| {
+            let list = router.neighbors(v, &filter, 0, Consistency::Strong).await.ok()??;
+            list.edges.iter().any(|e| e.other.as_ref().map(sutra_grid::wire::id_from_pb) == Some(other)).then_some(())
+        };
+        until("the out-edge after the merge", Duration::from_secs(5), async || has(a, b).await).await;
+        until("the in-edge after the merge", Duration::from_secs(5), async || has(b, a).await).await;
+    }
+    let again = run(&["merge", "--master", &master, "--shard", "0", "--with", &child.shard.to_string()]);
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success() && text.contains("already under way or done"), "{text}");
+    // The merged-away shard's replicas are deleted; the grid is healthy.
+    until("healthy after the merge", Duration::from_secs(15), async || {
+        let st = status(&master).await?;
+        (st.healthy && st.nodes.iter().all(|n| n.replicas == 2)).then_some(())
+    })
+    .await;
+    let bad = run(&["merge", "--master", &master, "--shard", "0", "--with", "5"]);
+    assert!(!bad.status.success(), "a shard that is not a neighbour: refused");
 }
