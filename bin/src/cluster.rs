@@ -60,6 +60,10 @@ pub struct MasterArgs {
     split_requests_per_s: f64,
     #[arg(long, default_value_t = limits::SPLIT_LOAD_SUSTAIN_MS / 1000)]
     split_after_s: u64,
+    /// A shard whose range just changed (a split or merge) is neither split nor merged by the
+    /// policies for this long: its load is measured afresh first.
+    #[arg(long, default_value_t = limits::SPLIT_COOLDOWN_MS / 1000)]
+    split_cooldown_s: u64,
     /// Do not merge shards on their own (small and cold); `sutra merge` still works. The
     /// policy never goes below the shard count `sutra init` made.
     #[arg(long)]
@@ -102,6 +106,9 @@ pub async fn master(a: MasterArgs) -> Result<()> {
             a.split_requests_per_s / 2.0
         );
     }
+    if a.split_cooldown_s > 24 * 3600 {
+        anyhow::bail!("--split-cooldown-s must be at most 86400 (a day)");
+    }
     if a.merge_after_s == 0 || a.merge_after_s > 24 * 3600 {
         anyhow::bail!("--merge-after-s must be between 1 and 86400 (a day)");
     }
@@ -112,6 +119,7 @@ pub async fn master(a: MasterArgs) -> Result<()> {
         split_bytes: a.split_size_mib << 20,
         split_requests_per_s: a.split_requests_per_s,
         split_after_ms: a.split_after_s * 1000,
+        split_cooldown_ms: a.split_cooldown_s * 1000,
         auto_merge: !a.no_auto_merge,
         merge_bytes: a.merge_size_mib << 20,
         merge_requests_per_s: a.merge_requests_per_s,

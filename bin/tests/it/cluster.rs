@@ -486,3 +486,76 @@ async fn a_shard_splits_while_it_serves_writes() {
     let bad = run(&["merge", "--master", &master, "--shard", "0", "--with", "5"]);
     assert!(!bad.status.success(), "a shard that is not a neighbour: refused");
 }
+
+/// The policies on a real grid, thresholds scaled down: a writer keeps the only shard busy, so
+/// the split policy splits it (over 40 requests/s for 2 s); once the writer stops both halves
+/// are cold and small, and the merge policy merges them back (never below the one shard `init`
+/// made). Every acknowledged write is read back and the grid is healthy at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_splits_a_busy_shard_and_merges_it_back_once_it_is_cold() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let master = format!("127.0.0.1:{}", common::free_port());
+    let policy = [
+        "--split-requests-per-s",
+        "40",
+        "--split-after-s",
+        "2",
+        "--split-cooldown-s",
+        "2",
+        "--merge-requests-per-s",
+        "10",
+        "--merge-after-s",
+        "2",
+    ];
+    let m = sutra(&["master", "--listen", &master, "--no-http"])
+        .args(policy)
+        .arg("--data-dir")
+        .arg(root.join("master"))
+        .spawn()
+        .unwrap();
+    let a = sutra(&["agent", "--master", &master, "--name", "m1", "--processes", "3", "--vector-dim", "4"])
+        .args(["--base-port", &common::free_base(3).to_string(), "--data-root"])
+        .arg(root.join("m1"))
+        .spawn()
+        .unwrap();
+    let _procs = Reap(vec![m, a]);
+    until("3 processes Up", Duration::from_secs(30), async || {
+        let st = status(&master).await?;
+        (st.nodes.len() == 3 && st.nodes.iter().all(|n| n.state == NodeState::Up.to_pb() as i32)).then_some(())
+    })
+    .await;
+    let out = run(&["init", "--master", &master, "--shards", "1", "--replication", "3"]);
+    assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+    let router = Router::new(MasterClient::connect(&master).await.unwrap(), Duration::from_secs(10)).await.unwrap();
+    until("writes accepted", Duration::from_secs(10), async || router.write(&common::batch(2, 0)).await.ok()).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (router, stop) = (router.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 1u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                router.write_idempotent(&common::batch(2, i)).await.unwrap_or_else(|e| panic!("batch {i}: {e}"));
+                i += 1;
+            }
+            i
+        })
+    };
+    let (_, split_after) = until("the policy splits the busy shard", Duration::from_secs(30), async || {
+        let map = status(&master).await?.map?;
+        (map.shards.len() == 2).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let batches = writer.await.unwrap();
+    let (_, merge_after) = until("the policy merges the cold halves back", Duration::from_secs(30), async || {
+        let map = status(&master).await?.map?;
+        (map.shards.len() == 1 && map.shards[0].shard == 0).then_some(())
+    })
+    .await;
+    println!("real mode: the policy split the busy shard after {split_after:?} and merged it back {merge_after:?} after the load stopped ({batches} batches)");
+    let ids: Vec<ConceptId> = (0..batches).flat_map(|i| common::ids(2, i)).collect();
+    let found = router.get_concepts_at(&ids, Consistency::Strong).await.unwrap();
+    assert_eq!(found.len(), ids.len(), "every acknowledged concept, after a split and a merge");
+    until("healthy", Duration::from_secs(15), async || status(&master).await?.healthy.then_some(())).await;
+}
