@@ -64,6 +64,13 @@ pub struct ClusterWriteArgs {
     shards: u32,
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// Split shard 0 (`sutra split`) this many seconds in, and report the throughput before,
+    /// during and after it.
+    #[arg(long)]
+    split_at_s: Option<f64>,
+    /// Merge the split back (`sutra merge`) this many seconds in (after --split-at-s).
+    #[arg(long)]
+    merge_at_s: Option<f64>,
     #[command(flatten)]
     common: Common,
 }
@@ -240,6 +247,40 @@ async fn bench_wal(a: &WalArgs) -> Result<serde_json::Value> {
         "content_bytes": 200,
         "seconds": secs,
     }))
+}
+
+/// `sutra split` of shard 0 at `split_at` s after `start`, then `sutra merge` of the two halves
+/// at `merge_at`: when each was asked and when the map showed it done, in seconds from `start`.
+#[allow(clippy::type_complexity)]
+async fn split_then_merge(
+    mc: &sutra_grid::client::MasterClient,
+    start: Instant,
+    split_at: Option<f64>,
+    merge_at: Option<f64>,
+) -> Result<(Option<(f64, f64)>, Option<(f64, f64)>)> {
+    let Some(split_at) = split_at else { return Ok((None, None)) };
+    let at = |s: f64| tokio::time::sleep_until(tokio::time::Instant::from_std(start + Duration::from_secs_f64(s)));
+    let now = || start.elapsed().as_secs_f64();
+    // Until the map shows the new shard (`present`) or no longer does.
+    let until = async |child: u32, present: bool| -> Result<f64> {
+        loop {
+            if mc.shard_map().await?.shards.iter().any(|e| e.shard == child) == present {
+                return Ok(now());
+            }
+            anyhow::ensure!(now() < 600.0, "the split or merge did not finish in 600 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    at(split_at).await;
+    let s0 = now();
+    let r = mc.split_shard(0, None).await?;
+    let s1 = until(r.child, true).await?;
+    let Some(merge_at) = merge_at else { return Ok((Some((s0, s1)), None)) };
+    at(merge_at).await;
+    let m0 = now();
+    mc.merge_shard(0, Some(r.child)).await?;
+    let m1 = until(r.child, false).await?;
+    Ok((Some((s0, s1)), Some((m0, m1))))
 }
 
 /// A random graph over `n` concepts, as checkpoint input (sorted by id).
@@ -477,6 +518,11 @@ async fn bench_cluster_write(a: &ClusterWriteArgs) -> Result<serde_json::Value> 
     let content = "c".repeat(200);
     let deadline = Instant::now() + Duration::from_secs_f64(a.seconds);
     let start = Instant::now();
+    // The split and merge, timed from `start`: (started, done) of each.
+    let changes = {
+        let (mc, split_at, merge_at) = (mc.clone(), a.split_at_s, a.merge_at_s);
+        tokio::spawn(async move { split_then_merge(&mc, start, split_at, merge_at).await })
+    };
     let mut tasks = Vec::new();
     for w in 0..a.writers {
         let (router, content, items) = (router.clone(), content.clone(), a.items_per_write.max(1));
@@ -497,20 +543,44 @@ async fn bench_cluster_write(a: &ClusterWriteArgs) -> Result<serde_json::Value> 
                     .collect();
                 let t = Instant::now();
                 match router.write(&WriteBatch { concepts, associations: vec![] }).await {
-                    Ok(_) => lat_us.push(t.elapsed().as_micros() as u64),
+                    Ok(_) => lat_us.push((t.elapsed().as_micros() as u64, start.elapsed().as_secs_f64())),
                     Err(_) => failed += 1,
                 }
             }
             (lat_us, failed)
         }));
     }
-    let (mut lat, mut failed) = (Vec::new(), 0u64);
+    let (mut acked, mut failed) = (Vec::new(), 0u64);
     for t in tasks {
         let (l, f) = t.await?;
-        lat.extend(l);
+        acked.extend(l);
         failed += f;
     }
     let secs = start.elapsed().as_secs_f64();
+    let (split, merge) = changes.await??;
+    // Acknowledged upserts per second in each phase, and as a ratio of the rate before.
+    let per_write = a.items_per_write.max(1) as f64;
+    let rate = |from: f64, to: f64| {
+        let n = acked.iter().filter(|(_, t)| *t >= from && *t < to).count() as f64;
+        (to > from).then(|| (n * per_write / (to - from)).round())
+    };
+    let mut phases = serde_json::Map::new();
+    if let Some((s0, s1)) = split {
+        let before = rate(0.0, s0);
+        let m0 = merge.map_or(secs, |m| m.0);
+        let mut put = |name: &str, r: Option<f64>| {
+            let ratio = r.zip(before).map(|(r, b)| ((r / b.max(1.0)) * 100.0).round() / 100.0);
+            phases.insert(name.into(), json!({"upserts_per_s": r, "ratio_to_before": ratio}));
+        };
+        put("before_split", before);
+        put("during_split", rate(s0, s1));
+        put("after_split", rate(s1, m0));
+        if let Some((m0, m1)) = merge {
+            put("during_merge", rate(m0, m1));
+            put("after_merge", rate(m1, secs));
+        }
+    }
+    let mut lat: Vec<u64> = acked.iter().map(|(l, _)| *l).collect();
     lat.sort_unstable();
     let upserts = lat.len() * a.items_per_write.max(1);
     let _ = stop_agent.send(());
@@ -532,6 +602,9 @@ async fn bench_cluster_write(a: &ClusterWriteArgs) -> Result<serde_json::Value> 
         "label_bytes": 64,
         "content_bytes": 200,
         "seconds": secs,
+        "split_s": split.map(|(a, b)| [a, b]),
+        "merge_s": merge.map(|(a, b)| [a, b]),
+        "phases": phases,
     }))
 }
 

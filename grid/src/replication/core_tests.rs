@@ -9,7 +9,7 @@
 //!   append E prev=E.L [entries=E.L,...] [commit=N]
 //!   durable N | reply E peer=N (ok M | stale P | mismatch E.L C) [sent=MS]
 //!   install E at=E.L | installed E at=E.L | learners E N,... | ship E peer=N [heartbeat]
-//!   tick MS | lease | state
+//!   tick MS | lease | state | range-changed N (the range changed at LSN N: a split, a merge's end)
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -223,6 +223,10 @@ impl Harness {
             "handed-over" => {
                 let to = NodeId(arg(args, "to").expect("to=").parse().expect("node"));
                 let _ = writeln!(out, "handed over to {}: {}", to.0, self.core().handed_over(to));
+            }
+            "range-changed" => {
+                self.core().snapshot_through = args[0].parse().expect("lsn");
+                return String::new();
             }
             "state" => {}
             other => panic!("unknown command `{other}`"),
