@@ -621,9 +621,9 @@ fn bench_master(a: &MasterArgs) -> Result<serde_json::Value> {
             a.machines,
             a.per_machine,
             a.shards,
-            plan.lose_round / 2,
-            plan.join_round / 2,
-            plan.restart_round / 2
+            plan.lose_round * sutra_grid::limits::HEARTBEAT_INTERVAL_MS / 1000,
+            plan.join_round * sutra_grid::limits::HEARTBEAT_INTERVAL_MS / 1000,
+            plan.restart_round * sutra_grid::limits::HEARTBEAT_INTERVAL_MS / 1000
         );
     }
     let wall = Instant::now();
