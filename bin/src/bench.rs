@@ -648,6 +648,7 @@ fn bench_master(a: &MasterArgs) -> Result<serde_json::Value> {
         "heartbeat_us_median": pct(0.5) * 1000.0 / nodes,
         "round_cpu_share_of_interval_median": pct(0.5) / (round_s * 1000.0),
         "elections": out.elections,
+        "map_change_logged_bytes": out.map_op_bytes,
         "replica_moves": out.moves,
         "leader_transfers": out.transfers,
         "max_in_flight": out.max_in_flight,

@@ -72,6 +72,9 @@ pub struct Outcome {
     pub primaries: (usize, usize),
     /// What was wrong at the last round when it did not converge.
     pub unsettled: Option<String>,
+    /// Bytes of one logged map change at the end (the master logs the whole map on every
+    /// change: an election at this size writes this much to its metadata log).
+    pub map_op_bytes: usize,
 }
 
 /// Runs the plan. Errors are refusals of the model's own steps (a bug in the master's state).
@@ -162,6 +165,8 @@ pub fn run(plan: &Plan) -> Result<Outcome, String> {
             break;
         }
     }
+    let op = MetaOp::Map { map: s.map().clone(), replication: plan.replication };
+    out.map_op_bytes = serde_json::to_vec(&op).map_or(0, |b| b.len());
     Ok(out)
 }
 
