@@ -582,7 +582,8 @@ async fn bench_cluster_write(a: &ClusterWriteArgs) -> Result<serde_json::Value> 
     }
     // Acknowledged upserts in each whole second, to tell a split's or merge's effect from the
     // store growing (checkpoints get longer as it does): compare with a run without them.
-    let per_second: Vec<f64> = (0..secs.floor() as usize).map(|i| rate(i as f64, i as f64 + 1.0).unwrap_or(0.0)).collect();
+    let per_second: Vec<f64> =
+        (0..secs.floor() as usize).map(|i| rate(i as f64, i as f64 + 1.0).unwrap_or(0.0)).collect();
     let mut lat: Vec<u64> = acked.iter().map(|(l, _)| *l).collect();
     lat.sort_unstable();
     let upserts = lat.len() * a.items_per_write.max(1);

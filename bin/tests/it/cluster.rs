@@ -352,32 +352,48 @@ async fn a_joining_machine_gets_its_share_of_replicas_and_primaries() {
     assert!(out.status.success() && text.contains("would start now: none"), "{text}");
 }
 
-/// `sutra split` on a running grid while a writer writes: the new shard appears on the same
-/// replicas, no acknowledged write is lost or refused, associations across the new boundary
-/// keep both sides, and asking for the same split again answers that it is done. Prints the
-/// time to split and the longest write during it (the pause users see).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shard_splits_while_it_serves_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
+/// A master (with `master_flags`) and one machine of 3 storage processes under `root`,
+/// initialised with `shards` × 3 and taking writes: the master's address, the processes (killed
+/// when dropped) and a router.
+async fn one_machine_grid(
+    root: &std::path::Path,
+    master_flags: &[&str],
+    shards: u32,
+) -> (String, Reap, std::sync::Arc<Router>) {
     let master = format!("127.0.0.1:{}", common::free_port());
-    let m =
-        sutra(&["master", "--listen", &master, "--no-http", "--data-dir"]).arg(root.join("master")).spawn().unwrap();
+    let m = sutra(&["master", "--listen", &master, "--no-http"])
+        .args(master_flags)
+        .arg("--data-dir")
+        .arg(root.join("master"))
+        .spawn()
+        .unwrap();
     let a = sutra(&["agent", "--master", &master, "--name", "m1", "--processes", "3", "--vector-dim", "4"])
         .args(["--base-port", &common::free_base(3).to_string(), "--data-root"])
         .arg(root.join("m1"))
         .spawn()
         .unwrap();
-    let _procs = Reap(vec![m, a]);
+    let procs = Reap(vec![m, a]);
     until("3 processes Up", Duration::from_secs(30), async || {
         let st = status(&master).await?;
         (st.nodes.len() == 3 && st.nodes.iter().all(|n| n.state == NodeState::Up.to_pb() as i32)).then_some(())
     })
     .await;
-    let out = run(&["init", "--master", &master, "--shards", "2", "--replication", "3"]);
+    let out = run(&["init", "--master", &master, "--shards", &shards.to_string(), "--replication", "3"]);
     assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
     let router = Router::new(MasterClient::connect(&master).await.unwrap(), Duration::from_secs(10)).await.unwrap();
     until("writes accepted", Duration::from_secs(10), async || router.write(&common::batch(2, 0)).await.ok()).await;
+    (master, procs, router)
+}
+
+/// `sutra split` on a running grid while a writer writes: the new shard appears on the same
+/// replicas, no acknowledged write is lost or refused, associations across the new boundary
+/// keep both sides, and asking for the same split again answers that it is done; then `sutra merge`
+/// takes it back while the writer writes again. Prints the time each took and the longest write
+/// meanwhile (the pause users see).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_splits_while_it_serves_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (master, _procs, router) = one_machine_grid(dir.path(), &[], 2).await;
     // A writer runs through the split; each batch's concepts spread over both halves.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let write_from = |first: u32| {
@@ -494,8 +510,6 @@ async fn a_shard_splits_while_it_serves_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_policy_splits_a_busy_shard_and_merges_it_back_once_it_is_cold() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let master = format!("127.0.0.1:{}", common::free_port());
     let policy = [
         "--split-requests-per-s",
         "40",
@@ -508,27 +522,7 @@ async fn the_policy_splits_a_busy_shard_and_merges_it_back_once_it_is_cold() {
         "--merge-after-s",
         "2",
     ];
-    let m = sutra(&["master", "--listen", &master, "--no-http"])
-        .args(policy)
-        .arg("--data-dir")
-        .arg(root.join("master"))
-        .spawn()
-        .unwrap();
-    let a = sutra(&["agent", "--master", &master, "--name", "m1", "--processes", "3", "--vector-dim", "4"])
-        .args(["--base-port", &common::free_base(3).to_string(), "--data-root"])
-        .arg(root.join("m1"))
-        .spawn()
-        .unwrap();
-    let _procs = Reap(vec![m, a]);
-    until("3 processes Up", Duration::from_secs(30), async || {
-        let st = status(&master).await?;
-        (st.nodes.len() == 3 && st.nodes.iter().all(|n| n.state == NodeState::Up.to_pb() as i32)).then_some(())
-    })
-    .await;
-    let out = run(&["init", "--master", &master, "--shards", "1", "--replication", "3"]);
-    assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
-    let router = Router::new(MasterClient::connect(&master).await.unwrap(), Duration::from_secs(10)).await.unwrap();
-    until("writes accepted", Duration::from_secs(10), async || router.write(&common::batch(2, 0)).await.ok()).await;
+    let (master, _procs, router) = one_machine_grid(dir.path(), &policy, 1).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let (router, stop) = (router.clone(), stop.clone());
