@@ -606,9 +606,10 @@ fn map_change_problem(
     }
     let before = by_id(prev);
     let seen = before.keys().chain(first.keys()).max().copied().unwrap_or(0);
-    let fresh =
-        |b: &&pb::ShardEntry| !before.contains_key(&b.shard) && !(prev.version <= 1 && first.contains_key(&b.shard));
-    if let Some(b) = m.shards.iter().filter(fresh).find(|b| b.shard <= seen) {
+    // Not new: in the last poll's map, or made by `init` when the last poll came before it.
+    let known =
+        |b: &&pb::ShardEntry| before.contains_key(&b.shard) || (prev.version <= 1 && first.contains_key(&b.shard));
+    if let Some(b) = m.shards.iter().filter(|b| !known(b)).find(|b| b.shard <= seen) {
         return Some(format!("new shard {} reuses an id (ids up to {seen} were used)", b.shard));
     }
     for (a, b) in before.values().filter_map(|a| Some((a, now.get(&a.shard)?))) {

@@ -387,14 +387,14 @@ impl pb::storage_server::Storage for StorageService {
     async fn merge_part(&self, req: Request<pb::MergePartRequest>) -> Result<Response<pb::MergePartResponse>, Status> {
         let req = req.into_inner();
         let bytes_max = (req.bytes_max as usize).clamp(1, limits::MERGE_PART_BYTES_MAX);
-        let (image, next, range, marks) = self.node.shard(req.shard)?.merge_part(req.from_key, bytes_max)?;
+        let part = self.node.shard(req.shard)?.merge_part(req.from_key, bytes_max)?;
         Ok(Response::new(pb::MergePartResponse {
-            image: image.into(),
-            last: next.is_none(),
-            next_key: next.unwrap_or(0),
-            key_start: range.start,
-            key_end: range.end,
-            marks: marks.into(),
+            image: part.image.into(),
+            last: part.next.is_none(),
+            next_key: part.next.unwrap_or(0),
+            key_start: part.range.start,
+            key_end: part.range.end,
+            marks: part.marks.into(),
         }))
     }
 

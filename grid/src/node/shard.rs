@@ -413,15 +413,9 @@ impl Shard {
         self.submit(WriteKind::Merge, now_ms(), WriteBatch::default(), Vec::new(), bytes).await
     }
 
-    /// Part of a frozen, drained shard's data for a merge: a checkpoint image of its vertices
-    /// from placement key `from` on, of about `bytes_max` bytes (at least one vertex); the
-    /// next key to ask for (none: that was the last part); and the shard's range and inbox
-    /// marks (`Links` encoding).
-    pub fn merge_part(
-        &self,
-        from: u64,
-        bytes_max: usize,
-    ) -> Result<(Vec<u8>, Option<u64>, KeyRange, Vec<u8>), ShardError> {
+    /// Part of a frozen, drained shard's data for a merge: its vertices from placement key
+    /// `from` on, about `bytes_max` bytes of them (at least one vertex).
+    pub fn merge_part(&self, from: u64, bytes_max: usize) -> Result<MergePart, ShardError> {
         let st = self.read()?;
         if st.frozen_into().is_none() || !st.links().outbox.is_empty() {
             let reason = "not frozen with its outbox delivered yet".into();
@@ -436,7 +430,7 @@ impl Shard {
         };
         let image = checkpoint::build_image(&meta, st.relations(), &vertices, &crate::store::Links::default());
         let marks = crate::store::Links { outbox: Default::default(), ..st.links().clone() };
-        Ok((image, next, st.range, marks.encode()))
+        Ok(MergePart { image, next, range: st.range, marks: marks.encode() })
     }
 
     /// Where a merge of shard `from` (owning `right`) into this one stands here: not begun,
@@ -667,6 +661,17 @@ impl Shard {
         self.sh.trim_through.store(lsn, Ordering::Release);
         Ok(lsn)
     }
+}
+
+/// Part of a frozen shard's data, for the shard absorbing it (`Shard::merge_part`).
+pub struct MergePart {
+    /// A checkpoint image of the part's vertices.
+    pub image: Vec<u8>,
+    /// The placement key the next part starts at (none: this was the last).
+    pub next: Option<u64>,
+    /// The frozen shard's range and inbox marks (`Links` encoding).
+    pub range: KeyRange,
+    pub marks: Vec<u8>,
 }
 
 /// Where a merge stands on one replica of the shard absorbing another.
