@@ -134,8 +134,8 @@ for scenario in node-crash-restart master-restart gossip-partition control-plane
   sweep_and_replay "$scenario"
 done
 
-step "simulation: replication (failover, repeated primary kills, partitions, disk faults, a slow primary disk, replacement, drain, scale-out, splits and merges under faults, the merge policy, a hot shard split by the policy, minority fence, swarm), ${SIM_BUDGET_S} s per scenario"
-for scenario in primary-crash primary-restarts network-partition disk-faults slow-primary-disk replace-node drain scale-out split-under-faults merge-policy hot-shard-split minority-fence swarm; do
+step "simulation: replication (failover, repeated primary kills, partitions, disk faults, a slow primary disk, replacement, drain, scale-out, leadership transfers to a slow disk, splits and merges under faults, the merge policy, a hot shard split by the policy, minority fence, swarm), ${SIM_BUDGET_S} s per scenario"
+for scenario in primary-crash primary-restarts network-partition disk-faults slow-primary-disk replace-node drain scale-out transfer-to-slow-disk split-under-faults merge-policy hot-shard-split minority-fence swarm; do
   sweep_and_replay "$scenario"
 done
 
