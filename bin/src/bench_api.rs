@@ -46,6 +46,10 @@ pub struct ApiArgs {
     max_hops: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Synsets whose edges are read for the locality figures (issue 18): how many of their
+    /// associations have both ends on one shard, by the ids the grid answers.
+    #[arg(long, default_value_t = 2_000)]
+    locality_sample: usize,
     /// Print only the JSON object.
     #[arg(long)]
     pub json: bool,
@@ -175,8 +179,12 @@ pub async fn bench_api(a: &ApiArgs) -> Result<serde_json::Value> {
     }
     let rps = n0 as f64 / elapsed;
 
+    say(&format!("locality: the edges of {} synsets against the shard map", a.locality_sample));
+    let locality = locality(&client, &tax, a.locality_sample, &mut rng).await?;
+
     say(&format!("POST /reason: {} pairs ≤ {} hops apart over hypernym/hyponym", a.reasons, a.max_hops));
     let mut reason_lat = Vec::with_capacity(a.reasons);
+    let (mut rpcs, mut shards_accessed) = (Vec::with_capacity(a.reasons), Vec::with_capacity(a.reasons));
     let (mut mismatches, mut cross_shard, mut hops_sum) = (0usize, 0usize, 0usize);
     let (mut paths_sum, mut distinct_sum, mut k_lat) = (0usize, 0usize, Vec::new());
     while reason_lat.len() < a.reasons {
@@ -229,10 +237,15 @@ pub async fn bench_api(a: &ApiArgs) -> Result<serde_json::Value> {
             ));
         }
         cross_shard += (v["shards_accessed"].as_u64().unwrap_or(0) > 1) as usize;
+        rpcs.push(v["rpcs"].as_f64().unwrap_or(0.0));
+        shards_accessed.push(v["shards_accessed"].as_f64().unwrap_or(0.0));
         hops_sum += d;
     }
     reason_lat.sort_by(f64::total_cmp);
     k_lat.sort_by(f64::total_cmp);
+    rpcs.sort_by(f64::total_cmp);
+    shards_accessed.sort_by(f64::total_cmp);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let per = |n: usize| n as f64 / reason_lat.len().max(1) as f64;
     Ok(json!({
         "bench": "api",
@@ -254,5 +267,57 @@ pub async fn bench_api(a: &ApiArgs) -> Result<serde_json::Value> {
         "reason_k_shortest_queries": k_lat.len(),
         "reason_k_shortest_ms_p50": ms_percentile(&k_lat, 0.5),
         "reason_k_shortest_ms_p99": ms_percentile(&k_lat, 0.99),
+        "reason_rpcs_mean": mean(&rpcs),
+        "reason_rpcs_p50": ms_percentile(&rpcs, 0.5),
+        "reason_rpcs_p99": ms_percentile(&rpcs, 0.99),
+        "reason_shards_accessed_mean": mean(&shards_accessed),
+        "locality": locality,
+    }))
+}
+
+/// How local the grid's placement is: of the associations of `sample` random synsets (read
+/// from the grid by label, so whatever ids the grid gave them), the fraction whose other end's
+/// placement key falls in the same shard's range; and the shards' concept counts, largest
+/// against the mean, from `/cluster/status`.
+async fn locality(
+    client: &HttpClient,
+    tax: &Taxonomy,
+    sample: usize,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> Result<serde_json::Value> {
+    let st = client.get("/cluster/status").await?;
+    let hex = |v: &serde_json::Value| u64::from_str_radix(v.as_str().unwrap_or("0"), 16).unwrap_or(0);
+    let ranges: Vec<(u64, u64, u64)> = st["shards"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| (hex(&e["key_start"]), hex(&e["key_end"]), e["id"].as_u64().unwrap_or(0)))
+        .collect();
+    let shard_of = |key: u64| ranges.iter().find(|(s, e, _)| (*s..=*e).contains(&key)).map(|r| r.2);
+    let key_of = |id: &str| u128::from_str_radix(id, 16).map(|v| (v >> 64) as u64).ok();
+    let (mut edges, mut local) = (0u64, 0u64);
+    for _ in 0..sample {
+        let name = &tax.names[rng.random_range(0..tax.names.len())];
+        let c = client.get(&format!("/concepts?label={name}")).await?;
+        let Some(id) = c["id"].as_str().map(str::to_string) else { continue };
+        let n = client.get(&format!("/concepts/{id}/neighbors?limit=100000")).await?;
+        let mine = key_of(&id).and_then(shard_of);
+        for e in n["neighbors"].as_array().into_iter().flatten() {
+            let other = e["id"].as_str().and_then(key_of).and_then(shard_of);
+            edges += 1;
+            local += u64::from(other.is_some() && other == mine);
+        }
+    }
+    let counts: Vec<f64> =
+        st["shards"].as_array().into_iter().flatten().map(|e| e["concepts"].as_f64().unwrap_or(0.0)).collect();
+    let mean = counts.iter().sum::<f64>() / counts.len().max(1) as f64;
+    let largest = counts.iter().copied().fold(0.0, f64::max);
+    Ok(json!({
+        "shards": ranges.len(),
+        "sampled_synsets": sample,
+        "edges_read": edges,
+        "intra_shard_fraction": local as f64 / edges.max(1) as f64,
+        "concepts_per_shard": counts,
+        "largest_vs_mean": if mean > 0.0 { largest / mean } else { 0.0 },
     }))
 }

@@ -311,7 +311,7 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
             "replicas": e.replicas, "primary": e.primary, "epoch": e.epoch,
             "splitting": e.splitting.then(|| json!({"at": format!("{:016x}", e.split_at), "into": e.split_child})),
             "merging": e.merging.then(|| json!({"absorbs": e.merge_from})),
-            "bytes": e.bytes, "requests_per_s": e.requests_per_s, "lag_entries": e.lag_entries,
+            "bytes": e.bytes, "concepts": e.concepts, "requests_per_s": e.requests_per_s, "lag_entries": e.lag_entries,
             "moving": (e.replacing != 0).then(|| json!({"learner": e.learner, "replacing": e.replacing})),
         })).collect::<Vec<_>>(),
     })

@@ -176,6 +176,7 @@ struct ShardLoad {
     /// Since when the rate has been under half the merge threshold (architecture.md §10).
     cold_since_ms: Option<u64>,
     bytes: u64,
+    concepts: u64,
 }
 
 impl Default for NodeLive {
@@ -525,6 +526,7 @@ impl MasterState {
             *load = ShardLoad { range, since_ms: now_ms.max(1), ..ShardLoad::default() };
         }
         load.bytes = s.bytes;
+        load.concepts = s.concepts;
         match load.from {
             Some((n, t, r)) if n == node && s.requests >= r && now_ms > t => {
                 let inst = (s.requests - r) as f64 * 1000.0 / (now_ms - t) as f64;
@@ -1586,6 +1588,7 @@ impl MasterState {
                     merging: s.merge.is_some(),
                     merge_from: s.merge.map_or(0, |x| x.from.0),
                     bytes: self.load.get(&s.id.0).map_or(0, |l| l.bytes),
+                    concepts: self.load.get(&s.id.0).map_or(0, |l| l.concepts),
                     requests_per_s: self.load.get(&s.id.0).map_or(0.0, |l| l.rate),
                     lag_entries: self.lag(s),
                 })
