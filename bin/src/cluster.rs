@@ -320,15 +320,30 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
 fn print_map(map: &pb::ShardMap) {
     for e in &map.shards {
         let replicas: Vec<String> = e.replicas.iter().map(|r| r.to_string()).collect();
-        let splitting = if e.splitting {
+        let mut change = if e.splitting {
             format!("  splitting at {:016x} into shard {}", e.split_at, e.split_child)
         } else if e.merging {
             format!("  absorbing shard {} (merging)", e.merge_from)
         } else {
             String::new()
         };
+        if e.replacing != 0 {
+            change += &format!("  moving: node {} replacing node {}", e.learner, e.replacing);
+        }
+        // Load figures come with status answers only (the master's view of its primary).
+        let load = if e.bytes > 0 || e.concepts > 0 || e.requests_per_s > 0.0 || e.lag_entries > 0 {
+            format!(
+                "  {:.1} MiB, {} concepts, {:.0} req/s, lag {}",
+                e.bytes as f64 / (1 << 20) as f64,
+                e.concepts,
+                e.requests_per_s,
+                e.lag_entries
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "  shard {:>3}  [{:016x} .. {:016x}]  epoch {}  primary {}  replicas {}{splitting}",
+            "  shard {:>3}  [{:016x} .. {:016x}]  epoch {}  primary {}  replicas {}{load}{change}",
             e.shard,
             e.key_start,
             e.key_end,
