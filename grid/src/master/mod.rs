@@ -120,7 +120,9 @@ impl Master {
             if let Some(op) = op {
                 let mut after = state.meta().clone();
                 after.apply(&op);
-                log.append(&op, &after).map_err(|e| MasterFailure::Log(e.to_string()))?;
+                // A map change is logged as what changed (`MetaOp::logged_against`).
+                let logged = op.logged_against(state.meta());
+                log.append(&logged, &after).map_err(|e| MasterFailure::Log(e.to_string()))?;
                 state.commit(&op);
             }
             state.evaluate(now);

@@ -72,9 +72,10 @@ pub struct Outcome {
     pub primaries: (usize, usize),
     /// What was wrong at the last round when it did not converge.
     pub unsettled: Option<String>,
-    /// Bytes of one logged map change at the end (the master logs the whole map on every
-    /// change: an election at this size writes this much to its metadata log).
-    pub map_op_bytes: usize,
+    /// Bytes of the whole map at the end, as JSON (what every map change logged before
+    /// `MetaOp::MapChange`), and of one election as the master logs it now.
+    pub map_bytes: usize,
+    pub election_logged_bytes: usize,
 }
 
 /// Runs the plan. Errors are refusals of the model's own steps (a bug in the master's state).
@@ -166,7 +167,10 @@ pub fn run(plan: &Plan) -> Result<Outcome, String> {
         }
     }
     let op = MetaOp::Map { map: s.map().clone(), replication: plan.replication };
-    out.map_op_bytes = serde_json::to_vec(&op).map_or(0, |b| b.len());
+    out.map_bytes = serde_json::to_vec(&op).map_or(0, |b| b.len());
+    let e = entry(&s, s.map().shards[0].id.0)?;
+    let elect = s.elect(e.id.0, e.primary.0, e.epoch.0 + 1).map_err(|e| e.to_string())?;
+    out.election_logged_bytes = serde_json::to_vec(&elect.logged_against(s.meta())).map_or(0, |b| b.len());
     Ok(out)
 }
 

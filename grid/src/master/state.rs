@@ -76,10 +76,55 @@ pub struct Meta {
 /// One logged change to [`Meta`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MetaOp {
-    Agent { name: String, id: u64 },
-    Node { id: u64, record: NodeRecord },
-    Map { map: ShardMap, replication: u32 },
-    Drain { id: u64, draining: bool },
+    Agent {
+        name: String,
+        id: u64,
+    },
+    Node {
+        id: u64,
+        record: NodeRecord,
+    },
+    Map {
+        map: ShardMap,
+        replication: u32,
+    },
+    Drain {
+        id: u64,
+        draining: bool,
+    },
+    /// A map change as it is logged: the entries that changed or appeared and the ids that
+    /// left, not the whole map (at 3,000 shards a whole map is about 550 KB of JSON per
+    /// election; this is a few hundred bytes). See [`MetaOp::logged_against`].
+    MapChange {
+        version: u64,
+        replication: u32,
+        next_id: u32,
+        initial_shards: u32,
+        changed: Vec<shardmap::ShardEntry>,
+        removed: Vec<u32>,
+    },
+}
+
+impl MetaOp {
+    /// What to log for this op on top of `before`: a map change as a [`MetaOp::MapChange`]
+    /// once there is a map, anything else as it is. Applying it to `before` gives what
+    /// applying `self` does.
+    pub fn logged_against(&self, before: &Meta) -> MetaOp {
+        let MetaOp::Map { map, replication } = self else { return self.clone() };
+        if before.map.version == 0 {
+            return self.clone();
+        }
+        let old: BTreeMap<u32, &shardmap::ShardEntry> = before.map.shards.iter().map(|e| (e.id.0, e)).collect();
+        let new: BTreeSet<u32> = map.shards.iter().map(|e| e.id.0).collect();
+        MetaOp::MapChange {
+            version: map.version,
+            replication: *replication,
+            next_id: map.next_id,
+            initial_shards: map.initial_shards,
+            changed: map.shards.iter().filter(|e| old.get(&e.id.0) != Some(e)).cloned().collect(),
+            removed: old.keys().copied().filter(|id| !new.contains(id)).collect(),
+        }
+    }
 }
 
 impl Meta {
@@ -101,6 +146,14 @@ impl Meta {
                 if let Some(n) = self.nodes.get_mut(id) {
                     n.draining = *draining;
                 }
+            }
+            MetaOp::MapChange { version, replication, next_id, initial_shards, changed, removed } => {
+                let m = &mut self.map;
+                m.shards.retain(|e| !removed.contains(&e.id.0) && !changed.iter().any(|c| c.id == e.id));
+                m.shards.extend(changed.iter().cloned());
+                m.shards.sort_by_key(|e| e.range.start);
+                (m.version, m.next_id, m.initial_shards) = (*version, *next_id, *initial_shards);
+                self.replication = *replication;
             }
         }
     }
@@ -357,7 +410,7 @@ impl MasterState {
         if let MetaOp::Node { id, .. } = op {
             self.nodes.entry(*id).or_default();
         }
-        if let MetaOp::Map { .. } = op {
+        if let MetaOp::Map { .. } | MetaOp::MapChange { .. } = op {
             self.index_map();
         }
     }

@@ -974,3 +974,45 @@ fn the_merge_policy_merges_two_cold_small_neighbours_once_they_stayed_cold_and_n
     beat(&mut s, t + 60_000, 0, 0);
     assert_eq!(s.merge_wanted(t + 60_000, &cfg), None, "never below the count init made");
 }
+
+#[test]
+fn a_map_change_is_logged_as_what_changed_and_replays_to_the_same_metadata() {
+    let (mut s, nodes) = grid(3, 2);
+    let op = s.init(6, 3).unwrap().unwrap();
+    assert_eq!(op.logged_against(s.meta()), op, "the first map is logged whole");
+    s.commit(&op);
+    // Elections, a learner, a split and a merge: each logged form, applied to the metadata
+    // before it, gives what the whole op gives, and is far smaller.
+    let e = s.map().shards[2].clone();
+    let op = s.elect(2, e.primary.0, e.epoch.0 + 1).unwrap();
+    check_logged(&mut s, op);
+    let e = s.map().shards[1].clone();
+    let spare = *nodes.iter().find(|n| !e.replicas.iter().any(|r| r.0 == **n)).unwrap();
+    let op = s.set_learner(1, Some((spare, e.replicas[0].0)), e.epoch.0).unwrap();
+    check_logged(&mut s, op);
+    let (intent, op) = s.start_split(0, None).unwrap();
+    check_logged(&mut s, op.unwrap());
+    let op = s.finish_split(0, intent).unwrap();
+    check_logged(&mut s, op);
+    let (into, from, op) = s.start_merge(0, Some(intent.child.0)).unwrap();
+    check_logged(&mut s, op.unwrap());
+    let op = s.finish_merge(into, from).unwrap();
+    check_logged(&mut s, op);
+    check_logged(&mut s, MetaOp::Drain { id: nodes[0], draining: true });
+}
+
+/// Applies `op`'s logged form to a copy of the metadata, checks it equals applying `op`, then
+/// commits `op`.
+fn check_logged(s: &mut MasterState, op: MetaOp) {
+    let (mut whole, mut logged) = (s.meta().clone(), s.meta().clone());
+    whole.apply(&op);
+    let small = op.logged_against(s.meta());
+    logged.apply(&small);
+    assert_eq!(logged, whole, "{small:?}");
+    if let MetaOp::Map { .. } = op {
+        assert!(matches!(small, MetaOp::MapChange { .. }));
+        let size = |o: &MetaOp| serde_json::to_vec(o).unwrap().len();
+        assert!(size(&small) * 2 < size(&op), "{} vs {} bytes", size(&small), size(&op));
+    }
+    s.commit(&op);
+}
