@@ -464,7 +464,8 @@ pub struct SplitArgs {
     #[arg(long)]
     shard: u32,
     /// Where the new shard starts: a placement key (`0x` and up to 16 hex digits) or a concept
-    /// label (its placement key). Default: the middle of the shard's range.
+    /// label (its placement key). Default: the key that halves the shard's concepts (the middle
+    /// of its range if its primary cannot say).
     #[arg(long)]
     at: Option<String>,
     /// Return once the master has recorded the split, without waiting for it to finish.

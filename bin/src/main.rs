@@ -53,7 +53,7 @@ enum Cmd {
     /// Show the replica moves and primary transfers the master's rebalancer would start, and
     /// those under way (`--dry-run`: print only).
     Rebalance(cluster::RebalanceArgs),
-    /// Split a shard in two at a key (default: the middle of its range), while it serves.
+    /// Split a shard in two at a key (default: the key that halves its concepts), while it serves.
     Split(cluster::SplitArgs),
     /// Merge a shard with its neighbour, while it serves (the neighbour's writes pause while
     /// its data is copied).

@@ -283,6 +283,11 @@ const _: () =
 /// How long the master waits for the absorbing primary to copy a frozen shard (a part per
 /// commit; a 32 MiB shard is 32 commits). Past it the master asks again, and the copy restarts.
 pub const MERGE_ABSORB_DEADLINE_MS: u64 = 60_000;
+/// Where a shard's requests fall, in this many equal slices of its range: the split point of a
+/// split for load is the slice boundary nearest half the load.
+pub const KEY_LOAD_BUCKETS: usize = 64;
+/// The slices' counts halve once they add up to this, so they follow the recent load.
+pub const KEY_LOAD_DECAY_TOTAL: u64 = 1 << 16;
 /// A shard whose range just changed (it split, or was split off) is not split by the policy
 /// for this long: its load is measured afresh first.
 pub const SPLIT_COOLDOWN_MS: u64 = 30_000;

@@ -264,6 +264,10 @@ impl StorageClient {
         self.once("split", self.inner.clone().split(req)).await
     }
 
+    pub async fn split_point(&self, shard: u32, by_load: bool) -> Result<pb::SplitPointResponse, ClientError> {
+        self.once("split_point", self.inner.clone().split_point(pb::SplitPointRequest { shard, by_load })).await
+    }
+
     pub async fn freeze(&self, req: pb::FreezeRequest) -> Result<pb::FreezeResponse, ClientError> {
         self.once("freeze", self.inner.clone().freeze(req)).await
     }

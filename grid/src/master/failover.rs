@@ -133,17 +133,36 @@ pub async fn run_failovers(master: Arc<Master>) {
                 );
             }
         }
-        // The split policy: record the intent as `sutra split` would; the step above runs it.
-        if let Some((s, why)) = master.with(|st, now| st.split_wanted(now, &master.membership)) {
+        // The split policy: record the intent as `sutra split` would, at the key that halves
+        // the shard's requests (split for load) or concepts (for size); the step above runs it.
+        if let Some((s, why, by_load)) = master.with(|st, now| st.split_wanted(now, &master.membership)) {
             if let std::collections::btree_map::Entry::Vacant(slot) = running.entry(s) {
                 tracing::info!(shard = s, reason = %why, "the split policy splits a shard");
                 let m = master.clone();
                 slot.insert(tokio::spawn(async move {
-                    m.mutate(move |st, _| st.start_split(s, None)).await.map(|_| None).map_err(|e| e.to_string())
+                    let at = split_point(&m, s, by_load).await;
+                    m.mutate(move |st, _| st.start_split(s, at)).await.map(|_| None).map_err(|e| e.to_string())
                 }));
             }
         }
     }
+}
+
+/// Where `shard`'s primary would split it: the key that halves its recent requests
+/// (`by_load`) or its concepts. None (the caller splits at the middle of the range) when it
+/// cannot say or does not answer in time.
+pub async fn split_point(master: &Master, shard: u32, by_load: bool) -> Option<u64> {
+    let addr = master.with(|st, _| {
+        st.map().shards.iter().find(|e| e.id.0 == shard && e.split.is_none()).map(|e| st.storage_addr(e.primary.0))
+    })?;
+    let deadline = Duration::from_millis(limits::REPL_RPC_DEADLINE_MS);
+    let answer = tokio::time::timeout(deadline, async {
+        let c = StorageClient::connect(&addr).await.ok()?.with_deadline(deadline);
+        c.split_point(shard, by_load).await.ok()
+    })
+    .await
+    .ok()??;
+    answer.found.then_some(answer.at)
 }
 
 /// Has `shard`'s primary log the split the map records, then records the new shard

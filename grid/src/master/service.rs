@@ -139,10 +139,17 @@ impl pb::master_server::Master for MasterService {
         req: Request<pb::SplitShardRequest>,
     ) -> Result<Response<pb::SplitShardResponse>, Status> {
         let req = req.into_inner();
+        // Without a point, the key that halves the shard's concepts (its primary says), unless
+        // a split is already in flight (asked again, it answers that one).
+        let busy = self.master.with(|s, _| s.map().shards.iter().any(|e| e.id.0 == req.shard && e.split.is_some()));
+        let at = match req.at {
+            None if !busy => super::failover::split_point(&self.master, req.shard, false).await,
+            at => at,
+        };
         let (intent, started) = self
             .master
             .mutate(move |s, _| {
-                let (intent, op) = s.start_split(req.shard, req.at)?;
+                let (intent, op) = s.start_split(req.shard, at)?;
                 let started = op.is_some();
                 Ok(((intent, started), op))
             })

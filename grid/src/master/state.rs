@@ -617,7 +617,8 @@ impl MasterState {
     /// `cfg.split_bytes` or has served `cfg.split_requests_per_s` for `cfg.split_after_ms`, it
     /// changes nothing else, it was not split (or split off) within the cooldown, it is wide
     /// enough, and fewer than `cfg.changes_max` shards change at once. One at a time.
-    pub fn split_wanted(&self, now_ms: u64, cfg: &MembershipConfig) -> Option<(u32, String)> {
+    /// The third element: the load decided it (split at the load's median, not the concepts').
+    pub fn split_wanted(&self, now_ms: u64, cfg: &MembershipConfig) -> Option<(u32, String, bool)> {
         if !cfg.auto_split || self.meta.map.version == 0 || self.meta.map.shards.len() >= shardmap::SHARDS_MAX as usize
         {
             return None;
@@ -640,6 +641,7 @@ impl MasterState {
                 return Some((
                     e.id.0,
                     format!("it holds {} MiB (threshold {} MiB)", load.bytes >> 20, cfg.split_bytes >> 20),
+                    false,
                 ));
             }
             let hot_for = load.hot_since_ms.map(|t| now_ms.saturating_sub(t))?;
@@ -650,6 +652,7 @@ impl MasterState {
                         "it served {:.0} requests/s for {} ms (threshold {:.0}/s for {} ms)",
                         load.rate, hot_for, cfg.split_requests_per_s, cfg.split_after_ms
                     ),
+                    true,
                 )
             })
         })

@@ -745,8 +745,8 @@ fn the_split_policy_splits_a_shard_hot_for_long_enough_once_and_not_again_until_
     while t < 20_000 && wanted_at.is_none() {
         t += 500;
         beat(&mut s, t, 100, 1 << 20);
-        if let Some((shard, why)) = s.split_wanted(t, &cfg) {
-            assert_eq!(shard, 0);
+        if let Some((shard, why, by_load)) = s.split_wanted(t, &cfg) {
+            assert_eq!((shard, by_load), (0, true));
             assert!(why.contains("requests/s"), "{why}");
             wanted_at = Some(t);
         }
@@ -776,7 +776,8 @@ fn the_split_policy_splits_a_shard_hot_for_long_enough_once_and_not_again_until_
     t += 1_000;
     beat(&mut s, t, 0, 300 << 20);
     let cfg_size = MembershipConfig { split_bytes: 256 << 20, ..cfg.clone() };
-    let (_, why) = s.split_wanted(t, &cfg_size).expect("a big shard is split");
+    let (_, why, by_load) = s.split_wanted(t, &cfg_size).expect("a big shard is split");
+    assert!(!by_load, "split for its size: at the concepts' median");
     assert!(why.contains("MiB"), "{why}");
     assert_eq!(s.split_wanted(t, &MembershipConfig { auto_split: false, ..cfg_size }), None, "the policy can be off");
 }

@@ -141,6 +141,7 @@ fn neighbor_lists(
     let shard = node.shard(shard)?;
     let st = shard.read_at(consistency_from_pb(consistency))?;
     owned(shard.id.0, &st, ids)?;
+    shard.note_keys(st.range, ids.iter().map(|i| id_from_pb(i).placement_key()));
     let (mut lists, mut scanned, mut total, mut truncated_any) = (Vec::with_capacity(ids.len()), 0u64, 0usize, false);
     for pid in ids {
         let id = id_from_pb(pid);
@@ -222,6 +223,7 @@ impl pb::storage_server::Storage for StorageService {
         let shard = self.node.shard(req.shard)?;
         let st = shard.read_at(consistency_from_pb(req.consistency))?;
         owned(shard.id.0, &st, &req.ids)?;
+        shard.note_keys(st.range, req.ids.iter().map(|i| id_from_pb(i).placement_key()));
         let mut resp = pb::GetConceptsResponse::default();
         for pid in req.ids {
             match st.concept(id_from_pb(&pid)) {
@@ -372,6 +374,15 @@ impl pb::storage_server::Storage for StorageService {
         // Open the new shard's replica now rather than at the next heartbeat.
         self.node.adopt_split_shards().await;
         Ok(Response::new(pb::SplitResponse { lsn }))
+    }
+
+    async fn split_point(
+        &self,
+        req: Request<pb::SplitPointRequest>,
+    ) -> Result<Response<pb::SplitPointResponse>, Status> {
+        let req = req.into_inner();
+        let at = self.node.shard(req.shard)?.split_point(req.by_load)?;
+        Ok(Response::new(pb::SplitPointResponse { found: at.is_some(), at: at.unwrap_or(0) }))
     }
 
     async fn freeze(&self, req: Request<pb::FreezeRequest>) -> Result<Response<pb::FreezeResponse>, Status> {

@@ -81,6 +81,62 @@ pub struct Shard {
     incoming: Mutex<Option<Incoming>>,
     /// Requests served (write batches, deliveries, reads), for the master's load figures.
     requests: AtomicU64,
+    /// Where in the range the requests' keys fall (a split for load splits at its median).
+    key_load: Mutex<KeyLoad>,
+}
+
+/// Counts of request keys in equal slices of a range, halved whenever they pass
+/// `KEY_LOAD_DECAY_TOTAL` so they follow the recent load; reset when the range changes.
+#[derive(Clone, Debug)]
+struct KeyLoad {
+    range: Option<KeyRange>,
+    buckets: [u64; limits::KEY_LOAD_BUCKETS],
+}
+
+impl Default for KeyLoad {
+    fn default() -> Self {
+        KeyLoad { range: None, buckets: [0; limits::KEY_LOAD_BUCKETS] }
+    }
+}
+
+impl KeyLoad {
+    fn bucket(range: KeyRange, key: u64) -> usize {
+        let width = (range.end - range.start) as u128 + 1;
+        (((key.saturating_sub(range.start)) as u128 * limits::KEY_LOAD_BUCKETS as u128 / width) as usize)
+            .min(limits::KEY_LOAD_BUCKETS - 1)
+    }
+
+    fn note(&mut self, range: KeyRange, keys: impl Iterator<Item = u64>) {
+        if self.range != Some(range) {
+            *self = KeyLoad { range: Some(range), ..KeyLoad::default() };
+        }
+        for k in keys.filter(|k| (range.start..=range.end).contains(k)) {
+            self.buckets[Self::bucket(range, k)] += 1;
+        }
+        if self.buckets.iter().sum::<u64>() >= limits::KEY_LOAD_DECAY_TOTAL {
+            self.buckets.iter_mut().for_each(|b| *b /= 2);
+        }
+    }
+
+    /// The slice boundary with the load on either side nearest even, if there was any load.
+    fn median(&self, range: KeyRange) -> Option<u64> {
+        if self.range != Some(range) {
+            return None;
+        }
+        let total: u64 = self.buckets.iter().sum();
+        let width = (range.end - range.start) as u128 + 1;
+        let mut below = 0u64;
+        let mut best: Option<(u64, u64)> = None;
+        for (i, b) in self.buckets.iter().enumerate().take(limits::KEY_LOAD_BUCKETS - 1) {
+            below += b;
+            let off = (below as i128 * 2 - total as i128).unsigned_abs() as u64;
+            let at = range.start + ((i as u128 + 1) * width / limits::KEY_LOAD_BUCKETS as u128) as u64;
+            if best.is_none_or(|(o, _)| off < o) {
+                best = Some((off, at));
+            }
+        }
+        best.filter(|_| total > 0).map(|(_, at)| at).filter(|at| *at > range.start && *at <= range.end)
+    }
 }
 
 fn storage_err(shard: u32, e: impl std::fmt::Display) -> ShardError {
@@ -189,6 +245,7 @@ impl Shard {
             checkpointing: tokio::sync::Mutex::new(()),
             incoming: Mutex::new(None),
             requests: AtomicU64::new(0),
+            key_load: Mutex::new(KeyLoad::default()),
         };
         if config.standalone {
             let (promised, led) = {
@@ -237,6 +294,23 @@ impl Shard {
     /// Requests served since this process opened the replica.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Counts where in `range` (this replica's now) a request's keys fall (for a split's
+    /// point, `split_point`).
+    pub fn note_keys(&self, range: KeyRange, keys: impl Iterator<Item = u64>) {
+        self.key_load.lock().unwrap_or_else(|p| p.into_inner()).note(range, keys);
+    }
+
+    /// Where to split this shard: the key that halves its recent requests (`by_load`), else
+    /// the one that halves its concepts; None when neither would leave both halves a share.
+    pub fn split_point(&self, by_load: bool) -> Result<Option<u64>, ShardError> {
+        let range = self.range();
+        let load = by_load.then(|| self.key_load.lock().unwrap_or_else(|p| p.into_inner()).median(range)).flatten();
+        Ok(match load {
+            Some(at) => Some(at),
+            None => self.read()?.median_key(),
+        })
     }
 
     /// Read access at `consistency`: strong reads only on a primary holding its lease. Counts
@@ -523,6 +597,10 @@ impl Shard {
             return Err(self.merging(into));
         }
         let range = self.range();
+        self.note_keys(
+            range,
+            ids.iter().chain(batch.associations.iter().map(|a| &a.source)).map(|id| id.placement_key()),
+        );
         // An association is logged on its source's shard (architecture.md §5 rule 7).
         let stray =
             ids.iter().copied().chain(batch.associations.iter().map(|a| a.source)).find(|id| !range.contains(*id));
@@ -574,6 +652,7 @@ impl Shard {
         if let Some(a) = batch.associations.iter().find(|a| !range.contains(a.target)) {
             return Err(self.wrong_shard(range, a.target));
         }
+        self.note_keys(range, batch.associations.iter().map(|a| a.target.placement_key()));
         if let Some(r) = routed.filter(|r| *r != range) {
             let reason = format!(
                 "this shard owns [{:016x}, {:016x}], not the [{:016x}, {:016x}] the delivery was routed by; re-read the shard map",
@@ -702,4 +781,31 @@ fn sorted(mut v: Vec<ItemError>) -> Vec<ItemError> {
 /// Wall-clock milliseconds; simulated time inside madsim.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_median_falls_where_half_the_requests_are_and_follows_the_recent_load() {
+        let range = KeyRange { start: 1 << 40, end: (1 << 40) + (1 << 30) - 1 };
+        let at = |frac: f64| range.start + ((range.end - range.start) as f64 * frac) as u64;
+        let mut kl = KeyLoad::default();
+        assert_eq!(kl.median(range), None, "no load seen");
+        // Three quarters of the requests in the first tenth of the range.
+        kl.note(range, (0..3000).map(|i| at(0.1 * (i as f64 / 3000.0))));
+        kl.note(range, (0..1000).map(|i| at(0.1 + 0.9 * (i as f64 / 1000.0))));
+        let m = kl.median(range).expect("a median");
+        assert!(m > range.start && m < at(0.1), "the median {m:#x} lies in the busy tenth");
+        // The load moves to the top half: the decay lets the median follow it.
+        for _ in 0..8 {
+            kl.note(range, (0..limits::KEY_LOAD_DECAY_TOTAL / 4).map(|i| at(0.5 + 0.5 * (i as f64 / 16384.0))));
+        }
+        assert!(kl.median(range).expect("a median") > at(0.5));
+        // A new range (the shard split) starts afresh; keys outside it do not count.
+        let half = KeyRange { start: range.start, end: at(0.5) };
+        kl.note(half, [range.end].into_iter());
+        assert_eq!(kl.median(half), None);
+    }
 }

@@ -702,6 +702,14 @@ impl ShardStore {
         (out, None)
     }
 
+    /// The placement key that halves this replica's vertices (the first key of the upper
+    /// half), if both halves would hold one.
+    pub fn median_key(&self) -> Option<u64> {
+        let ids = self.ids_in(self.range);
+        let key = ids.get(ids.len() / 2)?.placement_key();
+        (key > self.range.start && ids.first()?.placement_key() < key).then_some(key)
+    }
+
     /// The ids this replica holds in `range` (within its own), sorted.
     fn ids_in(&self, range: KeyRange) -> Vec<ConceptId> {
         let mut ids: Vec<ConceptId> =

@@ -481,3 +481,12 @@ fn merged_inbox_marks_skip_exactly_what_either_side_applied() {
     let frozen = Links { frozen_into: Some(3), ..Links::default() };
     assert_eq!(Links::decode(&frozen.encode()).unwrap(), frozen);
 }
+
+#[test]
+fn the_median_key_halves_the_vertices_and_needs_two() {
+    let s = store_with(&[], 30);
+    let m = s.median_key().expect("thirty vertices");
+    let below = (0..30).filter(|n| id(*n).placement_key() < m).count();
+    assert_eq!(below, 15);
+    assert_eq!(store_with(&[], 1).median_key(), None, "one vertex cannot be split");
+}
