@@ -328,12 +328,17 @@ async fn a_joining_machine_gets_its_share_of_replicas_and_primaries() {
     for i in 30..60 {
         router.write(&common::batch(1, i)).await.unwrap();
     }
-    let (st, took) = until("3 replicas and 1 primary on each of 6 processes", Duration::from_secs(90), async || {
+    let last = std::sync::Mutex::new(None);
+    let wait = until("3 replicas and 1 primary on each of 6 processes", Duration::from_secs(600), async || {
         let st = status(&master).await?;
         let even = st.nodes.iter().all(|n| n.replicas == 3 && n.primaries == 1);
+        *last.lock().unwrap() = Some(st.clone());
         (st.healthy && even).then_some(st)
-    })
-    .await;
+    });
+    let (st, took) = match tokio::time::timeout(Duration::from_secs(90), wait).await {
+        Ok(r) => r,
+        Err(_) => panic!("no balance within 90 s; the last status: {:#?}", last.lock().unwrap()),
+    };
     println!(
         "real mode: a joining machine holds its share (3 replicas, 1 primary per process) {took:?} after it was Up"
     );

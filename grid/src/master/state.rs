@@ -1069,9 +1069,52 @@ impl MasterState {
         if cfg.rebalance && out.is_empty() && in_flight == 0 {
             if let Some((shard, learner, replacing)) = self.relay_move(&load, &healthy) {
                 out.push(MemberChange::AddLearner { shard, learner, replacing });
+            } else if let Some((shard, to)) = self.leader_relay(now_ms, &leads, &healthy) {
+                out.push(MemberChange::TransferLeader { shard, to });
             }
         }
         out
+    }
+
+    /// When the nodes leading most and fewest shards differ by 2+ but no direct transfer
+    /// evens them (no shard of a busiest node has an eligible voter on a node leading 2
+    /// fewer), a relay: a shard moves from a node leading one fewer than the busiest to a node
+    /// leading 2 fewer, chosen so a busiest node's shard can then move to the relaying node
+    /// (a direct, evening transfer next round). (shard, new primary). Only while nothing else
+    /// changes, so relays never pile up.
+    fn leader_relay(&self, now_ms: u64, leads: &BTreeMap<u64, usize>, up: &[u64]) -> Option<(u32, u64)> {
+        let count = |n: u64| leads.get(&n).copied().unwrap_or(0);
+        let max = up.iter().map(|n| count(*n)).max()?;
+        let min = up.iter().map(|n| count(*n)).min()?;
+        if max < min + 2 {
+            return None;
+        }
+        let merging = self.merging();
+        let movable: Vec<(u32, u64, u64, Vec<u64>)> = self
+            .meta
+            .map
+            .shards
+            .iter()
+            .filter(|e| e.learner.is_none() && e.replacing.is_none() && e.split.is_none())
+            .filter(|e| !merging.contains(&e.id.0) && e.replicas.len() == self.meta.replication as usize)
+            .filter_map(|e| {
+                let p = self.leading_primary(e)?;
+                Some((e.id.0, e.primary.0, p.commit_lsn, e.replicas.iter().map(|r| r.0).collect()))
+            })
+            .collect();
+        let targets = |(shard, primary, commit, voters): &(u32, u64, u64, Vec<u64>)| -> Vec<u64> {
+            self.transfer_targets(now_ms, *shard, *primary, *commit, voters).collect()
+        };
+        for first in movable.iter().filter(|m| count(m.1) == max) {
+            for via in targets(first).into_iter().filter(|v| count(*v) + 1 == max) {
+                for relayed in movable.iter().filter(|m| m.1 == via) {
+                    if let Some(to) = targets(relayed).into_iter().find(|t| count(*t) + 2 <= max) {
+                        return Some((relayed.0, to));
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// What `sutra rebalance` shows: the moves and transfers the rebalancer would start now

@@ -621,6 +621,43 @@ fn primaries_move_by_transfer_to_caught_up_voters_only() {
 }
 
 #[test]
+fn primaries_even_out_through_a_relay_when_no_direct_transfer_does() {
+    use super::state::{MemberChange, MembershipConfig};
+    // The layout a real-mode run under CPU load ended in: node a leads two shards, node f
+    // none, and no shard a leads has a voter on f; every node holds 3 replicas.
+    let (mut s, nodes) = grid(2, 3);
+    let op = s.init(6, 3).unwrap().unwrap();
+    s.commit(&op);
+    let [a, b, c, d, e, f] = [nodes[0], nodes[1], nodes[2], nodes[3], nodes[4], nodes[5]];
+    let layout = [(d, [c, d, f]), (c, [c, e, f]), (b, [a, b, d]), (e, [b, e, f]), (a, [a, c, d]), (a, [a, b, e])];
+    let mut map = s.map().clone();
+    for (e, (primary, voters)) in map.shards.iter_mut().zip(layout) {
+        e.primary = crate::ids::NodeId(primary);
+        e.replicas = voters.iter().map(|v| crate::ids::NodeId(*v)).collect();
+        e.epoch.0 += 1;
+    }
+    map.version += 1;
+    s.commit(&MetaOp::Map { map, replication: 3 });
+    assert_eq!(replica_load(&s, &nodes), vec![3; 6]);
+    let cfg = MembershipConfig::default();
+    let since = std::collections::BTreeMap::new();
+    let mut t = crate::limits::LEADER_TRANSFER_SETTLE_MS + 100;
+    for _ in 0..10 {
+        beat_leading(&mut s, &nodes, t, 5_000);
+        let due = s.membership_due(t, &cfg, &since);
+        assert!(due.iter().all(|c| matches!(c, MemberChange::TransferLeader { .. })), "{due:?}");
+        if due.is_empty() {
+            break;
+        }
+        apply_changes(&mut s, due);
+        t += HEARTBEAT_INTERVAL_MS;
+    }
+    let leads: Vec<usize> = nodes.iter().map(|n| s.map().shards.iter().filter(|e| e.primary.0 == *n).count()).collect();
+    assert_eq!(leads, vec![1; 6], "{:?}", s.map().shards);
+    assert_eq!(replica_load(&s, &nodes), vec![3; 6]);
+}
+
+#[test]
 fn a_second_machine_takes_half_the_replicas_without_a_shard_on_one_machine() {
     use super::state::MembershipConfig;
     // A grid started on one machine: every shard's voters share it.
