@@ -29,6 +29,9 @@ pub enum BenchCmd {
     /// The HTTP API on a running grid with WordNet imported: GET latency and throughput, and
     /// /reason latency between synsets (hop counts checked against a BFS of the files).
     Api(crate::bench_api::ApiArgs),
+    /// Vector search on a running grid with WordNet imported: recall@k of the shards' indexes
+    /// against an exact scan, the latency of both, and the indexes' size.
+    Search(crate::bench_search::SearchArgs),
     /// Failover as a user sees it: a local grid under writes to shard 0 while its primary
     /// process is killed (SIGKILL) or hung (SIGSTOP), trial after trial; recovery times.
     Failover(crate::bench_failover::FailoverArgs),
@@ -149,6 +152,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Reopen(a) => (bench_reopen(&a).await?, a.common.json),
         BenchCmd::ClusterWrite(a) => (bench_cluster_write(&a).await?, a.common.json),
         BenchCmd::Api(a) => (crate::bench_api::bench_api(&a).await?, a.json),
+        BenchCmd::Search(a) => (crate::bench_search::bench_search(&a).await?, a.json),
         BenchCmd::Failover(a) => (crate::bench_failover::bench_failover(&a).await?, a.json),
         BenchCmd::Master(a) => (bench_master(&a)?, a.json),
     };

@@ -8,6 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench;
 mod bench_api;
 mod bench_failover;
+mod bench_search;
 mod cluster;
 mod dev;
 mod http;

@@ -226,12 +226,15 @@ pub struct SearchArgs {
     text: String,
     #[arg(long, default_value_t = 10)]
     k: usize,
+    /// Compare every vector instead of asking the shards' indexes.
+    #[arg(long)]
+    exact: bool,
     #[command(flatten)]
     common: Common,
 }
 
 pub async fn search(a: SearchArgs) -> Result<()> {
-    let v = a.common.client()?.post("/search", &json!({ "text": a.text, "k": a.k })).await?;
+    let v = a.common.client()?.post("/search", &json!({ "text": a.text, "k": a.k, "exact": a.exact })).await?;
     if a.common.json() {
         return print_json(&v);
     }

@@ -349,6 +349,8 @@ pub struct SearchRequest {
     pub vector: Option<Vec<f32>>,
     pub k: Option<usize>,
     pub consistency: Option<String>,
+    /// Compare every vector rather than ask the shards' indexes (for checking, small grids).
+    pub exact: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -363,6 +365,17 @@ pub struct SearchResponse {
     pub hits: Vec<SearchHitOut>,
     pub shards_accessed: usize,
     pub latency_ms: f64,
+    /// The answering replicas' vector indexes, summed over shards.
+    pub index: SearchIndexOut,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SearchIndexOut {
+    /// Vectors in the indexes.
+    pub vectors: u64,
+    /// Vectors written but not indexed yet (each search compares those exactly).
+    pub pending: u64,
+    pub bytes: u64,
 }
 
 /// Which paths `/reason` returns.
@@ -920,17 +933,23 @@ impl Api {
                 v.clone()
             }
         };
-        let (hits, shards) = self.router.search(&vector, k, consistency).await?;
+        let found = self.router.search(&vector, k, consistency, req.exact.unwrap_or(false)).await?;
         Ok(SearchResponse {
-            hits: hits
+            hits: found
+                .hits
                 .into_iter()
                 .filter_map(|h| {
                     let c = h.concept?;
                     Some(SearchHitOut { id: id_from_pb(c.id.as_ref()?).to_string(), label: c.label, score: h.score })
                 })
                 .collect(),
-            shards_accessed: shards,
+            shards_accessed: found.shards,
             latency_ms: t0.elapsed().as_secs_f64() * 1e3,
+            index: SearchIndexOut {
+                vectors: found.index.indexed,
+                pending: found.index.pending,
+                bytes: found.index.bytes,
+            },
         })
     }
 

@@ -57,6 +57,13 @@ pub const EXPAND_EDGES_MAX: usize = 1_000_000;
 /// top k, so the router merges at most shards × k).
 pub const VECTOR_SEARCH_K_DEFAULT: usize = 10;
 pub const VECTOR_SEARCH_K_MAX: usize = 1_000;
+/// Background vector indexing (architecture.md §11): vectors indexed per batch, the pause
+/// after a full batch, and how often an idle index looks for new vectors.
+pub const VECTOR_INDEX_BATCH: usize = 32;
+pub const VECTOR_INDEX_BUSY_MS: u64 = 1;
+pub const VECTOR_INDEX_IDLE_MS: u64 = 1_000;
+/// A follower keeps its vector index up to date for this long after it last answered a search.
+pub const VECTOR_INDEX_KEEP_MS: u64 = 600_000;
 
 /// An expand's local fast path: levels a shard lists beyond the frontier while they stay on
 /// it, and the vertices it lists that way at most (bounded so a hub cannot balloon an answer).

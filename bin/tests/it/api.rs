@@ -136,6 +136,26 @@ fn the_api_and_the_cli_on_a_local_grid() {
     let (st, v) = call(&api, "POST", "/search", json!({"vector": vec![0.5f32; 768], "k": 2}));
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["hits"].as_array().map(Vec::len), Some(2));
+    // Found right after its write (not indexed yet: compared exactly), and once indexed; the
+    // index's answers are the exact scan's.
+    let (st, v) = call(&api, "POST", "/learn", json!({"concepts": [{"label": "Quokka_Island_Ferry"}]}));
+    assert_eq!(st, 200, "{v}");
+    let ask =
+        |exact: bool| call(&api, "POST", "/search", json!({"text": "quokka island ferry", "k": 5, "exact": exact}));
+    assert_eq!(ask(false).1["hits"][0]["label"], "Quokka_Island_Ferry");
+    let mut indexed = false;
+    for _ in 0..100 {
+        let (_, v) = ask(false);
+        if v["index"]["pending"] == 0 && v["index"]["vectors"].as_u64() > Some(300) {
+            indexed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(indexed, "{}", ask(false).1);
+    assert_eq!(ask(false).1["hits"], ask(true).1["hits"]);
+    assert_eq!(ask(false).1["hits"][0]["label"], "Quokka_Island_Ferry");
+    assert_error(call(&api, "POST", "/search", json!({"text": "x", "exact": "yes"})), 400, "bad_request", "exact");
 
     // Status, health, metrics.
     let (s, st) = call(&api, "GET", "/cluster/status", Value::Null);

@@ -220,8 +220,14 @@ impl StorageClient {
         .await
     }
 
-    pub async fn search(&self, shard: u32, vector: &[f32], k: u32) -> Result<pb::SearchResponse, ClientError> {
-        let req = pb::SearchRequest { shard, vector: vector.to_vec(), k, consistency: self.consistency as i32 };
+    pub async fn search(
+        &self,
+        shard: u32,
+        vector: &[f32],
+        k: u32,
+        exact: bool,
+    ) -> Result<pb::SearchResponse, ClientError> {
+        let req = pb::SearchRequest { shard, vector: vector.to_vec(), k, consistency: self.consistency as i32, exact };
         self.idempotent("search", |mut c| {
             let req = req.clone();
             async move { c.search(req).await }

@@ -1,6 +1,7 @@
 //! The seams to the world. Everything the grid does to a disk goes through [`Disk`], so the
 //! simulator can substitute [`SimDisk`], which models what a real disk does at a crash.
 
+pub mod background;
 pub mod buggify;
 pub mod clock;
 mod real_disk;

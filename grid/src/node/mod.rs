@@ -85,6 +85,52 @@ async fn auto_checkpoint(shard: std::sync::Weak<Shard>, config: NodeConfig) {
     }
 }
 
+/// Builds `shard`'s vector index in the background (architecture.md §11) while the replica
+/// leads or answers searches: a batch at a time, holding the store's lock only to read the
+/// vectors; the inserts run as background work (`io::background`: a low-priority thread in
+/// real mode), taking the index's lock for one insert at a time. Ends when the shard is
+/// dropped or stops serving.
+async fn index_vectors(shard: std::sync::Weak<Shard>) {
+    let mut pause = limits::VECTOR_INDEX_IDLE_MS;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        let Some(s) = shard.upgrade() else { return };
+        if s.fault().is_some() {
+            return;
+        }
+        pause = limits::VECTOR_INDEX_IDLE_MS;
+        let wanted = s.wants_vector_index();
+        // A block, so no lock guard lives across the await below.
+        let (index, todo) = {
+            let Ok(st) = s.read() else { continue };
+            let index = st.vector_index();
+            if !wanted {
+                drop(st);
+                // Still take the changes in, so what a follower owes its index stays bounded
+                // by its concepts, not by its writes.
+                drop(index.lock());
+                continue;
+            }
+            let todo = st.vectors_to_index(limits::VECTOR_INDEX_BATCH);
+            (index, todo)
+        };
+        drop(s);
+        if todo.is_empty() {
+            continue;
+        }
+        pause = limits::VECTOR_INDEX_BUSY_MS;
+        crate::io::background::run(move || {
+            for (id, v) in todo {
+                let mut g = index.lock();
+                if !g.pending().contains(&id) {
+                    g.insert(id, &v);
+                }
+            }
+        })
+        .await;
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("shard {0} is not hosted on this node")]
@@ -172,6 +218,7 @@ async fn start_shard(
 ) -> Result<Arc<Shard>, ShardError> {
     let shard = Arc::new(Shard::open(disk.clone(), ShardId(id), range, &shard_dir(id), config).await?);
     tokio::spawn(auto_checkpoint(Arc::downgrade(&shard), config.clone()));
+    tokio::spawn(index_vectors(Arc::downgrade(&shard)));
     Ok(shard)
 }
 

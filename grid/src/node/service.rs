@@ -315,9 +315,10 @@ impl pb::storage_server::Storage for StorageService {
         }
         let k = clamp_limit(req.k, limits::VECTOR_SEARCH_K_DEFAULT, limits::VECTOR_SEARCH_K_MAX);
         let shard = self.node.shard(req.shard)?;
+        shard.searched();
         let st = shard.read_at(consistency_from_pb(req.consistency))?;
         let hits = st
-            .nearest(&req.vector, k)
+            .nearest(&req.vector, k, req.exact)
             .into_iter()
             .map(|(score, mut c)| {
                 // The caller asked for neighbours, not for the vectors back.
@@ -325,7 +326,15 @@ impl pb::storage_server::Storage for StorageService {
                 pb::SearchHit { concept: Some(concept_to_pb(c)), score }
             })
             .collect();
-        Ok(Response::new(pb::SearchResponse { hits, key_start: st.range.start, key_end: st.range.end }))
+        let ix = st.vector_index_stats();
+        Ok(Response::new(pb::SearchResponse {
+            hits,
+            key_start: st.range.start,
+            key_end: st.range.end,
+            index_vectors: ix.indexed,
+            index_pending: ix.pending,
+            index_bytes: ix.bytes,
+        }))
     }
 
     async fn create_shard(&self, req: Request<pb::CreateShardRequest>) -> Result<Response<pb::ShardInfo>, Status> {

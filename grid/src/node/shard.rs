@@ -83,6 +83,9 @@ pub struct Shard {
     requests: AtomicU64,
     /// Where in the range the requests' keys fall (a split for load splits at its median).
     key_load: Mutex<KeyLoad>,
+    /// When this replica last answered a vector search (its index is kept up to date while
+    /// it leads or answers searches: architecture.md §11).
+    searched_at: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// Counts of request keys in equal slices of a range, halved whenever they pass
@@ -246,6 +249,7 @@ impl Shard {
             incoming: Mutex::new(None),
             requests: AtomicU64::new(0),
             key_load: Mutex::new(KeyLoad::default()),
+            searched_at: Mutex::new(None),
         };
         if config.standalone {
             let (promised, led) = {
@@ -311,6 +315,23 @@ impl Shard {
             Some(at) => Some(at),
             None => self.read()?.median_key(),
         })
+    }
+
+    /// Notes that this replica answers vector searches, so it keeps its index built.
+    pub fn searched(&self) {
+        *self.searched_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+    }
+
+    /// Whether this replica's vector index is worth building now: it leads (strong searches
+    /// come here, and a follower that takes over starts from exact scans), or it answered a
+    /// search within `VECTOR_INDEX_KEEP_MS`.
+    pub fn wants_vector_index(&self) -> bool {
+        let recent = self
+            .searched_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(limits::VECTOR_INDEX_KEEP_MS));
+        recent || self.sh.core().leads_with_lease(crate::io::clock::lease_now())
     }
 
     /// Read access at `consistency`: strong reads only on a primary holding its lease. Counts

@@ -20,6 +20,16 @@ use crate::model::{Association, Consistency, EdgeFilter, WriteBatch};
 use crate::query::paths::{Expander, Expansion, Step};
 use crate::wire::{id_from_pb, kind_from_pb};
 
+/// A merged vector search.
+#[derive(Debug, Default)]
+pub struct SearchOutcome {
+    pub hits: Vec<pb::SearchHit>,
+    /// Shards asked.
+    pub shards: usize,
+    /// The answering replicas' indexes, summed.
+    pub index: crate::store::IndexStats,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
     #[error("the grid is not initialised (shard map version 0); run `sutra init`")]
@@ -754,14 +764,15 @@ impl Router {
     }
 
     /// Vector search: every shard's top `k` by cosine, in parallel, merged (best first, ties
-    /// by id). Returns the hits and the shards asked.
+    /// by id); `exact` compares every vector instead of asking the shards' indexes.
     pub async fn search(
         self: &Arc<Self>,
         vector: &[f32],
         k: usize,
         consistency: Consistency,
-    ) -> Result<(Vec<pb::SearchHit>, usize), RouterError> {
-        self.rerouted(|| self.search_once(vector, k, consistency)).await
+        exact: bool,
+    ) -> Result<SearchOutcome, RouterError> {
+        self.rerouted(|| self.search_once(vector, k, consistency, exact)).await
     }
 
     async fn search_once(
@@ -769,7 +780,8 @@ impl Router {
         vector: &[f32],
         k: usize,
         consistency: Consistency,
-    ) -> Result<(Vec<pb::SearchHit>, usize), RouterError> {
+        exact: bool,
+    ) -> Result<SearchOutcome, RouterError> {
         self.ensure_map().await;
         let shards: Vec<(u32, u64, u64)> = {
             let t = self.table.read().unwrap_or_else(|p| p.into_inner());
@@ -786,7 +798,7 @@ impl Router {
                 let r = me
                     .read_shard(shard, consistency, |c| {
                         let vector = vector.clone();
-                        async move { c.search(shard, &vector, k as u32).await }
+                        async move { c.search(shard, &vector, k as u32, exact).await }
                     })
                     .await?;
                 // A replica that split since this map was read owns less than the map says:
@@ -800,20 +812,31 @@ impl Router {
                 let key = |h: &pb::SearchHit| {
                     h.concept.as_ref().and_then(|c| c.id.as_ref()).map(|i| id_from_pb(i).placement_key())
                 };
-                Ok(r.hits
+                let index = crate::store::IndexStats {
+                    indexed: r.index_vectors,
+                    pending: r.index_pending,
+                    bytes: r.index_bytes,
+                };
+                let hits = r
+                    .hits
                     .into_iter()
                     .filter(|h| key(h).is_some_and(|k| (start..=end).contains(&k)))
-                    .collect::<Vec<_>>())
+                    .collect::<Vec<_>>();
+                Ok((hits, index))
             }));
         }
-        let mut hits = Vec::new();
+        let mut out = SearchOutcome { shards: shards.len(), ..SearchOutcome::default() };
         for t in tasks {
-            hits.extend(t.await.map_err(|e| RouterError::Task(e.to_string()))??);
+            let (hits, index) = t.await.map_err(|e| RouterError::Task(e.to_string()))??;
+            out.hits.extend(hits);
+            out.index.indexed += index.indexed;
+            out.index.pending += index.pending;
+            out.index.bytes += index.bytes;
         }
         let key = |h: &pb::SearchHit| h.concept.as_ref().and_then(|c| c.id.as_ref()).map(|i| id_from_pb(i).0);
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| key(a).cmp(&key(b))));
-        hits.truncate(k);
-        Ok((hits, shards.len()))
+        out.hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| key(a).cmp(&key(b))));
+        out.hits.truncate(k);
+        Ok(out)
     }
 
     /// One read on `shard`: the primary, then (eventual) the other replicas; the whole round

@@ -5,12 +5,14 @@
 pub mod batch_codec;
 pub mod checkpoint;
 pub mod links;
+pub mod vector_index;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use checkpoint::{Checkpoint, CheckpointError, EdgeRec, EdgeView, VertexData};
 pub use links::{InEdges, Links, Scoped};
+pub use vector_index::{IndexStats, SharedIndex, VectorIndex};
 
 use crate::ids::ConceptId;
 use crate::limits;
@@ -73,6 +75,9 @@ pub struct ShardStore {
     absorbing: Option<Absorbing>,
     /// What the overlay's upserts carried, roughly (for the size a split policy reads).
     overlay_bytes: u64,
+    /// The nearest-neighbour index over this state's vectors (architecture.md §11), shared
+    /// with the task that builds it in the background; lock it after the store's own lock.
+    vectors: Arc<SharedIndex>,
 }
 
 impl ShardStore {
@@ -82,6 +87,16 @@ impl ShardStore {
         let applied_lsn = checkpoint.as_ref().map(|c| c.lsn).unwrap_or(0);
         let links = checkpoint.as_ref().map(|c| c.links().clone()).unwrap_or_default();
         let cp_end = checkpoint.as_ref().map_or(u64::MAX, |c| c.key_end);
+        // Everything the checkpoint holds waits to be indexed; searches scan it meanwhile.
+        let mut vectors = VectorIndex::new();
+        if let Some(cp) = &checkpoint {
+            for i in 0..cp.vertices() as u32 {
+                let id = cp.id_at(i);
+                if range.contains(id) && id.placement_key() <= cp_end {
+                    vectors.changed(id);
+                }
+            }
+        }
         ShardStore {
             range,
             checkpoint,
@@ -100,7 +115,37 @@ impl ShardStore {
             cp_end,
             absorbing: None,
             overlay_bytes: 0,
+            vectors: Arc::new(SharedIndex::new(vectors)),
         }
+    }
+
+    fn vectors(&self) -> std::sync::MutexGuard<'_, VectorIndex> {
+        self.vectors.lock()
+    }
+
+    /// The vector index, for the task that builds it ([`ShardStore::vectors_to_index`]).
+    pub fn vector_index(&self) -> Arc<SharedIndex> {
+        self.vectors.clone()
+    }
+
+    pub fn vector_index_stats(&self) -> IndexStats {
+        self.vectors().stats()
+    }
+
+    /// Up to `max` concepts waiting to be indexed, with their vectors, taken from the index's
+    /// pending set. The caller inserts them into [`ShardStore::vector_index`] without holding
+    /// this store's lock, skipping any that became pending again meanwhile (changed since).
+    pub fn vectors_to_index(&self, max: usize) -> Vec<(ConceptId, Vec<f32>)> {
+        let ids = {
+            let mut ix = self.vectors();
+            ix.compact_if_mostly_dead();
+            ix.take_pending(max)
+        };
+        ids.into_iter()
+            .filter(|id| self.range.contains(*id))
+            .filter_map(|id| Some((id, self.concept(id)?.vector)))
+            .filter(|(_, v)| !v.is_empty())
+            .collect()
     }
 
     /// Approximate bytes held: the checkpoint image plus what the overlay's upserts carried
@@ -237,6 +282,7 @@ impl ShardStore {
             }
             if !c.vector.is_empty() {
                 p.vector = c.vector;
+                self.vectors.changed(id);
             }
             p.confidence = c.confidence;
             p.updated_ms = ts_ms;
@@ -316,6 +362,7 @@ impl ShardStore {
         self.range.end = at - 1;
         self.cp_end = self.cp_end.min(at - 1);
         let gone = |id: &ConceptId| right.contains(*id);
+        self.vectors().retain(|id| !gone(&id));
         self.concepts.retain(|id, _| !gone(id));
         self.out.retain(|id, _| !gone(id));
         self.inn.retain(|id, _| !gone(id));
@@ -402,6 +449,7 @@ impl ShardStore {
         let left = self.range;
         self.range.end = right.end;
         self.range_lsn = lsn;
+        self.concepts.keys().filter(|id| right.contains(**id)).for_each(|id| self.vectors.changed(*id));
         let local: Vec<(u64, Association)> =
             self.links.outbox.iter().filter(|(_, a)| right.contains(a.target)).map(|(s, a)| (*s, a.clone())).collect();
         for (seq, a) in local {
@@ -484,8 +532,36 @@ impl ShardStore {
     }
 
     /// The `k` concepts whose vectors are nearest `query` by cosine, best first (ties by id).
-    /// A brute-force scan: vector search is an occasional query, not the hot path.
-    pub fn nearest(&self, query: &[f32], k: usize) -> Vec<(f32, Concept)> {
+    /// `exact`: compares every vector; otherwise the index proposes candidates (and every
+    /// vector not indexed yet is compared), and all are scored exactly, so scores are the
+    /// same either way and only a candidate the index missed can differ.
+    pub fn nearest(&self, query: &[f32], k: usize, exact: bool) -> Vec<(f32, Concept)> {
+        let candidates: Vec<ConceptId> = {
+            let ix = self.vectors();
+            if exact || ix.dim() != query.len() {
+                drop(ix);
+                return self.nearest_exact(query, k);
+            }
+            let mut c: Vec<ConceptId> =
+                ix.search(query, 2 * k, |id| self.range.contains(id)).into_iter().map(|(_, id)| id).collect();
+            c.extend(ix.pending().iter().filter(|id| self.range.contains(**id)));
+            c
+        };
+        let mut best: Vec<(f32, Concept)> = candidates
+            .into_iter()
+            .filter_map(|id| self.concept(id))
+            .filter(|c| c.vector.len() == query.len())
+            .map(|c| (crate::model::embed::cosine(query, &c.vector), c))
+            .filter(|(s, _)| s.is_finite())
+            .collect();
+        best.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.id.cmp(&b.1.id)));
+        best.dedup_by(|a, b| a.1.id == b.1.id);
+        best.truncate(k);
+        best
+    }
+
+    /// [`ShardStore::nearest`] by comparing every vector.
+    pub fn nearest_exact(&self, query: &[f32], k: usize) -> Vec<(f32, Concept)> {
         let mut best: Vec<(f32, ConceptId)> = Vec::new();
         let consider = |score: f32, id: ConceptId, best: &mut Vec<(f32, ConceptId)>| {
             if !score.is_finite() {
@@ -759,7 +835,10 @@ impl ShardStore {
     pub fn install_checkpoint(&mut self, cp: Checkpoint) {
         assert_eq!(cp.lsn, self.applied_lsn, "a checkpoint must cover exactly what was applied");
         assert!(self.absorbing.is_none(), "no checkpoint while a merge is under way");
+        // The data is the same, so is the index: keep it rather than build it again.
+        let vectors = self.vectors.clone();
         *self = ShardStore::new(self.range, Some(cp));
+        self.vectors = vectors;
     }
 }
 

@@ -490,3 +490,117 @@ fn the_median_key_halves_the_vertices_and_needs_two() {
     assert_eq!(below, 15);
     assert_eq!(store_with(&[], 1).median_key(), None, "one vertex cannot be split");
 }
+
+/// Concepts `0..n` with the built-in embedder's vectors of their labels and some words.
+fn store_with_vectors(n: u32, dim: usize) -> ShardStore {
+    let mut s = ShardStore::new(KeyRange::ALL, None);
+    let words = ["iron", "tower", "river", "bank", "stone", "bridge", "garden", "light"];
+    let concepts = (0..n)
+        .map(|i| {
+            let text = format!("c{i} {} {}", words[i as usize % 8], words[(i as usize / 8) % 8]);
+            ConceptWrite {
+                label: format!("c{i}"),
+                content: text.clone(),
+                vector: crate::model::embed::embed(&text, dim),
+                confidence: 0.9,
+            }
+        })
+        .collect();
+    s.apply(1, 1000, WriteBatch { concepts, associations: vec![] });
+    s
+}
+
+/// Indexes everything pending, as the node's background task does.
+fn index_all(s: &ShardStore) {
+    loop {
+        let todo = s.vectors_to_index(64);
+        if todo.is_empty() && s.vector_index_stats().pending == 0 {
+            return;
+        }
+        let ix = s.vector_index();
+        let mut ix = ix.lock();
+        for (id, v) in todo {
+            if !ix.pending().contains(&id) {
+                ix.insert(id, &v);
+            }
+        }
+    }
+}
+
+fn ranked(hits: &[(f32, Concept)]) -> Vec<(u32, ConceptId)> {
+    hits.iter().map(|(s, c)| (s.to_bits(), c.id)).collect()
+}
+
+#[test]
+fn a_search_finds_what_the_exact_scan_finds_before_during_and_after_indexing() {
+    let dim = 64;
+    let s = store_with_vectors(600, dim);
+    let q = crate::model::embed::embed("iron bridge", dim);
+    let exact = s.nearest(&q, 10, true);
+    assert_eq!(exact.len(), 10);
+    // Nothing indexed yet: every vector is pending and compared exactly.
+    assert_eq!(s.vector_index_stats().pending, 600);
+    assert_eq!(ranked(&s.nearest(&q, 10, false)), ranked(&exact));
+    // Half indexed, half pending.
+    let ix = s.vector_index();
+    for (id, v) in s.vectors_to_index(300) {
+        ix.lock().insert(id, &v);
+    }
+    assert_eq!(ranked(&s.nearest(&q, 10, false)), ranked(&exact));
+    index_all(&s);
+    assert_eq!(s.vector_index_stats(), IndexStats { indexed: 600, pending: 0, ..s.vector_index_stats() });
+    assert_eq!(ranked(&s.nearest(&q, 10, false)), ranked(&exact));
+}
+
+#[test]
+fn a_changed_vector_is_found_by_its_new_value_only() {
+    let dim = 64;
+    let mut s = store_with_vectors(200, dim);
+    index_all(&s);
+    let v = crate::model::embed::embed("zebra quokka", dim);
+    let c = ConceptWrite { label: "c5".into(), content: String::new(), vector: v.clone(), confidence: 0.9 };
+    s.apply(2, 1001, WriteBatch { concepts: vec![c], associations: vec![] });
+    let hits = s.nearest(&v, 1, false);
+    assert_eq!(hits[0].1.id, id(5));
+    assert!((hits[0].0 - 1.0).abs() < 1e-5);
+    index_all(&s);
+    assert_eq!(s.nearest(&v, 1, false)[0].1.id, id(5));
+    let old = crate::model::embed::embed("c5 bank iron", dim);
+    assert!(s.nearest(&old, 200, false).iter().all(|(sc, c)| c.id != id(5) || *sc < 0.99));
+}
+
+#[test]
+fn the_index_survives_a_checkpoint_and_is_rebuilt_from_one() {
+    let dim = 32;
+    let mut s = store_with_vectors(300, dim);
+    index_all(&s);
+    let q = crate::model::embed::embed("stone garden", dim);
+    let exact = ranked(&s.nearest(&q, 10, true));
+    // A checkpoint keeps the built index.
+    let meta = CheckpointMeta { lsn: s.applied_lsn(), epoch: 1, key_start: 0, key_end: u64::MAX };
+    let image = build_image(&meta, s.relations(), &s.snapshot_vertices(), s.links());
+    s.install_checkpoint(Checkpoint::open(Mapped::from_vec(image)).unwrap());
+    assert_eq!(s.vector_index_stats().indexed, 300);
+    assert_eq!(ranked(&s.nearest(&q, 10, false)), exact);
+    // A store opened from a checkpoint (a restart) starts with everything pending.
+    let r = checkpointed(&s);
+    assert_eq!(r.vector_index_stats().pending, 300);
+    assert_eq!(ranked(&r.nearest(&q, 10, false)), exact);
+    index_all(&r);
+    assert_eq!(r.vector_index_stats().indexed, 300);
+    assert_eq!(ranked(&r.nearest(&q, 10, false)), exact);
+}
+
+#[test]
+fn after_a_split_the_index_answers_only_this_half() {
+    let dim = 32;
+    let mut s = store_with_vectors(400, dim);
+    index_all(&s);
+    let at = 1u64 << 63;
+    assert!(s.apply_split(2, 1, at).is_some());
+    let q = crate::model::embed::embed("river light", dim);
+    let hits = s.nearest(&q, 50, false);
+    assert!(hits.iter().all(|(_, c)| c.id.placement_key() < at));
+    assert_eq!(ranked(&hits), ranked(&s.nearest(&q, 50, true)));
+    assert!(s.vector_index_stats().indexed < 400);
+}
