@@ -40,6 +40,10 @@ pub struct SearchArgs {
     offline: bool,
     #[arg(long, default_value_t = 3)]
     shards: usize,
+    /// Offline, with dense random vectors (as a client's own embeddings would be) instead of
+    /// the built-in embedder's sparse ones: every column is read.
+    #[arg(long)]
+    dense: bool,
     /// Candidate counts tried offline (each shard's, before exact scoring).
     #[arg(long, value_delimiter = ',', default_value = "10,20,32")]
     candidates: Vec<usize>,
@@ -155,12 +159,16 @@ fn offline(a: &SearchArgs, wn: &WordNet, lemmas: &[String]) -> Result<serde_json
     use sutra_grid::store::VectorIndex;
     let dim = sutra_grid::limits::VECTOR_DIM_DEFAULT;
     let shards = a.shards.max(1);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+    let dense =
+        |rng: &mut rand_chacha::ChaCha8Rng| (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<f32>>();
     let concepts: Vec<(ConceptId, Vec<f32>)> = wn
         .synsets
         .iter()
         .map(|s| {
             let c = wn.concept(s);
-            (ConceptId::from_label(&c.label), embed(&format!("{} {}", c.label, c.content), dim))
+            let v = if a.dense { dense(&mut rng) } else { embed(&format!("{} {}", c.label, c.content), dim) };
+            (ConceptId::from_label(&c.label), v)
         })
         .collect();
     let shard_of = |id: ConceptId| ((id.placement_key() as u128 * shards as u128) >> 64) as usize;
@@ -180,8 +188,16 @@ fn offline(a: &SearchArgs, wn: &WordNet, lemmas: &[String]) -> Result<serde_json
     let build_s = t0.elapsed().as_secs_f64();
     let bytes: u64 = indexes.iter().map(|i| i.stats().bytes).sum();
     let vectors: HashMap<ConceptId, &Vec<f32>> = concepts.iter().map(|(i, v)| (*i, v)).collect();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
-    let queries: Vec<Vec<f32>> = (0..a.queries).map(|_| embed(&query_text(lemmas, &mut rng), dim)).collect();
+    let queries: Vec<Vec<f32>> = (0..a.queries)
+        .map(|_| {
+            if a.dense {
+                let near = &concepts[rng.random_range(0..concepts.len())].1;
+                near.iter().zip(dense(&mut rng)).map(|(x, n)| x + 0.5 * n).collect()
+            } else {
+                embed(&query_text(lemmas, &mut rng), dim)
+            }
+        })
+        .collect();
     let top = |cands: &mut Vec<(f32, ConceptId)>| {
         cands.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
         cands.truncate(a.k);
@@ -219,6 +235,7 @@ fn offline(a: &SearchArgs, wn: &WordNet, lemmas: &[String]) -> Result<serde_json
     }
     Ok(json!({
         "bench": "search-offline",
+        "vectors_kind": if a.dense { "dense random" } else { "built-in embedder" },
         "vectors": concepts.len(),
         "shards": shards,
         "build_s": build_s,

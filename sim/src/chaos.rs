@@ -1488,7 +1488,7 @@ async fn writer(
                 .map(|l| ConceptWrite {
                     label: l.clone(),
                     content: format!("{l} content"),
-                    vector: vec![],
+                    vector: writer_vector(l),
                     confidence: 0.9,
                 })
                 .collect(),
@@ -1732,6 +1732,20 @@ async fn wait_healthy(g: &Grid, budget: Duration, total: usize) -> Result<f64, S
     }
 }
 
+/// The vector a writer gives a concept: drawn from a hash of its label, so the checker can
+/// search by it and expect that concept first.
+fn writer_vector(label: &str) -> Vec<f32> {
+    (0..boot::SIM_VECTOR_DIM as u64)
+        .map(|i| {
+            let h = xxhash_rust::xxh3::xxh3_64_with_seed(label.as_bytes(), i);
+            (h >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Acknowledged concepts searched for by their own vector (architecture.md §11).
+const VECTOR_CHECKS: usize = 8;
+
 async fn check_writes(acked: &[String]) -> Result<(), String> {
     let c = MasterClient::connect(&plan::master_addr().to_string()).await.map_err(|e| e.to_string())?;
     let router = Router::new(c, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
@@ -1742,11 +1756,27 @@ async fn check_writes(acked: &[String]) -> Result<(), String> {
         let have: BTreeSet<String> = found.into_iter().map(|c| c.label).collect();
         missing.extend(chunk.iter().filter(|l| !have.contains(*l)).cloned());
     }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("{} acknowledged concepts lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]))
+    if !missing.is_empty() {
+        return Err(format!(
+            "{} acknowledged concepts lost, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        ));
     }
+    // Similarity search finds each by its vector (indexed or still pending, on whichever
+    // replica leads now): evenly spaced writer concepts.
+    let written: Vec<&String> = acked.iter().filter(|l| l.starts_with('w')).collect();
+    for l in written.iter().step_by((written.len() / VECTOR_CHECKS).max(1)).take(VECTOR_CHECKS) {
+        let found = router
+            .search(&writer_vector(l), 1, Consistency::Strong, false)
+            .await
+            .map_err(|e| format!("searching for {l} by its vector: {e}"))?;
+        let top = found.hits.first().and_then(|h| h.concept.as_ref()).map(|c| c.label.clone());
+        if top.as_deref() != Some(l.as_str()) {
+            return Err(format!("vector search: {l}'s own vector answers {top:?} first"));
+        }
+    }
+    Ok(())
 }
 
 /// (source, target, confidence bits) of every edge, as its source's shard stores it (out) and

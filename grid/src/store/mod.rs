@@ -82,21 +82,29 @@ pub struct ShardStore {
 
 impl ShardStore {
     pub fn new(range: KeyRange, checkpoint: Option<Checkpoint>) -> ShardStore {
+        ShardStore::open(range, checkpoint, None)
+    }
+
+    /// `vectors`: an index already built over exactly this data (a checkpoint of this state).
+    fn open(range: KeyRange, checkpoint: Option<Checkpoint>, vectors: Option<Arc<SharedIndex>>) -> ShardStore {
         let relations: Vec<String> = checkpoint.as_ref().map(|c| c.relations().to_vec()).unwrap_or_default();
         let relation_ids = relations.iter().enumerate().map(|(i, r)| (r.clone(), i as u32)).collect();
         let applied_lsn = checkpoint.as_ref().map(|c| c.lsn).unwrap_or(0);
         let links = checkpoint.as_ref().map(|c| c.links().clone()).unwrap_or_default();
         let cp_end = checkpoint.as_ref().map_or(u64::MAX, |c| c.key_end);
-        // Everything the checkpoint holds waits to be indexed; searches scan it meanwhile.
-        let mut vectors = VectorIndex::new();
-        if let Some(cp) = &checkpoint {
-            for i in 0..cp.vertices() as u32 {
-                let id = cp.id_at(i);
-                if range.contains(id) && id.placement_key() <= cp_end {
-                    vectors.changed(id);
+        // Otherwise everything the checkpoint holds waits to be indexed (searches scan it).
+        let vectors = vectors.unwrap_or_else(|| {
+            let mut ix = VectorIndex::new();
+            if let Some(cp) = &checkpoint {
+                for i in 0..cp.vertices() as u32 {
+                    let id = cp.id_at(i);
+                    if range.contains(id) && id.placement_key() <= cp_end {
+                        ix.changed(id);
+                    }
                 }
             }
-        }
+            Arc::new(SharedIndex::new(ix))
+        });
         ShardStore {
             range,
             checkpoint,
@@ -115,7 +123,7 @@ impl ShardStore {
             cp_end,
             absorbing: None,
             overlay_bytes: 0,
-            vectors: Arc::new(SharedIndex::new(vectors)),
+            vectors,
         }
     }
 
@@ -836,9 +844,7 @@ impl ShardStore {
         assert_eq!(cp.lsn, self.applied_lsn, "a checkpoint must cover exactly what was applied");
         assert!(self.absorbing.is_none(), "no checkpoint while a merge is under way");
         // The data is the same, so is the index: keep it rather than build it again.
-        let vectors = self.vectors.clone();
-        *self = ShardStore::new(self.range, Some(cp));
-        self.vectors = vectors;
+        *self = ShardStore::open(self.range, Some(cp), Some(self.vectors.clone()));
     }
 }
 
