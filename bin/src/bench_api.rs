@@ -55,7 +55,7 @@ pub struct ApiArgs {
     pub json: bool,
 }
 
-fn ms_percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn ms_percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+use crate::bench_api::ms_percentile;
 use crate::cluster::API_DEFAULT;
 use crate::http_client::HttpClient;
 use crate::import::wordnet::WordNet;
@@ -50,13 +51,6 @@ pub struct SearchArgs {
     /// Print only the JSON object.
     #[arg(long)]
     pub json: bool,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 pub async fn bench_search(a: &SearchArgs) -> Result<serde_json::Value> {
@@ -131,10 +125,10 @@ pub async fn bench_search(a: &SearchArgs) -> Result<serde_json::Value> {
         "queries": a.queries,
         "k": a.k,
         "recall_at_k": found as f64 / wanted.max(1) as f64,
-        "index_ms_p50": percentile(&fast, 0.5),
-        "index_ms_p99": percentile(&fast, 0.99),
-        "exact_ms_p50": percentile(&slow, 0.5),
-        "exact_ms_p99": percentile(&slow, 0.99),
+        "index_ms_p50": ms_percentile(&fast, 0.5),
+        "index_ms_p99": ms_percentile(&fast, 0.99),
+        "exact_ms_p50": ms_percentile(&slow, 0.5),
+        "exact_ms_p99": ms_percentile(&slow, 0.99),
         "index_vectors": vectors,
         "index_bytes": bytes,
         "index_bytes_per_vector": bytes as f64 / vectors as f64,
@@ -229,8 +223,8 @@ fn offline(a: &SearchArgs, wn: &WordNet, lemmas: &[String]) -> Result<serde_json
         tried.push(json!({
             "candidates": ef,
             "recall_at_k": found as f64 / (a.k * queries.len()) as f64,
-            "ms_p50": percentile(&lat, 0.5),
-            "ms_p99": percentile(&lat, 0.99),
+            "ms_p50": ms_percentile(&lat, 0.5),
+            "ms_p99": ms_percentile(&lat, 0.99),
         }));
     }
     Ok(json!({

@@ -2384,10 +2384,12 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
         g.note(format!("heal: machine {a} back in service"));
     }
     let heal = wait_healthy(&g, Duration::from_secs_f64(sc.heal.budget_s), g.procs().len()).await;
+    // Not healthy: report it now; an operator task waiting on what never finished would
+    // otherwise hold the join below until the simulation's time limit.
+    let heal_s = heal.map_err(|e| format!("liveness: {e}"))?;
     for t in tasks {
         let _ = t.await;
     }
-    let heal_s = heal.map_err(|e| format!("liveness: {e}"))?;
     let hot_split_s = if sc.checks.contains(&Check::HotSplit) {
         let (split, spread) = check_hot_split(&hot_watch).map_err(|e| format!("hot-split: {e}"))?;
         Some(json!({"split_s": (split * 1000.0).round() / 1000.0, "spread_s": (spread * 1000.0).round() / 1000.0}))

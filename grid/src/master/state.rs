@@ -1089,18 +1089,9 @@ impl MasterState {
         if max < min + 2 {
             return None;
         }
-        let merging = self.merging();
         let movable: Vec<(u32, u64, u64, Vec<u64>)> = self
-            .meta
-            .map
-            .shards
-            .iter()
-            .filter(|e| e.learner.is_none() && e.replacing.is_none() && e.split.is_none())
-            .filter(|e| !merging.contains(&e.id.0) && e.replicas.len() == self.meta.replication as usize)
-            .filter_map(|e| {
-                let p = self.leading_primary(e)?;
-                Some((e.id.0, e.primary.0, p.commit_lsn, e.replicas.iter().map(|r| r.0).collect()))
-            })
+            .settled_shards()
+            .map(|(e, p)| (e.id.0, e.primary.0, p.commit_lsn, e.replicas.iter().map(|r| r.0).collect()))
             .collect();
         let targets = |(shard, primary, commit, voters): &(u32, u64, u64, Vec<u64>)| -> Vec<u64> {
             self.transfer_targets(now_ms, *shard, *primary, *commit, voters).collect()
@@ -1200,6 +1191,20 @@ impl MasterState {
         !voters.contains(&to) && !r.draining && self.state_of(to) == NodeState::Up && after >= machines
     }
 
+    /// Shards free to change now, with their primary's latest report: no learner, no voter
+    /// leaving, no split or merge under way, a full set of voters, and a primary that leads
+    /// the map's epoch with a lease.
+    fn settled_shards(&self) -> impl Iterator<Item = (&shardmap::ShardEntry, &ShardLive)> {
+        let merging = self.merging();
+        self.meta
+            .map
+            .shards
+            .iter()
+            .filter(|e| e.learner.is_none() && e.replacing.is_none() && e.split.is_none())
+            .filter(move |e| !merging.contains(&e.id.0) && e.replicas.len() == self.meta.replication as usize)
+            .filter_map(|e| Some((e, self.leading_primary(e)?)))
+    }
+
     /// When the fullest and emptiest nodes differ by 2+ but no direct move is allowed (every
     /// shard on the fullest node already has a replica on, or a voter on the machine of, the
     /// emptiest), a relay: one replica from a fullest node to a node one below it, chosen so
@@ -1212,18 +1217,8 @@ impl MasterState {
         if max < min + 2 {
             return None;
         }
-        let merging = self.merging();
-        let movable: Vec<(u32, Vec<u64>)> = self
-            .meta
-            .map
-            .shards
-            .iter()
-            .filter(|e| e.learner.is_none() && e.replacing.is_none() && e.split.is_none())
-            .filter(|e| !merging.contains(&e.id.0))
-            .filter(|e| self.leading_primary(e).is_some())
-            .filter(|e| e.replicas.len() == self.meta.replication as usize)
-            .map(|e| (e.id.0, e.replicas.iter().map(|r| r.0).collect()))
-            .collect();
+        let movable: Vec<(u32, Vec<u64>)> =
+            self.settled_shards().map(|(e, _)| (e.id.0, e.replicas.iter().map(|r| r.0).collect())).collect();
         for (shard, voters) in &movable {
             for &from in voters.iter().filter(|v| count(**v) == max) {
                 for &via in up.iter().filter(|n| count(**n) + 1 == max) {
@@ -1442,6 +1437,16 @@ impl MasterState {
             if merging.contains(&e.id.0) {
                 return Err(MasterError::Busy(format!("shard {} is in another merge; retry once it is done", e.id)));
             }
+        }
+        // One merge at a time, grid-wide: two frozen shards could each owe the other in-edges
+        // that neither accepts, and neither merge would ever finish (split-under-faults seeds
+        // 400145 and 400151).
+        if let Some(e) = m.shards.iter().find(|e| e.merge.is_some()) {
+            let from = e.merge.map_or(0, |x| x.from.0);
+            return Err(MasterError::Busy(format!(
+                "shard {} is absorbing shard {from}; merges run one at a time, retry once it is done",
+                e.id
+            )));
         }
         let (into, from) = (m.shards[l].id, m.shards[r].id);
         let op = self.change_shard(into.0, |e| {

@@ -864,6 +864,25 @@ fn a_busy_node_hands_one_of_its_hot_shards_to_the_least_loaded_voter_and_nothing
 }
 
 #[test]
+fn merges_run_one_at_a_time_grid_wide() {
+    // Two frozen shards could each owe the other in-edges that neither accepts: split-under-
+    // faults seeds 400145 and 400151 stalled both merges that way.
+    let (mut s, _) = grid(3, 1);
+    let op = s.init(4, 3).unwrap().unwrap();
+    s.commit(&op);
+    let (into, from, op) = s.start_merge(0, None).unwrap();
+    assert_eq!((into, from), (0, 1));
+    commit(&mut s, op);
+    match s.start_merge(2, Some(3)) {
+        Err(MasterError::Busy(why)) => assert!(why.contains("one at a time"), "{why}"),
+        other => panic!("a second merge: {other:?}"),
+    }
+    let op = s.finish_merge(0, 1).unwrap();
+    s.commit(&op);
+    assert!(s.start_merge(2, Some(3)).unwrap().2.is_some());
+}
+
+#[test]
 fn a_merge_is_recorded_then_finished_by_compare_and_set_refuses_what_is_in_flight_and_retires_the_absorbed_replicas() {
     use super::state::MembershipConfig;
     let (mut s, nodes) = grid(3, 1);

@@ -315,8 +315,8 @@ impl pb::storage_server::Storage for StorageService {
         }
         let k = clamp_limit(req.k, limits::VECTOR_SEARCH_K_DEFAULT, limits::VECTOR_SEARCH_K_MAX);
         let shard = self.node.shard(req.shard)?;
-        shard.searched();
         let st = shard.read_at(consistency_from_pb(req.consistency))?;
+        shard.searched();
         let hits = st
             .nearest(&req.vector, k, req.exact)
             .into_iter()
