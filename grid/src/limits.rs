@@ -220,6 +220,9 @@ pub const LEARN_DELIVERY_WAIT_MS: u64 = 5_000;
 pub const OUTBOX_POLL_MS: u64 = 50;
 /// Deadline of one delivery call; a round that fails backs off up to `REPL_HEARTBEAT_MS * 2`.
 pub const OUTBOX_RPC_DEADLINE_MS: u64 = 1_000;
+/// How long the outbox task waits for its `Delivered` entry to commit before it moves on to
+/// the node's other shards (and delivers the same items again later).
+pub const OUTBOX_MARK_DEADLINE_MS: u64 = 5_000;
 /// Entries a primary holds logged but not yet applied (committed) before it refuses writes
 /// ("busy").
 pub const REPL_UNCOMMITTED_MAX: usize = 8_192;

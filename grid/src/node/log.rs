@@ -119,7 +119,15 @@ pub(crate) enum Cmd {
     Append(Append, Vec<Arc<Vec<u8>>>, oneshot::Sender<Result<AppendReply, String>>),
     Fence(u64, oneshot::Sender<Result<Fenced, String>>),
     Promote(Promotion, oneshot::Sender<Result<(), String>>),
-    Install { epoch: u64, at: EntryId, image: Vec<u8>, done: oneshot::Sender<Result<AppendReply, String>> },
+    Install {
+        epoch: u64,
+        at: EntryId,
+        image: Vec<u8>,
+        done: oneshot::Sender<Result<AppendReply, String>>,
+    },
+    /// The replica left its replica set (or its shard merged away): nobody ships to it or
+    /// fences it any more, so a write it holds would wait forever. Stops the log.
+    Retire,
 }
 
 /// A peer's answer to an append of `epoch` this primary sent at `sent` (lease clock).
@@ -394,9 +402,11 @@ pub(crate) async fn run_log(
                 Err(e) => tracing::warn!(error = %e, "wal trim failed; segments kept"),
             }
         }
-        let mut group = vec![first];
-        while group.len() < limits::WAL_GROUP_COMMIT_RECORDS_MAX {
+        let mut retire = matches!(first, Cmd::Retire);
+        let mut group = if retire { Vec::new() } else { vec![first] };
+        while !retire && group.len() < limits::WAL_GROUP_COMMIT_RECORDS_MAX {
             match rx.try_recv() {
+                Ok(Cmd::Retire) => retire = true,
                 Ok(c) => group.push(c),
                 Err(_) => break,
             }
@@ -466,6 +476,17 @@ pub(crate) async fn run_log(
             sh.start_shipping(&promotion);
         }
         sh.bump();
+        if retire {
+            let reason = "the replica was removed from its replica set";
+            for (_, w) in std::mem::take(&mut waiters) {
+                let _ = w.done.send(Err(ShardError::NotServing { shard: sh.shard, reason: reason.into() }));
+            }
+            rx.close();
+            while let Some(c) = rx.recv().await {
+                step_refuse(sh.shard, c, reason);
+            }
+            break;
+        }
     }
     // The shippers hold the shared state: stop them, or a removed replica lives on.
     *sh.shipping() = Shipping::default();
@@ -537,6 +558,8 @@ fn handle(
                 Err(e) => drop(tx.send(Err(e))),
             }
         }
+        // Taken apart from groups by `run_log`.
+        Cmd::Retire => {}
         Cmd::Install { epoch, at, image, done } => {
             let plan = sh.core().install_plan(epoch, at, now, &mut ready);
             perform(sh, wal, buf, step, waiters, std::mem::take(&mut ready))?;
@@ -662,14 +685,17 @@ impl Step {
 
     /// A command that arrived after the WAL failed.
     fn refuse(&mut self, cmd: Cmd) {
-        let reason = "the replica's log failed";
-        match cmd {
-            Cmd::Write(w) => {
-                drop(w.done.send(Err(ShardError::NotServing { shard: self.shard, reason: reason.into() })))
-            }
-            Cmd::Append(_, _, tx) | Cmd::Install { done: tx, .. } => drop(tx.send(Err(reason.into()))),
-            Cmd::Fence(_, tx) => drop(tx.send(Err(reason.into()))),
-            Cmd::Promote(_, tx) => drop(tx.send(Err(reason.into()))),
-        }
+        step_refuse(self.shard, cmd, "the replica's log failed");
+    }
+}
+
+/// Answers a command the log will not carry out.
+fn step_refuse(shard: u32, cmd: Cmd, reason: &str) {
+    match cmd {
+        Cmd::Write(w) => drop(w.done.send(Err(ShardError::NotServing { shard, reason: reason.into() }))),
+        Cmd::Append(_, _, tx) | Cmd::Install { done: tx, .. } => drop(tx.send(Err(reason.into()))),
+        Cmd::Fence(_, tx) => drop(tx.send(Err(reason.into()))),
+        Cmd::Promote(_, tx) => drop(tx.send(Err(reason.into()))),
+        Cmd::Retire => {}
     }
 }

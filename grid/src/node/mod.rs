@@ -371,6 +371,7 @@ impl StorageNode {
         };
         if let ShardSlot::Serving(s) = slot {
             self.retiring.lock().unwrap_or_else(|p| p.into_inner()).insert(id, s.liveness());
+            s.retire();
         }
         let dir = shard_dir(id);
         write_atomic(&*self.disk, &dir, RETIRED, b"removed from its replica set\n")?;

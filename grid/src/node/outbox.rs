@@ -82,6 +82,12 @@ async fn deliver_once(node: &StorageNode, router: &Arc<Router>, id: u32) -> Resu
     if crate::buggify!(0.1) {
         return Err("buggify: the delivery's acknowledgement was lost".into());
     }
-    shard.mark_delivered(&delivered).await.map_err(|e| e.to_string())?;
+    // Bounded: one shard whose log cannot commit must not stop this node delivering the
+    // others' outboxes. Items not yet marked are delivered again and skipped by the targets.
+    let deadline = Duration::from_millis(limits::OUTBOX_MARK_DEADLINE_MS);
+    match tokio::time::timeout(deadline, shard.mark_delivered(&delivered)).await {
+        Ok(r) => r.map_err(|e| e.to_string())?,
+        Err(_) => return Err("recording the delivery did not commit in time".into()),
+    };
     Ok(delivered.len())
 }

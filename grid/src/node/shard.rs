@@ -368,6 +368,15 @@ impl Shard {
     }
 
     /// Alive while anything of this replica still runs (its log task, shippers, readers).
+    /// Stops the log of a replica that left its replica set: writes it holds, and any sent
+    /// later, fail instead of waiting for a commit that nobody will make.
+    pub(crate) fn retire(&self) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(Cmd::Retire).await;
+        });
+    }
+
     pub(crate) fn liveness(&self) -> std::sync::Weak<super::log::Shared> {
         Arc::downgrade(&self.sh)
     }

@@ -426,23 +426,23 @@ impl Router {
         while !left.is_empty() {
             let mut still = Vec::new();
             for w in left {
-                // The write's shard merged into another since (this router routed the write by
-                // a map that held it): a shard is absorbed only once it delivered its outbox.
-                if !self.has_shard(w.shard) {
-                    continue;
-                }
-                // The write's shard, and any split off it since (its items may have moved).
-                let split_off: Vec<u32> = {
+                // The write's shard, and any split off it since (its items may have moved, and
+                // a child numbers its log on from its parent's). A shard split off starts above
+                // the write's range start; one that starts below it absorbed the write's shard,
+                // which merges only once it delivered its outbox, and numbers its log apart.
+                // The write's shard itself may be gone, merged away after the split.
+                let shards: Vec<u32> = {
                     let t = self.table.read().unwrap_or_else(|p| p.into_inner());
-                    t.map
+                    let split_off = t
+                        .map
                         .shards
                         .iter()
-                        .filter(|e| e.shard != w.shard && e.key_start <= w.range.1 && w.range.0 <= e.key_end)
-                        .map(|e| e.shard)
-                        .collect()
+                        .filter(|e| e.shard != w.shard && w.range.0 < e.key_start && e.key_start <= w.range.1);
+                    let own = t.map.version == 0 || t.entry(w.shard).is_some();
+                    own.then_some(w.shard).into_iter().chain(split_off.map(|e| e.shard)).collect()
                 };
                 let mut done = true;
-                for shard in std::iter::once(w.shard).chain(split_off) {
+                for shard in shards {
                     let addr = self.read_addrs(shard, Consistency::Strong).into_iter().next();
                     let info = match &addr {
                         Some(addr) => match self.client(addr).await {
