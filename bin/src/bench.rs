@@ -225,7 +225,7 @@ async fn bench_wal(a: &WalArgs) -> Result<serde_json::Value> {
                     })
                     .collect();
                 let t = Instant::now();
-                shard.write(WriteBatch { concepts, associations: vec![] }, vec![]).await?;
+                shard.write(WriteBatch { concepts, associations: vec![], forget: vec![] }, vec![]).await?;
                 lat_us.push(t.elapsed().as_micros() as u64);
             }
             anyhow::Ok(lat_us)
@@ -399,7 +399,7 @@ async fn bench_reopen(a: &ReopenArgs) -> Result<serde_json::Value> {
                     confidence: 1.0,
                 })
                 .collect();
-            shard.write(WriteBatch { concepts, associations: vec![] }, vec![]).await?;
+            shard.write(WriteBatch { concepts, associations: vec![], forget: vec![] }, vec![]).await?;
         }
     }
     a.common.progress(&format!(
@@ -546,7 +546,7 @@ async fn bench_cluster_write(a: &ClusterWriteArgs) -> Result<serde_json::Value> 
                     })
                     .collect();
                 let t = Instant::now();
-                match router.write(&WriteBatch { concepts, associations: vec![] }).await {
+                match router.write(&WriteBatch { concepts, associations: vec![], forget: vec![] }).await {
                     Ok(_) => lat_us.push((t.elapsed().as_micros() as u64, start.elapsed().as_secs_f64())),
                     Err(_) => failed += 1,
                 }

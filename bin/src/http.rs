@@ -10,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use futures_util::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -18,7 +18,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
-use sutra_grid::api::{self, Api, ApiError, LearnRequest, NeighborsQuery, ReasonRequest, SearchRequest};
+use sutra_grid::api::{
+    self, Api, ApiError, AssociationRef, LearnRequest, NeighborsQuery, ReasonRequest, SearchRequest,
+};
 use sutra_grid::limits;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -221,6 +223,46 @@ async fn concept_by_label(
     r.await.unwrap_or_else(IntoResponse::into_response)
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ForgetQuery {
+    label: Option<String>,
+    wait_for: Option<String>,
+}
+
+/// `DELETE /concepts/{id}` and `DELETE /concepts?label=…`.
+async fn forget_concept(
+    State(s): State<Arc<AppState>>,
+    id: Option<Path<String>>,
+    q: Result<Query<ForgetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let r = async {
+        let q = query(q)?;
+        let key = match (id, q.label) {
+            (Some(Path(id)), None) => id,
+            (None, Some(label)) => label,
+            (Some(_), Some(_)) => {
+                return Err(Failure(ApiError::bad_request("label", "give an id in the path or ?label=, not both")))
+            }
+            (None, None) => return Err(Failure(ApiError::bad_request("label", "missing: DELETE /concepts?label=…"))),
+        };
+        Ok::<_, Failure>(json(&s.api.forget_concept(&key, q.wait_for.as_deref()).await?))
+    };
+    r.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `DELETE /associations` with `{"source", "target", "relation", "kind"?}`.
+async fn forget_association(
+    State(s): State<Arc<AppState>>,
+    b: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let r = async {
+        let req: AssociationRef = api::parse_json(&body(b)?)?;
+        Ok::<_, Failure>(json(&s.api.forget_association(&req).await?))
+    };
+    r.await.unwrap_or_else(IntoResponse::into_response)
+}
+
 async fn neighbors(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -287,6 +329,8 @@ const INDEX: &str = "Sutra Grid API
   POST /learn/batch                NDJSON: one /learn request per line, one result per line
   GET  /concepts/{id}              by 32-hex id or label
   GET  /concepts?label=Paris
+  DELETE /concepts/{id}            by id or label (also ?label=): the concept and its associations
+  DELETE /associations             {\"source\", \"target\", \"relation\", \"kind\"?}
   GET  /concepts/{id}/neighbors    ?kind=&relation=&direction=out|in|both&limit=&min_confidence=
   POST /reason                     {\"start\", \"end\", \"max_depth\", \"max_paths\", \"mode\": \"shortest|k_shortest|confident\", ...}
   POST /search                     {\"text\": \"...\", \"k\": 10} or {\"vector\": [...], \"k\": 10}
@@ -328,8 +372,9 @@ pub fn app(api: Api) -> axum::Router {
         .route("/", get(index))
         .route("/learn", post(learn))
         .route("/learn/batch", post(learn_batch))
-        .route("/concepts", get(concept_by_label))
-        .route("/concepts/{id}", get(concept_by_id))
+        .route("/concepts", get(concept_by_label).delete(forget_concept))
+        .route("/concepts/{id}", get(concept_by_id).delete(forget_concept))
+        .route("/associations", delete(forget_association))
         .route("/concepts/{id}/neighbors", get(neighbors))
         .route("/reason", post(reason))
         .route("/search", post(search))

@@ -94,4 +94,8 @@ impl HttpClient {
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
         self.json(hyper::Method::POST, path, Some(body)).await
     }
+
+    pub async fn delete(&self, path: &str, body: Option<&serde_json::Value>) -> Result<serde_json::Value> {
+        self.json(hyper::Method::DELETE, path, body).await
+    }
 }

@@ -61,6 +61,8 @@ enum Cmd {
     Merge(cluster::MergeArgs),
     /// Learn sentences (or a JSON /learn request from --file).
     Learn(verbs::LearnArgs),
+    /// Forget a concept (and its associations) or one association.
+    Forget(verbs::ForgetArgs),
     /// Look a concept up, by label or 32-hex-char id.
     Concept(verbs::ConceptArgs),
     /// List a concept's neighbours.
@@ -253,6 +255,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Learn(a) => {
             init_tracing("warn");
             rt.block_on(verbs::learn(a))
+        }
+        Cmd::Forget(a) => {
+            init_tracing("warn");
+            rt.block_on(verbs::forget(a))
         }
         Cmd::Concept(a) => {
             init_tracing("warn");

@@ -1,4 +1,4 @@
-//! The query verbs (`learn`, `concept`, `neighbors`, `reason`, `search`): each is one call to
+//! The query verbs (`learn`, `forget`, `concept`, `neighbors`, `reason`, `search`): each is one call to
 //! the HTTP API, printed for people by default or as the API's JSON with `--format json`.
 
 use anyhow::{bail, Context, Result};
@@ -246,5 +246,43 @@ pub async fn search(a: SearchArgs) -> Result<()> {
             h["id"].as_str().unwrap_or("")
         );
     }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ForgetArgs {
+    /// A concept to forget (label or 32-hex-char id), with every association it is an end of.
+    concept: Option<String>,
+    /// Or an association: its source (with --target and --relation).
+    #[arg(long, conflicts_with = "concept", requires_all = ["target", "relation"])]
+    source: Option<String>,
+    #[arg(long, requires = "source")]
+    target: Option<String>,
+    #[arg(long, requires = "source")]
+    relation: Option<String>,
+    /// Only the association of this kind (default: every kind).
+    #[arg(long, requires = "source")]
+    kind: Option<String>,
+    #[command(flatten)]
+    common: Common,
+}
+
+pub async fn forget(a: ForgetArgs) -> Result<()> {
+    let client = a.common.client()?;
+    let v = match (&a.concept, &a.source) {
+        (Some(c), None) => client.delete(&format!("/concepts/{}", pct(c)), None).await?,
+        (None, Some(source)) => {
+            let mut body = json!({ "source": source, "target": a.target, "relation": a.relation });
+            if let Some(k) = &a.kind {
+                body["kind"] = json!(k);
+            }
+            client.delete("/associations", Some(&body)).await?
+        }
+        _ => bail!("name a concept, or an association with --source, --target and --relation"),
+    };
+    if a.common.json() {
+        return print_json(&v);
+    }
+    println!("forgot {} item(s) on shard(s) {}", v["forgotten"], v["shards"]);
     Ok(())
 }

@@ -13,7 +13,7 @@ use sutra_proto as pb;
 use crate::ids::ConceptId;
 use crate::limits;
 use crate::model::Consistency;
-use crate::model::{self, AssocKind, Association, ConceptWrite, Direction, EdgeFilter, WriteBatch};
+use crate::model::{self, AssocKind, Association, ConceptWrite, Direction, EdgeFilter, Forget, WriteBatch};
 use crate::query::paths::{self, Bounds, Path, PathError, Rank, Stats};
 use crate::query::router::GridExpander;
 use crate::query::{Router, RouterError, ShardWrite};
@@ -110,6 +110,68 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 }
 
 /// A concept named by a 32-hex-char id or by a label (any spelling of it).
+/// `wait_for`: `in_edges` (the default) or `commit`.
+fn wait_for(v: Option<&str>) -> Result<bool, ApiError> {
+    match v.unwrap_or("in_edges") {
+        "in_edges" => Ok(true),
+        "commit" => Ok(false),
+        other => Err(ApiError::bad_request("wait_for", format!("'{other}' is not one of in_edges, commit"))),
+    }
+}
+
+/// A concept named by label or id, checked like every other key.
+fn concept_key(field: &str, key: &str) -> Result<ConceptId, ApiError> {
+    if model::label_is_blank(key) {
+        return Err(ApiError::bad_request(field, "must name a concept (a label or a 32-hex-char id)"));
+    }
+    if key.len() > limits::LABEL_BYTES_MAX {
+        return Err(ApiError::bad_request(field, format!("longer than {} bytes", limits::LABEL_BYTES_MAX)));
+    }
+    Ok(resolve(key))
+}
+
+/// `prefix` names the field in errors (`forget.associations[3].`).
+fn association_ref(prefix: &str, a: &AssociationRef) -> Result<Forget, ApiError> {
+    let field = |f: &str| format!("{prefix}{f}");
+    let source = concept_key(&field("source"), &a.source)?;
+    let target = concept_key(&field("target"), &a.target)?;
+    if a.relation.trim().is_empty() {
+        return Err(ApiError::bad_request(&field("relation"), "must not be blank"));
+    }
+    if a.relation.len() > limits::RELATION_BYTES_MAX {
+        return Err(ApiError::bad_request(
+            &field("relation"),
+            format!("longer than {} bytes", limits::RELATION_BYTES_MAX),
+        ));
+    }
+    let kind = match a.kind.as_deref() {
+        None => None,
+        Some(k) => Some(parse_kinds(&field("kind"), &[k.to_string()])?[0]),
+    };
+    Ok(Forget::Association { source, target, relation: a.relation.clone(), kind })
+}
+
+/// `/learn`'s `forget`: the concepts' ids, and the associations as retractions.
+fn forget_plan(f: &ForgetIn) -> Result<(Vec<ConceptId>, Vec<Forget>), ApiError> {
+    if f.concepts.len() + f.associations.len() > limits::BATCH_ITEMS_MAX {
+        return Err(ApiError::bad_request("forget", format!("at most {} items", limits::BATCH_ITEMS_MAX)));
+    }
+    let mut concepts = Vec::new();
+    for (i, c) in f.concepts.iter().enumerate() {
+        concepts.push(concept_key(&format!("forget.concepts[{i}]"), c)?);
+    }
+    concepts.sort_unstable();
+    concepts.dedup();
+    let mut associations = Vec::new();
+    for (i, a) in f.associations.iter().enumerate() {
+        if a.wait_for.is_some() {
+            return Err(ApiError::bad_request(&format!("forget.associations[{i}].wait_for"), "belongs to the request"));
+        }
+        associations.push(association_ref(&format!("forget.associations[{i}]."), a)?);
+    }
+    Ok((concepts, associations))
+}
+
 pub fn resolve(key: &str) -> ConceptId {
     ConceptId::parse_hex(key.trim()).unwrap_or_else(|| ConceptId::from_label(key))
 }
@@ -207,6 +269,48 @@ pub struct LearnRequest {
     /// shard committed it; the target's shard gets its in-edge shortly after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for: Option<String>,
+    /// What to take back, after the upserts (architecture.md §12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forget: Option<ForgetIn>,
+}
+
+/// Concepts (labels or ids) and associations to take back.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetIn {
+    #[serde(default)]
+    pub concepts: Vec<String>,
+    #[serde(default)]
+    pub associations: Vec<AssociationRef>,
+}
+
+/// An association to take back: (source, target, relation), of `kind` or of every kind.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssociationRef {
+    /// Label or 32-hex-char id.
+    pub source: String,
+    pub target: String,
+    pub relation: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// As `/learn`'s: `in_edges` (default) answers once the target's side is gone too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<String>,
+}
+
+/// What a retraction removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForgetResponse {
+    /// The concept's id (`DELETE /concepts/…`), or empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// Concepts and associations removed (an association whose ends live on two shards
+    /// may count once per side a step of the retraction removed).
+    pub forgotten: u64,
+    pub shards: Vec<u32>,
+    /// The other shards' sides are gone too (always true with `wait_for: in_edges`).
+    pub in_edges_delivered: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -234,6 +338,9 @@ pub struct LearnResponse {
     pub shards: Vec<u32>,
     /// Every association is stored at both ends (always true with `wait_for: in_edges`).
     pub in_edges_delivered: bool,
+    /// Concepts and associations `forget` removed.
+    #[serde(default)]
+    pub forgotten: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -621,8 +728,12 @@ impl LearnRequest {
                 evidence: a.evidence.clone(),
             });
         }
-        if batch.is_empty() {
-            return Err(ApiError::bad_request("content", "nothing to learn: give content, concepts or associations"));
+        let forgets = req.forget.as_ref().is_some_and(|f| !f.concepts.is_empty() || !f.associations.is_empty());
+        if batch.is_empty() && !forgets {
+            return Err(ApiError::bad_request(
+                "content",
+                "nothing to learn: give content, concepts, associations or forget",
+            ));
         }
         if batch.items() > limits::BATCH_ITEMS_MAX {
             return Err(ApiError::too_large(format!(
@@ -737,32 +848,27 @@ impl Api {
         self.vector_dim
     }
 
-    /// Learns sentences and/or structured items as one routed write.
+    /// Learns sentences and/or structured items as one routed write, then takes back what
+    /// `forget` names.
     pub async fn learn(&self, req: LearnRequest) -> Result<LearnResponse, ApiError> {
-        let wait = match req.wait_for.as_deref().unwrap_or("in_edges") {
-            "in_edges" => true,
-            "commit" => false,
-            other => {
-                return Err(ApiError::bad_request("wait_for", format!("'{other}' is not one of in_edges, commit")))
-            }
-        };
+        let wait = wait_for(req.wait_for.as_deref())?;
         let LearnPlan { batch, triples, unmatched } = req.plan(self.vector_dim)?;
+        let forget = req.forget.as_ref().map(forget_plan).transpose()?;
         // Upserts of the same values: safe to send again to a new primary.
-        let written = self.router.write_idempotent(&batch).await?;
-        let pending: Vec<ShardWrite> = written.iter().filter(|w| w.owes_in_edges).cloned().collect();
-        let mut in_edges_delivered = pending.is_empty();
-        if wait && !in_edges_delivered {
-            let within = Duration::from_millis(limits::LEARN_DELIVERY_WAIT_MS);
-            if !self.router.wait_delivered(&pending, within).await? {
-                return Err(ApiError::timeout(format!(
-                    "the write committed, but its in-edges did not reach their shards within {} ms; \
-                     repeating it is safe (writes are upserts)",
-                    limits::LEARN_DELIVERY_WAIT_MS
-                )));
-            }
-            in_edges_delivered = true;
+        let mut written = if batch.is_empty() && forget.is_some() {
+            Vec::new()
+        } else {
+            self.router.write_idempotent(&batch).await?
+        };
+        let mut forgotten = 0;
+        if let Some((concepts, associations)) = forget {
+            let w = self.forget_items(&concepts, associations).await?;
+            forgotten = w.iter().map(|w| w.forgotten as u64).sum();
+            written.extend(w);
         }
+        let in_edges_delivered = self.await_delivery(&written, wait).await?;
         Ok(LearnResponse {
+            forgotten,
             in_edges_delivered,
             concepts: batch
                 .concepts
@@ -774,6 +880,94 @@ impl Api {
             unmatched,
             shards: written.iter().map(|w| w.shard).collect::<BTreeSet<_>>().into_iter().collect(),
         })
+    }
+
+    /// With `wait`, waits until the in-edges (and retractions) `written` owes reached their
+    /// shards. Whether they have.
+    async fn await_delivery(&self, written: &[ShardWrite], wait: bool) -> Result<bool, ApiError> {
+        let pending: Vec<ShardWrite> = written.iter().filter(|w| w.owes_in_edges).cloned().collect();
+        if pending.is_empty() {
+            return Ok(true);
+        }
+        if !wait {
+            return Ok(false);
+        }
+        let within = Duration::from_millis(limits::LEARN_DELIVERY_WAIT_MS);
+        if !self.router.wait_delivered(&pending, within).await? {
+            return Err(ApiError::timeout(format!(
+                "the write committed, but its in-edges did not reach their shards within {} ms; \
+                 repeating it is safe (writes are upserts, retractions may be repeated)",
+                limits::LEARN_DELIVERY_WAIT_MS
+            )));
+        }
+        Ok(true)
+    }
+
+    /// Logs the retractions: the associations as one routed write, then each concept.
+    async fn forget_items(
+        &self,
+        concepts: &[ConceptId],
+        associations: Vec<Forget>,
+    ) -> Result<Vec<ShardWrite>, ApiError> {
+        let mut written = Vec::new();
+        if !associations.is_empty() {
+            let batch = WriteBatch { forget: associations, ..Default::default() };
+            written.extend(self.router.write_idempotent(&batch).await?);
+        }
+        for id in concepts {
+            written.extend(self.router.forget_concept(*id).await?);
+        }
+        Ok(written)
+    }
+
+    /// `DELETE /concepts/{key}`: the concept and every association it is an end of.
+    pub async fn forget_concept(&self, key: &str, wait: Option<&str>) -> Result<ForgetResponse, ApiError> {
+        let wait = wait_for(wait)?;
+        let id = concept_key("id", key)?;
+        // Read first: a retraction sent twice (a lost answer) removes nothing the second time,
+        // yet the concept did exist; 404 only when it was not there before either.
+        let existed = !self.router.get_concepts_with(&[id], Consistency::Strong, true).await?.is_empty()
+            || self.router.neighbors(id, &EdgeFilter::default(), 1, Consistency::Strong).await?.is_some();
+        let written = self.forget_items(&[id], Vec::new()).await?;
+        self.forget_answer(written, wait, existed, id.to_string(), || format!("no concept '{key}'")).await
+    }
+
+    /// `DELETE /associations`: (source, target, relation), of one kind or every kind.
+    pub async fn forget_association(&self, req: &AssociationRef) -> Result<ForgetResponse, ApiError> {
+        let wait = wait_for(req.wait_for.as_deref())?;
+        let f = association_ref("", req)?;
+        let Forget::Association { source, target, relation, kind } = &f else { unreachable!("an association") };
+        let filter = EdgeFilter {
+            direction: Direction::Out,
+            relations: vec![relation.clone()],
+            kinds: kind.iter().copied().collect(),
+            ..Default::default()
+        };
+        let limit = limits::NEIGHBORS_PER_VERTEX_MAX as u32;
+        let existed =
+            self.router.neighbors(*source, &filter, limit, Consistency::Strong).await?.is_some_and(|l| {
+                l.edges.iter().any(|e| e.outgoing && e.other.as_ref().map(id_from_pb) == Some(*target))
+            });
+        let written = self.forget_items(&[], vec![f]).await?;
+        let what = || format!("no association {} -[{}]-> {}", req.source, req.relation, req.target);
+        self.forget_answer(written, wait, existed, String::new(), what).await
+    }
+
+    async fn forget_answer(
+        &self,
+        written: Vec<ShardWrite>,
+        wait: bool,
+        existed: bool,
+        id: String,
+        missing: impl FnOnce() -> String,
+    ) -> Result<ForgetResponse, ApiError> {
+        let forgotten: u64 = written.iter().map(|w| w.forgotten as u64).sum();
+        let in_edges_delivered = self.await_delivery(&written, wait).await?;
+        if forgotten == 0 && !existed {
+            return Err(ApiError::not_found(missing()));
+        }
+        let shards = written.iter().map(|w| w.shard).collect::<BTreeSet<_>>().into_iter().collect();
+        Ok(ForgetResponse { id, forgotten, shards, in_edges_delivered })
     }
 
     /// One concept by id or label.

@@ -19,6 +19,9 @@ pub const RELATIONS_PER_SHARD_MAX: usize = 1 << 20;
 
 /// Items (concepts + associations) in one write batch: one WAL record, applied atomically.
 pub const BATCH_ITEMS_MAX: usize = 10_000;
+/// Associations a concept may have when it is forgotten: one log entry retracts them all,
+/// and each remote one takes an outbox sequence number of that entry (`links::ITEMS_PER_ENTRY_MAX`).
+pub const FORGET_EDGES_MAX: usize = 20_000;
 /// Encoded bytes of one write batch; bounds one WAL record and one request's memory.
 pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Bad items named individually in one rejection before the list is cut short.

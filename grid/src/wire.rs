@@ -4,7 +4,9 @@
 use sutra_proto as pb;
 
 use crate::ids::ConceptId;
-use crate::model::{AssocKind, Association, Concept, ConceptWrite, Direction, EdgeFilter, ItemError, WriteBatch};
+use crate::model::{
+    AssocKind, Association, Concept, ConceptWrite, Direction, EdgeFilter, Forget, ItemError, WriteBatch,
+};
 use crate::store::Edge;
 
 pub fn id_to_pb(id: ConceptId) -> pb::Id {
@@ -82,7 +84,43 @@ pub fn edge_to_pb(e: &Edge<'_>, with_evidence: bool) -> pb::Edge {
 
 /// Converts a wire batch; items that cannot even be converted (unknown kind, missing id) are
 /// reported with their index and replaced by placeholders so the rest is still validated.
-pub fn batch_from_pb(concepts: Vec<pb::ConceptWrite>, assocs: Vec<pb::Association>) -> (WriteBatch, Vec<ItemError>) {
+pub fn forget_to_pb(f: &Forget) -> pb::Forget {
+    match f {
+        Forget::Concept(id) => pb::Forget { concept: Some(id_to_pb(*id)), ..Default::default() },
+        Forget::Association { source, target, relation, kind } => pb::Forget {
+            concept: None,
+            source: Some(id_to_pb(*source)),
+            target: Some(id_to_pb(*target)),
+            relation: relation.clone(),
+            kind: kind.map_or(pb::AssocKind::Unspecified as i32, kind_to_pb),
+        },
+    }
+}
+
+fn forget_from_pb(i: usize, f: pb::Forget, errors: &mut Vec<ItemError>) -> Forget {
+    let mut bad = |reason: String| errors.push(ItemError { list: "forget", index: i, reason });
+    if let Some(id) = f.concept.as_ref() {
+        return Forget::Concept(id_from_pb(id));
+    }
+    let kind = match f.kind {
+        k if k == pb::AssocKind::Unspecified as i32 => None,
+        k => kind_from_pb(k).or_else(|| {
+            bad(format!("unknown association kind {k}"));
+            None
+        }),
+    };
+    let (Some(source), Some(target)) = (f.source.as_ref(), f.target.as_ref()) else {
+        bad("name a concept, or an association's source and target".into());
+        return Forget::Concept(ConceptId::default());
+    };
+    Forget::Association { source: id_from_pb(source), target: id_from_pb(target), relation: f.relation, kind }
+}
+
+pub fn batch_from_pb(
+    concepts: Vec<pb::ConceptWrite>,
+    assocs: Vec<pb::Association>,
+    forget: Vec<pb::Forget>,
+) -> (WriteBatch, Vec<ItemError>) {
     let mut errors = Vec::new();
     let concepts = concepts
         .into_iter()
@@ -108,7 +146,8 @@ pub fn batch_from_pb(concepts: Vec<pb::ConceptWrite>, assocs: Vec<pb::Associatio
             Association { source, target, kind, relation: a.relation, confidence: a.confidence, evidence: a.evidence }
         })
         .collect();
-    (WriteBatch { concepts, associations }, errors)
+    let forget = forget.into_iter().enumerate().map(|(i, f)| forget_from_pb(i, f, &mut errors)).collect();
+    (WriteBatch { concepts, associations, forget }, errors)
 }
 
 pub fn filter_from_pb(f: Option<pb::EdgeFilter>) -> Result<EdgeFilter, String> {

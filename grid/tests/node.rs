@@ -30,6 +30,7 @@ fn batch(i: u32) -> WriteBatch {
             confidence: 0.8,
             evidence: format!("a{i} causes b{i}"),
         }],
+        forget: vec![],
     }
 }
 
@@ -142,6 +143,7 @@ async fn a_bad_batch_is_rejected_whole_and_names_every_bad_item() {
     let b = WriteBatch {
         concepts: vec![ConceptWrite { label: outside, confidence: 1.0, ..Default::default() }],
         associations: vec![],
+        forget: vec![],
     };
     let err = shard.write(b, vec![]).await.unwrap_err().to_string();
     assert!(err.contains("wrong shard: placement key"), "{err}");

@@ -22,9 +22,9 @@ use sutra_grid::io::{seeded_rng, ProcessSpec, SimDisk, SimDiskFaults};
 use sutra_grid::limits;
 use sutra_grid::master::{Master, MembershipConfig, NodeState};
 use sutra_grid::model::Consistency;
-use sutra_grid::model::{AssocKind, Association, ConceptWrite, EdgeFilter, WriteBatch};
+use sutra_grid::model::{AssocKind, Association, ConceptWrite, EdgeFilter, Forget, WriteBatch};
 use sutra_grid::node::NodeConfig;
-use sutra_grid::query::Router;
+use sutra_grid::query::{Router, ShardWrite};
 use sutra_grid::replication::witness::{self, Event};
 use sutra_grid::shardmap::{ShardEntry, ShardMap};
 use sutra_grid::store::KeyRange;
@@ -1421,16 +1421,50 @@ fn perform(
     }
 }
 
-/// Associations the writers attempted and had acknowledged, by (source, target); all of them
-/// are Semantic `next` edges, so that pair is the upsert key.
+/// Associations the writers attempted, and what their acknowledged writes and retractions
+/// say of each at the end, by (source, target); all of them are Semantic `next` edges, so
+/// that pair is the upsert key.
 #[derive(Default)]
 struct EdgeLog {
     attempted: BTreeSet<(ConceptId, ConceptId)>,
-    acked: Vec<(ConceptId, ConceptId)>,
-    /// Read-your-writes checks made right after a write and its in-edge delivery, and the
-    /// answers that missed the association.
+    expect: BTreeMap<(ConceptId, ConceptId), Expect>,
+    /// Concepts whose retraction was acknowledged: none may be found at the end.
+    forgotten: Vec<String>,
+    /// Read-your-writes checks made right after a write (or retraction) and its in-edge
+    /// delivery, and the answers that missed the association (or still showed it).
     ryw_checked: usize,
     ryw_violations: Vec<String>,
+}
+
+/// What the end state must hold of one association.
+#[derive(Copy, Clone, Debug, PartialEq)]
+enum Expect {
+    /// An acknowledged write, no retraction since.
+    Present,
+    /// An acknowledged retraction, no write since.
+    Absent,
+    /// A retraction whose outcome is unknown came after (a write whose outcome is unknown
+    /// cannot take an association away, so it only matters after a retraction).
+    Unknown,
+}
+
+impl EdgeLog {
+    /// One operation on `keys`, in the writer's order: a write (`present`) or a retraction,
+    /// acknowledged (`ok`) or not.
+    fn record(&mut self, keys: impl IntoIterator<Item = (ConceptId, ConceptId)>, present: bool, ok: bool) {
+        for k in keys {
+            let e = self.expect.get(&k).copied();
+            let next = match (e, present, ok) {
+                (Some(Expect::Unknown), _, _) => Expect::Unknown,
+                (_, true, true) => Expect::Present,
+                (_, false, true) => Expect::Absent,
+                (Some(Expect::Present), true, false) => Expect::Present,
+                (None, true, false) => continue,
+                (_, _, false) => Expect::Unknown,
+            };
+            self.expect.insert(k, next);
+        }
+    }
 }
 
 fn next_edge(source: &str, target: &str, confidence: f32) -> Association {
@@ -1493,6 +1527,7 @@ async fn writer(
                 })
                 .collect(),
             associations: labels.windows(2).map(|p| next_edge(&p[0], &p[1], 0.5)).collect(),
+            forget: vec![],
         };
         let mut batch = batch;
         if concepts > 1 {
@@ -1509,12 +1544,16 @@ async fn writer(
         }
         edges.lock().unwrap().attempted.extend(batch.associations.iter().map(|a| (a.source, a.target)));
         let sent = Instant::now();
+        let keys = || batch.associations.iter().map(|a| (a.source, a.target));
         match r.write_idempotent(&batch).await {
             Ok(parts) => {
                 let now = Instant::now();
                 repl.lock().unwrap().acks.extend(parts.iter().map(|p| (sent, now, p.shard)));
                 acked.lock().unwrap().extend(labels.iter().cloned());
-                edges.lock().unwrap().acked.extend(batch.associations.iter().map(|a| (a.source, a.target)));
+                edges.lock().unwrap().record(keys(), true, true);
+                if i >= 2 && concepts >= 3 && i.is_multiple_of(2) {
+                    retract(&r, w, i, concepts, &acked, &edges).await;
+                }
                 // Every third batch reads its own write back, as `/learn` (wait_for: in_edges) does.
                 if i % 3 == 1 {
                     let pending: Vec<_> = parts.into_iter().filter(|p| p.owes_in_edges).collect();
@@ -1531,12 +1570,88 @@ async fn writer(
                     }
                 }
             }
-            Err(_) => failed += 1,
+            Err(_) => {
+                edges.lock().unwrap().record(keys(), true, false);
+                failed += 1
+            }
         }
         i += 1;
         tokio::time::sleep(pause).await;
     }
     failed
+}
+
+/// Retractions (architecture.md §12), after writer `w`'s batch `i`: the reverse first hop of
+/// batch `i - 1`, then a middle concept of batch `i - 2` with every association it is an end
+/// of (no later batch names either), each read back right after it was acknowledged and
+/// delivered, as a user would: the in-edge is gone from the target's side, the concept from
+/// lookups and from its neighbour's out-edges.
+async fn retract(r: &Arc<Router>, w: u32, i: u32, concepts: u32, acked: &Mutex<Vec<String>>, edges: &Mutex<EdgeLog>) {
+    let label = |b: u32, j: u32| format!("w{w}-b{b}-c{j}");
+    let id = |b: u32, j: u32| ConceptId::from_label(&label(b, j));
+    let (source, target) = (id(i - 1, 1), id(i - 1, 0));
+    let forget = Forget::Association { source, target, relation: "next".into(), kind: None };
+    let batch = WriteBatch { forget: vec![forget], ..Default::default() };
+    let written = r.write_idempotent(&batch).await;
+    edges.lock().unwrap().record([(source, target)], false, written.is_ok());
+    if let Ok(parts) = written {
+        read_your_retraction(r, parts, edges, || async {
+            let filter = EdgeFilter { direction: sutra_grid::model::Direction::In, ..Default::default() };
+            let list = r.neighbors(target, &filter, 1 << 16, Consistency::Strong).await.ok()?;
+            let back = list
+                .into_iter()
+                .flat_map(|l| l.edges)
+                .any(|e| e.other.as_ref().map(sutra_grid::wire::id_from_pb) == Some(source) && !e.outgoing);
+            Some(back.then(|| format!("read-your-retractions: the in-edges of {target} still hold {source}")))
+        })
+        .await;
+    }
+    let mid = concepts / 2;
+    let (gone, before) = (id(i - 2, mid), id(i - 2, mid - 1));
+    let keys: Vec<_> =
+        edges.lock().unwrap().attempted.iter().filter(|(a, b)| *a == gone || *b == gone).copied().collect();
+    acked.lock().unwrap().retain(|l| *l != label(i - 2, mid));
+    let written = r.forget_concept(gone).await;
+    {
+        let mut log = edges.lock().unwrap();
+        log.record(keys, false, written.is_ok());
+        if written.is_ok() {
+            log.forgotten.push(label(i - 2, mid));
+        }
+    }
+    if let Ok(parts) = written {
+        read_your_retraction(r, parts, edges, || async {
+            if !r.get_concepts_at(&[gone], Consistency::Strong).await.ok()?.is_empty() {
+                return Some(Some(format!("read-your-retractions: concept {gone} still found")));
+            }
+            let filter = EdgeFilter { direction: sutra_grid::model::Direction::Out, ..Default::default() };
+            let list = r.neighbors(before, &filter, 1 << 16, Consistency::Strong).await.ok()?;
+            let back = list
+                .into_iter()
+                .flat_map(|l| l.edges)
+                .any(|e| e.other.as_ref().map(sutra_grid::wire::id_from_pb) == Some(gone));
+            Some(back.then(|| format!("read-your-retractions: the out-edges of {before} still hold {gone}")))
+        })
+        .await;
+    }
+}
+
+/// Once the retraction's other sides are delivered, runs `read` (None: the read failed under
+/// the faults and proves nothing) and records what it found wrong.
+async fn read_your_retraction<F, Fut>(r: &Arc<Router>, parts: Vec<ShardWrite>, edges: &Mutex<EdgeLog>, read: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Option<Option<String>>>,
+{
+    let pending: Vec<_> = parts.into_iter().filter(|p| p.owes_in_edges).collect();
+    if !matches!(r.wait_delivered(&pending, Duration::from_secs(2)).await, Ok(true)) {
+        return;
+    }
+    if let Some(found) = read().await {
+        let mut log = edges.lock().unwrap();
+        log.ryw_checked += 1;
+        log.ryw_violations.extend(found);
+    };
 }
 
 /// Reads association `a` back from its target's end, as the writer's next requests would: the
@@ -1604,6 +1719,7 @@ async fn hot_client(c: u32, hot: (u64, u64), acked: Arc<Mutex<Vec<String>>>, sto
                 confidence: 1.0,
             }],
             associations: vec![],
+            forget: vec![],
         };
         if r.write_idempotent(&batch).await.is_ok() {
             mine.push(ConceptId::from_label(&label));
@@ -1671,6 +1787,7 @@ async fn register_client(c: u32, pause: Duration, t0: Instant, hist: Histories, 
             let batch = WriteBatch {
                 concepts: vec![ConceptWrite { label, content: value.clone(), vector: vec![], confidence: 1.0 }],
                 associations: vec![],
+                forget: vec![],
             };
             let complete = r.write(&batch).await.ok().map(|_| us(Instant::now()));
             Some(linear::Event { op: linear::Op::Write(value), invoke: us(invoke), complete })
@@ -1746,9 +1863,16 @@ fn writer_vector(label: &str) -> Vec<f32> {
 /// Acknowledged concepts searched for by their own vector (architecture.md §11).
 const VECTOR_CHECKS: usize = 8;
 
-async fn check_writes(acked: &[String]) -> Result<(), String> {
+async fn check_writes(acked: &[String], forgotten: &[String]) -> Result<(), String> {
     let c = MasterClient::connect(&plan::master_addr().to_string()).await.map_err(|e| e.to_string())?;
     let router = Router::new(c, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
+    let ids: Vec<ConceptId> = forgotten.iter().map(|l| ConceptId::from_label(l)).collect();
+    for chunk in ids.chunks(2000) {
+        let found = router.get_concepts(chunk).await.map_err(|e| format!("reading forgotten concepts: {e}"))?;
+        if let Some(c) = found.first() {
+            return Err(format!("concept {:?} is found after its retraction was acknowledged", c.label));
+        }
+    }
     let mut missing = Vec::new();
     for chunk in acked.chunks(2000) {
         let ids: Vec<ConceptId> = chunk.iter().map(|l| ConceptId::from_label(l)).collect();
@@ -1833,8 +1957,15 @@ async fn check_edges(st: &pb::StatusResponse, log: &EdgeLog) -> Result<usize, St
             Err(e) => e,
             Ok((out, inn)) => {
                 let keys: BTreeSet<(ConceptId, ConceptId)> = out.iter().map(|(a, b, _)| (*a, *b)).collect();
-                if let Some((a, b)) = log.acked.iter().find(|k| !keys.contains(k)) {
+                let inn_keys: BTreeSet<(ConceptId, ConceptId)> = inn.iter().map(|(a, b, _)| (*a, *b)).collect();
+                let expected = |want: Expect| log.expect.iter().filter(move |(_, e)| **e == want).map(|(k, _)| k);
+                if let Some((a, b)) = expected(Expect::Present).find(|k| !keys.contains(k)) {
                     return Err(format!("edges: acknowledged association {a} -> {b} is not stored at its source"));
+                }
+                if let Some((a, b)) = expected(Expect::Absent).find(|k| keys.contains(k) || inn_keys.contains(k)) {
+                    return Err(format!(
+                        "edges: association {a} -> {b} is stored after its retraction was acknowledged"
+                    ));
                 }
                 if let Some((a, b)) = keys.iter().find(|k| !log.attempted.contains(k)) {
                     return Err(format!("edges: association {a} -> {b} was never written"));
@@ -2403,7 +2534,8 @@ pub async fn run(sc: Arc<Scenario>) -> Result<Report, String> {
     };
     if sc.checks.contains(&Check::AckedWrites) {
         let acked = acked.lock().unwrap().clone();
-        clients.spawn(async move { check_writes(&acked).await }).await.map_err(|e| format!("{e}"))??;
+        let forgotten = edge_log.lock().unwrap().forgotten.clone();
+        clients.spawn(async move { check_writes(&acked, &forgotten).await }).await.map_err(|e| format!("{e}"))??;
     }
     let edges_checked = if sc.checks.contains(&Check::Edges) {
         let map = g.obs.lock().unwrap().last.clone().unwrap_or_default();

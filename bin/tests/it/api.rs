@@ -267,4 +267,159 @@ fn the_api_and_the_cli_on_a_local_grid() {
     let n = g.json(&["neighbors", "Bergen, Norway"]);
     assert_eq!(n["neighbors"].as_array().map(Vec::len), Some(1), "{n}");
     assert_eq!(g.json(&["concept", "fjord"])["content"], "A long, narrow inlet.");
+
+    forgetting_on_a_local_grid(&g);
+}
+
+/// Retraction (architecture.md §12) on a real grid: right after `DELETE` answers, neither side
+/// of a forgotten association shows, from either end or through `/reason`; a forgotten
+/// concept is gone from lookups, neighbours, paths, search and every replica; learning it
+/// again starts afresh; errors are 404 and 400 naming the field. On the grid of the test
+/// above (one grid fewer running beside the others).
+fn forgetting_on_a_local_grid(g: &DevGrid) {
+    let api = g.api.clone();
+    let pctl = |s: &str| s.replace(' ', "%20");
+    let neighbor_labels = |label: &str, dir: &str| -> Vec<String> {
+        let (s, v) = call(&api, "GET", &format!("/concepts/{}/neighbors?direction={dir}", pctl(label)), Value::Null);
+        if s == 404 {
+            return Vec::new();
+        }
+        assert_eq!(s, 200, "{v}");
+        v["neighbors"].as_array().unwrap().iter().map(|n| n["label"].as_str().unwrap().to_string()).collect()
+    };
+    let n = 8;
+    for i in 0..n {
+        let (a, b, c) = (format!("forget a{i}"), format!("forget b{i}"), format!("forget c{i}"));
+        let (s, v) = call(
+            &api,
+            "POST",
+            "/learn",
+            json!({"concepts": [{"label": a, "content": format!("the {i}th glacier of the northern range")}],
+                   "associations": [{"source": a, "target": b, "relation": "r"},
+                                    {"source": a, "target": b, "relation": "r", "kind": "causal"},
+                                    {"source": c, "target": a, "relation": "q"}]}),
+        );
+        assert_eq!(s, 200, "{v}");
+    }
+    for i in 0..n {
+        let (a, b, c) = (format!("forget a{i}"), format!("forget b{i}"), format!("forget c{i}"));
+        // One association, every kind: gone from both ends right after the answer.
+        let (s, v) = call(&api, "DELETE", "/associations", json!({"source": a, "target": b, "relation": "r"}));
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["in_edges_delivered"], true, "{v}");
+        assert!(v["forgotten"].as_u64().unwrap() >= 2, "two kinds: {v}");
+        assert!(!neighbor_labels(&b, "in").contains(&a), "{b} still has {a}");
+        assert!(!neighbor_labels(&a, "out").contains(&b), "{a} still has {b}");
+        let (s, v) = call(&api, "POST", "/reason", json!({"start": b, "end": a, "max_depth": 2}));
+        assert_eq!((s, &v["found"]), (200, &json!(false)), "{v}");
+        assert_error(
+            call(&api, "DELETE", "/associations", json!({"source": a, "target": b, "relation": "r"})),
+            404,
+            "not_found",
+            "no association",
+        );
+        // The concept: its record, and its association with c (whose source is c).
+        assert!(neighbor_labels(&c, "out").contains(&a.to_lowercase()) || neighbor_labels(&c, "out").contains(&a));
+        let (s, v) = call(&api, "DELETE", &format!("/concepts/{}", pctl(&a)), Value::Null);
+        assert_eq!(s, 200, "{v}");
+        assert_error(
+            call(&api, "GET", &format!("/concepts/{}", pctl(&a)), Value::Null),
+            404,
+            "not_found",
+            "no concept",
+        );
+        assert!(neighbor_labels(&c, "out").is_empty(), "{c} still points at {a}");
+        assert!(neighbor_labels(&a, "both").is_empty());
+        let (s, v) = call(&api, "POST", "/reason", json!({"start": c, "end": a, "max_depth": 2}));
+        assert!(s == 404 || v["found"] == false, "{s} {v}");
+        assert_error(
+            call(&api, "DELETE", &format!("/concepts/{}", pctl(&a)), Value::Null),
+            404,
+            "not_found",
+            "no concept",
+        );
+    }
+    // Search, by the index and exactly: no forgotten concept answers.
+    for exact in [false, true] {
+        let (s, v) = call(
+            &api,
+            "POST",
+            "/search",
+            json!({"text": "the 3th glacier of the northern range", "k": 20, "exact": exact}),
+        );
+        assert_eq!(s, 200, "{v}");
+        let labels: Vec<&str> = v["hits"].as_array().unwrap().iter().filter_map(|h| h["label"].as_str()).collect();
+        assert!(!labels.iter().any(|l| l.starts_with("forget a")), "exact {exact}: {labels:?}");
+    }
+    // Every replica (eventual reads straight to each storage process), once it applied.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ids: Vec<_> = (0..n).map(|i| sutra_grid::api::resolve(&format!("forget a{i}"))).collect();
+        for p in 0..3 {
+            let c = sutra_grid::client::StorageClient::connect(&format!("127.0.0.1:{}", g.base + p)).await.unwrap();
+            let mut asked = 0;
+            for shard in 0..3 {
+                for id in &ids {
+                    let start = std::time::Instant::now();
+                    // A shard that does not own the id refuses (wrong shard): not asked.
+                    while let Ok(r) = c.get_concepts(shard, &[*id]).await {
+                        asked += 1;
+                        if r.found.is_empty() {
+                            break;
+                        }
+                        assert!(
+                            start.elapsed().as_secs() < 10,
+                            "replica {p} of shard {shard} still serves {:?}",
+                            r.found
+                        );
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            assert!(asked >= ids.len(), "process {p} answered for {asked} of {} ids", ids.len());
+        }
+    });
+    // Learned again: a new concept.
+    let (s, v) = call(&api, "POST", "/learn", json!({"concepts": [{"label": "forget a0"}]}));
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(&api, "GET", "/concepts?label=forget%20a0", Value::Null);
+    assert_eq!((s, &v["content"]), (200, &json!("")), "{v}");
+    // Through /learn (and so /learn/batch lines), and the CLI.
+    let (s, v) = call(&api, "POST", "/learn", json!({"forget": {"concepts": ["forget b1"], "associations": []}}));
+    assert_eq!((s, v["forgotten"].as_u64().map(|f| f >= 1)), (200, Some(true)), "{v}");
+    let out = g.sutra(&["forget", "forget c2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = g.sutra(&["forget", "--source", "forget c3", "--target", "nobody", "--relation", "q"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no association"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Bad requests name the field.
+    assert_error(
+        call(&api, "DELETE", "/associations", json!({"source": "x", "target": "y"})),
+        400,
+        "bad_request",
+        "relation",
+    );
+    assert_error(
+        call(&api, "DELETE", "/associations", json!({"source": "x", "target": "y", "relation": "r", "kind": "odd"})),
+        400,
+        "bad_request",
+        "kind",
+    );
+    assert_error(
+        call(&api, "DELETE", "/associations", json!({"source": " ", "target": "y", "relation": "r"})),
+        400,
+        "bad_request",
+        "source",
+    );
+    assert_error(call(&api, "DELETE", "/concepts?label=", Value::Null), 400, "bad_request", "id");
+    assert_error(
+        call(&api, "POST", "/learn", json!({"forget": {"concepts": [""]}})),
+        400,
+        "bad_request",
+        "forget.concepts[0]",
+    );
 }

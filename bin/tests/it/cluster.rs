@@ -149,6 +149,7 @@ async fn master_agent_and_storage_processes_form_a_grid() {
     // with one batched expand call per shard per level.
     let chain: Vec<String> = (0..7).map(|i| format!("chain-{i}")).collect();
     let chain_batch = WriteBatch {
+        forget: vec![],
         concepts: Vec::new(),
         associations: chain
             .windows(2)

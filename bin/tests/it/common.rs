@@ -33,6 +33,7 @@ pub fn batch(w: u32, i: u32) -> WriteBatch {
             confidence: 0.8,
             evidence: format!("w{w} b{i}"),
         }],
+        forget: vec![],
     }
 }
 
@@ -63,6 +64,8 @@ pub struct DevGrid {
     pub child: std::process::Child,
     pub api: String,
     pub dir: tempfile::TempDir,
+    /// The storage processes listen on `base`, `base + 1`, `base + 2`.
+    pub base: u16,
 }
 
 impl DevGrid {
@@ -79,7 +82,7 @@ impl DevGrid {
             .stderr(std::process::Stdio::inherit())
             .spawn()
             .expect("spawning sutra dev");
-        let g = DevGrid { child, api: format!("http://127.0.0.1:{api}"), dir };
+        let g = DevGrid { child, api: format!("http://127.0.0.1:{api}"), dir, base };
         let start = std::time::Instant::now();
         loop {
             let out = g.sutra(&["concept", "Paris"]);

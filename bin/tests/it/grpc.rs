@@ -82,6 +82,7 @@ async fn bad_requests_get_clear_statuses_and_change_nothing() {
         shard: 0,
         concepts: vec![pb::ConceptWrite { label: "ok".into(), confidence: f32::NAN, ..Default::default() }],
         associations: vec![pb::Association { kind: 42, relation: "r".into(), confidence: 0.5, ..Default::default() }],
+        forget: vec![],
     };
     let st = raw.write_batch(bad).await.unwrap_err();
     assert_eq!(st.code(), Code::InvalidArgument);

@@ -118,6 +118,7 @@ impl StorageClient {
             shard,
             concepts: batch.concepts.iter().map(concept_write_to_pb).collect(),
             associations: batch.associations.iter().map(association_to_pb).collect(),
+            forget: batch.forget.iter().map(crate::wire::forget_to_pb).collect(),
         };
         self.once("write_batch", self.inner.clone().write_batch(req)).await
     }

@@ -84,20 +84,66 @@ pub struct Association {
     pub evidence: String,
 }
 
-/// One atomic write: logged as one WAL record, applied all-or-nothing.
+impl Association {
+    /// The confidence that marks an outbox item or delivered in-edge as a retraction: the
+    /// association is to be removed from the target's side. Writes never carry it (confidence
+    /// is validated to [0, 1]), so the on-disk and wire formats need no other field.
+    pub const RETRACTED: f32 = -1.0;
+
+    /// The retraction of the association keyed (source, target, kind, relation).
+    pub fn retraction(source: ConceptId, target: ConceptId, kind: AssocKind, relation: &str) -> Association {
+        Association {
+            source,
+            target,
+            kind,
+            relation: relation.to_string(),
+            confidence: Association::RETRACTED,
+            evidence: String::new(),
+        }
+    }
+
+    pub fn is_retraction(&self) -> bool {
+        self.confidence == Association::RETRACTED
+    }
+}
+
+/// Something a write takes back (architecture.md §12).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Forget {
+    /// The concept and every association it is an end of, on this shard. Logged on the
+    /// concept's shard.
+    Concept(ConceptId),
+    /// The associations (source, target, relation), of `kind` or of every kind. Logged on the
+    /// source's shard; the target's side follows through the outbox.
+    Association { source: ConceptId, target: ConceptId, relation: String, kind: Option<AssocKind> },
+}
+
+impl Forget {
+    /// The concept whose shard logs this.
+    pub fn owner(&self) -> ConceptId {
+        match self {
+            Forget::Concept(id) => *id,
+            Forget::Association { source, .. } => *source,
+        }
+    }
+}
+
+/// One atomic write: logged as one WAL record, applied all-or-nothing. Retractions apply
+/// after the upserts.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct WriteBatch {
     pub concepts: Vec<ConceptWrite>,
     pub associations: Vec<Association>,
+    pub forget: Vec<Forget>,
 }
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.concepts.is_empty() && self.associations.is_empty()
+        self.concepts.is_empty() && self.associations.is_empty() && self.forget.is_empty()
     }
 
     pub fn items(&self) -> usize {
-        self.concepts.len() + self.associations.len()
+        self.concepts.len() + self.associations.len() + self.forget.len()
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::WriteBatch;
+use super::{Forget, WriteBatch};
 use crate::limits;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -98,6 +98,17 @@ pub fn validate_batch(batch: &WriteBatch, vector_dim: usize) -> Result<(), Batch
         reasons.extend(check_confidence(a.confidence));
         for r in reasons {
             push("associations", i, r);
+        }
+    }
+    for (i, f) in batch.forget.iter().enumerate() {
+        if let Forget::Association { relation, .. } = f {
+            bytes += relation.len() + 48;
+            if relation.trim().is_empty() {
+                push("forget", i, "relation is empty".to_string());
+            }
+            if let Some(r) = check_len("relation", relation, limits::RELATION_BYTES_MAX) {
+                push("forget", i, r);
+            }
         }
     }
     if bytes > limits::BATCH_BYTES_MAX {

@@ -249,9 +249,9 @@ impl Shared {
             let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
             for (id, payload) in entries {
                 let waiter = waiters.remove(&id.lsn);
-                let answer = |owned: bool, owes_in_edges: bool, range: KeyRange, w: Waiter| {
+                let answer = |owned: bool, owes_in_edges: bool, range: KeyRange, forgotten: u32, w: Waiter| {
                     let r = if owned {
-                        Ok(Written { lsn: id.lsn, concept_ids: w.ids, owes_in_edges, range })
+                        Ok(Written { lsn: id.lsn, concept_ids: w.ids, owes_in_edges, range, forgotten })
                     } else {
                         Err(ShardError::WrongShard {
                             shard: self.shard,
@@ -263,15 +263,19 @@ impl Shared {
                 };
                 let r = match (entry::decode(&payload), waiter) {
                     (Ok((_, Body::Batch(_))), Some(mut w)) if w.kind == WriteKind::Batch => {
+                        let retracts = !w.batch.forget.is_empty();
                         let owned = st.apply_with_ids(id.lsn, w.ts_ms, std::mem::take(&mut w.batch), &w.ids);
-                        let owes =
-                            st.links().outbox.range(links::seq(id.lsn, 0)..links::seq(id.lsn + 1, 0)).next().is_some();
-                        acks.push(answer(owned, owes, st.range, w));
+                        // A retraction sent again (its first copy applied, its answer lost)
+                        // finds nothing left to retract, but the first copy's retractions may
+                        // still be on their way: its writer waits for everything up to here.
+                        let upto = if retracts { 0 } else { links::seq(id.lsn, 0) };
+                        let owes = st.links().outbox.range(upto..links::seq(id.lsn + 1, 0)).next().is_some();
+                        acks.push(answer(owned, owes, st.range, st.last_forgotten(), w));
                         Ok(())
                     }
                     (Ok((_, body)), w) => apply_body(&mut st, self.shard, id, body, &*self.disk).map(|owned| {
                         if let Some(w) = w {
-                            acks.push(answer(owned, false, st.range, w));
+                            acks.push(answer(owned, false, st.range, 0, w));
                         }
                     }),
                     (Err(e), _) => Err(e),

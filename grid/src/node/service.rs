@@ -170,9 +170,9 @@ impl pb::storage_server::Storage for StorageService {
         req: Request<pb::WriteBatchRequest>,
     ) -> Result<Response<pb::WriteBatchResponse>, Status> {
         let req = req.into_inner();
-        too_many("items", req.concepts.len() + req.associations.len(), limits::BATCH_ITEMS_MAX)?;
+        too_many("items", req.concepts.len() + req.associations.len() + req.forget.len(), limits::BATCH_ITEMS_MAX)?;
         let shard = self.node.shard(req.shard)?;
-        let (batch, errors) = batch_from_pb(req.concepts, req.associations);
+        let (batch, errors) = batch_from_pb(req.concepts, req.associations, req.forget);
         let w = shard.write(batch, errors).await?;
         if w.owes_in_edges {
             self.node.outbox_wake.notify_one();
@@ -184,6 +184,7 @@ impl pb::storage_server::Storage for StorageService {
             owes_in_edges: w.owes_in_edges,
             key_start: w.range.start,
             key_end: w.range.end,
+            forgotten: w.forgotten,
         }))
     }
 
@@ -201,7 +202,7 @@ impl pb::storage_server::Storage for StorageService {
             )));
         }
         let shard = self.node.shard(req.shard)?;
-        let (batch, errors) = batch_from_pb(Vec::new(), req.associations);
+        let (batch, errors) = batch_from_pb(Vec::new(), req.associations, Vec::new());
         if let Some(e) = errors.first() {
             return Err(Status::invalid_argument(format!("associations[{}]: {}", e.index, e.reason)));
         }

@@ -13,7 +13,9 @@ use super::log::{self, apply_body, Cmd, Core, Promise, Promotion, Role, Shared, 
 use crate::ids::{ConceptId, NodeId, ShardId};
 use crate::io::Disk;
 use crate::limits;
-use crate::model::{validate_batch, Association, BatchRejected, Consistency, ItemError, WriteBatch};
+use crate::model::{
+    validate_batch, Association, BatchRejected, Consistency, EdgeFilter, Forget, ItemError, WriteBatch,
+};
 use crate::replication::entry::{self, Body};
 use crate::replication::{Append, AppendReply, EntryId, LogIndex, Replica};
 use crate::store::{batch_codec, checkpoint, links, Checkpoint, CheckpointError, InEdges, KeyRange, ShardStore};
@@ -53,6 +55,8 @@ pub struct Written {
     pub owes_in_edges: bool,
     /// The shard's range when the entry applied.
     pub range: KeyRange,
+    /// Concepts and associations the entry's retractions removed.
+    pub forgotten: u32,
 }
 
 /// Replication state as shard info reports it.
@@ -632,15 +636,25 @@ impl Shard {
             ids.iter().chain(batch.associations.iter().map(|a| &a.source)).map(|id| id.placement_key()),
         );
         // An association is logged on its source's shard (architecture.md §5 rule 7).
-        let stray =
-            ids.iter().copied().chain(batch.associations.iter().map(|a| a.source)).find(|id| !range.contains(*id));
+        let stray = ids
+            .iter()
+            .copied()
+            .chain(batch.associations.iter().map(|a| a.source))
+            .chain(batch.forget.iter().map(|f| f.owner()))
+            .find(|id| !range.contains(*id));
         if let Some(id) = stray {
             return Err(self.wrong_shard(range, id));
         }
         if batch.is_empty() {
-            return Ok(Written { lsn: self.read()?.applied_lsn(), concept_ids: ids, owes_in_edges: false, range });
+            let lsn = self.read()?.applied_lsn();
+            return Ok(Written { lsn, concept_ids: ids, owes_in_edges: false, range, forgotten: 0 });
         }
-        let remote = batch.associations.iter().any(|a| !range.contains(a.target));
+        self.check_forget_degree(&batch)?;
+        let remote = batch.associations.iter().any(|a| !range.contains(a.target))
+            || batch.forget.iter().any(|f| match f {
+                Forget::Concept(_) => true,
+                Forget::Association { target, .. } => !range.contains(*target),
+            });
         let owed = self.read()?.links().outbox.len();
         if remote && owed >= limits::OUTBOX_ITEMS_MAX {
             let reason = format!("{owed} in-edges wait for delivery to other shards; retry later");
@@ -649,6 +663,30 @@ impl Shard {
         let ts_ms = now_ms();
         let bytes = batch_codec::encode(ts_ms, &batch);
         self.submit(WriteKind::Batch, ts_ms, batch, ids, bytes).await
+    }
+
+    /// Refuses to forget a concept with more associations than one entry can retract.
+    fn check_forget_degree(&self, batch: &WriteBatch) -> Result<(), ShardError> {
+        let st = self.read()?;
+        for (i, f) in batch.forget.iter().enumerate() {
+            let Forget::Concept(id) = f else { continue };
+            let mut n = 0usize;
+            st.for_each_edge(*id, &EdgeFilter::default(), |_| {
+                n += 1;
+                n <= limits::FORGET_EDGES_MAX
+            });
+            if n > limits::FORGET_EDGES_MAX {
+                let reason = format!(
+                    "concept {id} has more than {} associations; forget some of them first",
+                    limits::FORGET_EDGES_MAX
+                );
+                return Err(ShardError::Rejected(BatchRejected {
+                    errors: vec![ItemError { list: "forget", index: i, reason }],
+                    unlisted: 0,
+                }));
+            }
+        }
+        Ok(())
     }
 
     /// Logs in-edges delivered from `source_shard`'s outbox (items in sequence order). Items
@@ -663,7 +701,9 @@ impl Shard {
     ) -> Result<u64, ShardError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.check_serving()?;
-        let batch = WriteBatch { concepts: Vec::new(), associations: items.iter().map(|(_, a)| a.clone()).collect() };
+        // Retractions carry a confidence no write may (`Association::RETRACTED`).
+        let checked = |a: &Association| Association { confidence: a.confidence.max(0.0), ..a.clone() };
+        let batch = WriteBatch { associations: items.iter().map(|(_, a)| checked(a)).collect(), ..Default::default() };
         let mut extra = Vec::new();
         if let Err(mut rej) = validate_batch(&batch, self.vector_dim) {
             extra.append(&mut rej.errors);

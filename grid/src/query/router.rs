@@ -16,7 +16,7 @@ use sutra_proto as pb;
 use crate::client::{ClientError, MasterClient, StorageClient};
 use crate::ids::ConceptId;
 use crate::limits;
-use crate::model::{Association, Consistency, EdgeFilter, WriteBatch};
+use crate::model::{Association, Consistency, Direction, EdgeFilter, Forget, WriteBatch};
 use crate::query::paths::{Expander, Expansion, Step};
 use crate::wire::{id_from_pb, kind_from_pb};
 
@@ -49,6 +49,9 @@ pub enum RouterError {
     /// The shard left the map (merged into its neighbour) while a request was routed to it.
     #[error("shard {shard} left the shard map (it merged into another); route again")]
     Gone { shard: u32 },
+    /// In-edges logged before a retraction still travel to their shards (`wait_all_delivered`).
+    #[error("in-edges written before this request are still on their way to their shards; retry shortly")]
+    InFlight,
 }
 
 impl RouterError {
@@ -83,6 +86,8 @@ pub struct ShardWrite {
     /// The shard's key range when the part was written: shards split off it since then may
     /// hold its undelivered in-edges (they go with their source).
     pub range: (u64, u64),
+    /// Concepts and associations the part's retractions removed.
+    pub forgotten: u32,
 }
 
 #[derive(Default)]
@@ -242,6 +247,10 @@ impl Router {
         for a in &batch.associations {
             part(&t, &mut parts, a.source.placement_key())?.associations.push(a.clone());
         }
+        // Retractions likewise: a concept's own shard, an association's source's.
+        for f in &batch.forget {
+            part(&t, &mut parts, f.owner().placement_key())?.forget.push(f.clone());
+        }
         Ok(parts.into_iter().map(|(shard, (addr, b))| (shard, addr, b)).collect())
     }
 
@@ -288,6 +297,7 @@ impl Router {
                     Err(PartError::Moved(b)) => {
                         moved.concepts.extend(b.concepts);
                         moved.associations.extend(b.associations);
+                        moved.forget.extend(b.forget);
                     }
                     Err(PartError::Failed(e)) => {
                         first_err.get_or_insert(e);
@@ -347,7 +357,8 @@ impl Router {
                     // The shard knows whether it owes in-edges, and its range when the entry
                     // applied (where they may go once it splits).
                     let range = (resp.key_start, resp.key_end);
-                    return Ok(ShardWrite { shard, lsn: resp.lsn, owes_in_edges: resp.owes_in_edges, range });
+                    let (lsn, owes_in_edges, forgotten) = (resp.lsn, resp.owes_in_edges, resp.forgotten);
+                    return Ok(ShardWrite { shard, lsn, owes_in_edges, range, forgotten });
                 }
                 Some(Err(e)) => e,
                 None => {
@@ -443,14 +454,7 @@ impl Router {
                 };
                 let mut done = true;
                 for shard in shards {
-                    let addr = self.read_addrs(shard, Consistency::Strong).into_iter().next();
-                    let info = match &addr {
-                        Some(addr) => match self.client(addr).await {
-                            Ok(c) => c.shard_info(shard).await.ok(),
-                            Err(_) => None,
-                        },
-                        None => None,
-                    };
+                    let (addr, info) = self.primary_info(shard).await;
                     // A replica that stopped serving (a failed fsync) still says it leads, but
                     // its outbox is unreadable and reported empty: only a serving primary's
                     // word counts. A shard split off the write's has its own commit LSNs.
@@ -743,6 +747,98 @@ impl Router {
         consistency: Consistency,
     ) -> Result<Option<pb::NeighborList>, RouterError> {
         self.rerouted(|| self.neighbors_once(id, filter, limit, consistency)).await
+    }
+
+    /// `shard`'s info as the primary this router knows answers it (None: unreachable), and
+    /// that primary's address.
+    async fn primary_info(&self, shard: u32) -> (Option<String>, Option<pb::ShardInfo>) {
+        let addr = self.read_addrs(shard, Consistency::Strong).into_iter().next();
+        let info = match &addr {
+            Some(addr) => match self.client(addr).await {
+                Ok(c) => c.shard_info(shard).await.ok(),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        (addr, info)
+    }
+
+    /// Waits until every in-edge logged on any shard before this call reached its target:
+    /// each primary's commit LSN now, then [`Router::wait_delivered`] past it. A shard whose
+    /// outbox is empty owes nothing. False when that takes longer than `within`.
+    pub async fn wait_all_delivered(self: &Arc<Self>, within: Duration) -> Result<bool, RouterError> {
+        self.ensure_map().await;
+        let start = tokio::time::Instant::now();
+        let mut todo: Vec<(u32, (u64, u64))> = {
+            let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+            t.map.shards.iter().map(|e| (e.shard, (e.key_start, e.key_end))).collect()
+        };
+        let mut owed = Vec::new();
+        let mut attempt = 0u32;
+        while !todo.is_empty() {
+            let mut again = Vec::new();
+            for (shard, range) in todo {
+                let (addr, info) = self.primary_info(shard).await;
+                match info.filter(|i| i.serving && i.primary_epoch > 0) {
+                    Some(i) if i.outbox_oldest_lsn == 0 => {}
+                    Some(i) => {
+                        owed.push(ShardWrite { shard, lsn: i.commit_lsn, owes_in_edges: true, range, forgotten: 0 })
+                    }
+                    // Merged away since: it delivered everything before it left.
+                    None if !self.has_shard(shard) => {}
+                    None => {
+                        if let Some(a) = addr {
+                            self.forget(&a);
+                        }
+                        again.push((shard, range));
+                    }
+                }
+            }
+            todo = again;
+            if todo.is_empty() {
+                break;
+            }
+            if start.elapsed() >= within {
+                return Ok(false);
+            }
+            let _ = self.refresh().await;
+            tokio::time::sleep(crate::client::retry_backoff(attempt, 2, 50)).await;
+            attempt += 1;
+        }
+        self.wait_delivered(&owed, within.saturating_sub(start.elapsed())).await
+    }
+
+    /// Forgets concept `id` and every association it is an end of (architecture.md §12):
+    /// first the associations that point at it, on their sources' shards (their retractions
+    /// reach `id`'s shard through the outbox, in order with their upserts), then the concept
+    /// on its own shard, which drops what is left of its edges and retracts its out-edges at
+    /// their targets. Each step may be repeated, so a failed call can simply be retried.
+    pub async fn forget_concept(self: &Arc<Self>, id: ConceptId) -> Result<Vec<ShardWrite>, RouterError> {
+        // Every association written before this call is stored at its target first, so the
+        // in-edges read next name all of them (one still in an outbox would otherwise outlive
+        // the concept at its source).
+        if !self.wait_all_delivered(Duration::from_millis(limits::LEARN_DELIVERY_WAIT_MS)).await? {
+            return Err(RouterError::InFlight);
+        }
+        let filter = EdgeFilter { direction: Direction::In, ..Default::default() };
+        let limit = limits::FORGET_EDGES_MAX as u32 + 1;
+        let list = self.neighbors(id, &filter, limit, Consistency::Strong).await?;
+        let incoming: Vec<Forget> = list
+            .iter()
+            .flat_map(|l| &l.edges)
+            .filter_map(|e| {
+                let source = id_from_pb(e.other.as_ref()?);
+                let kind = kind_from_pb(e.kind);
+                (source != id).then(|| Forget::Association { source, target: id, relation: e.relation.clone(), kind })
+            })
+            .collect();
+        let mut writes = Vec::new();
+        for chunk in incoming.chunks(limits::BATCH_ITEMS_MAX) {
+            writes.extend(self.write_idempotent(&WriteBatch { forget: chunk.to_vec(), ..Default::default() }).await?);
+        }
+        let own = WriteBatch { forget: vec![Forget::Concept(id)], ..Default::default() };
+        writes.extend(self.write_idempotent(&own).await?);
+        Ok(writes)
     }
 
     async fn neighbors_once(

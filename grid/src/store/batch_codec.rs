@@ -4,7 +4,7 @@
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::ids::ConceptId;
 use crate::limits;
-use crate::model::{AssocKind, Association, ConceptWrite, WriteBatch};
+use crate::model::{AssocKind, Association, ConceptWrite, Forget, WriteBatch};
 
 pub fn encode(ts_ms: u64, b: &WriteBatch) -> Vec<u8> {
     let mut w = Writer::with_capacity(64 + b.items() * 96);
@@ -20,7 +20,49 @@ pub fn encode(ts_ms: u64, b: &WriteBatch) -> Vec<u8> {
     for a in &b.associations {
         encode_association(&mut w, a);
     }
+    // Retractions: a trailing section, absent when there are none (so batches logged before
+    // it existed decode as they were written).
+    if !b.forget.is_empty() {
+        w.u32(b.forget.len() as u32);
+        for f in &b.forget {
+            match f {
+                Forget::Concept(id) => {
+                    w.u8(FORGET_CONCEPT);
+                    w.u128(id.0);
+                }
+                Forget::Association { source, target, relation, kind } => {
+                    w.u8(FORGET_ASSOCIATION);
+                    w.u128(source.0);
+                    w.u128(target.0);
+                    w.str(relation);
+                    w.u8(kind.map_or(0, |k| k as u8));
+                }
+            }
+        }
+    }
     w.buf
+}
+
+const FORGET_CONCEPT: u8 = 1;
+const FORGET_ASSOCIATION: u8 = 2;
+
+fn decode_forget(r: &mut Reader<'_>) -> Result<Forget, DecodeError> {
+    let at = r.pos();
+    match r.u8("forget tag")? {
+        FORGET_CONCEPT => Ok(Forget::Concept(ConceptId(r.u128("concept")?))),
+        FORGET_ASSOCIATION => {
+            let source = ConceptId(r.u128("source")?);
+            let target = ConceptId(r.u128("target")?);
+            let relation = r.str(limits::RELATION_BYTES_MAX, "relation")?.to_string();
+            let at = r.pos();
+            let kind = match r.u8("kind")? {
+                0 => None,
+                k => Some(AssocKind::from_u8(k).ok_or(DecodeError { offset: at, what: "kind" })?),
+            };
+            Ok(Forget::Association { source, target, relation, kind })
+        }
+        _ => Err(DecodeError { offset: at, what: "forget tag" }),
+    }
 }
 
 pub fn encode_association(w: &mut Writer, a: &Association) {
@@ -69,6 +111,15 @@ pub fn decode(payload: &[u8]) -> Result<(u64, WriteBatch), DecodeError> {
     }
     for _ in 0..n {
         b.associations.push(decode_association(&mut r)?);
+    }
+    if r.pos() < payload.len() {
+        let n = r.u32("forget count")? as usize;
+        if n > limits::BATCH_ITEMS_MAX {
+            return Err(DecodeError { offset: r.pos(), what: "forget count" });
+        }
+        for _ in 0..n {
+            b.forget.push(decode_forget(&mut r)?);
+        }
     }
     r.expect_end("batch")?;
     Ok((ts, b))

@@ -71,6 +71,16 @@ impl EdgeRec {
     pub fn same_key(&self, other: ConceptId, kind: AssocKind, rel: u32) -> bool {
         self.other == other && self.kind == kind && self.rel == rel
     }
+
+    /// An overlay record that hides the edge with this key (it was forgotten). Lives only in
+    /// memory: checkpoints leave the edge out instead.
+    pub fn tombstone(other: ConceptId, kind: AssocKind, rel: u32) -> EdgeRec {
+        EdgeRec { other, kind, rel, confidence: f32::NAN, evidence: None }
+    }
+
+    pub fn is_tombstone(&self) -> bool {
+        self.confidence.is_nan()
+    }
 }
 
 /// One vertex's share of a checkpoint: its concept record (if stored here) and its edges.

@@ -28,6 +28,9 @@ use crate::model::Association;
 const INDEX_BITS: u32 = 16;
 const _: () = assert!(limits::BATCH_ITEMS_MAX < 1 << INDEX_BITS);
 
+/// Outbox items one log entry can make (its upserts, then its retractions).
+pub const ITEMS_PER_ENTRY_MAX: usize = 1 << INDEX_BITS;
+
 /// The sequence number of association `index` of the batch logged at `lsn`.
 pub fn seq(lsn: u64, index: usize) -> u64 {
     (lsn << INDEX_BITS) | index as u64

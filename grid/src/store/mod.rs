@@ -16,7 +16,7 @@ pub use vector_index::{IndexStats, SharedIndex, VectorIndex};
 
 use crate::ids::ConceptId;
 use crate::limits;
-use crate::model::{AssocKind, Association, Concept, Direction, EdgeFilter, WriteBatch};
+use crate::model::{AssocKind, Association, Concept, Direction, EdgeFilter, Forget, WriteBatch};
 
 /// The key range a shard owns, inclusive at both ends so one shard can own the whole space.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -58,6 +58,17 @@ pub struct ShardStore {
     overlay_new_concepts: u64,
     overlay_out_edges: u64,
     overlay_in_edges: u64,
+    /// Concepts forgotten since the checkpoint (architecture.md §12): their checkpoint records
+    /// no longer count. Edges are forgotten by overlay tombstones (`EdgeRec::is_tombstone`).
+    /// The next checkpoint drops both.
+    forgotten: std::collections::HashSet<ConceptId>,
+    /// Concepts and edges removed since the checkpoint (what `counts` subtracts).
+    dead_concepts: u64,
+    dead_out_edges: u64,
+    dead_in_edges: u64,
+    /// Concepts and associations the last applied batch took back (its writer answers 404
+    /// when none); an association counts once for the sides this shard held.
+    last_forgotten: u32,
     /// Concepts and edge records written into the overlay; drives automatic checkpoints.
     overlay_items: u64,
     /// In-edges owed to other shards, and the marks of those delivered here (`links`).
@@ -117,6 +128,11 @@ impl ShardStore {
             overlay_new_concepts: 0,
             overlay_out_edges: 0,
             overlay_in_edges: 0,
+            forgotten: Default::default(),
+            dead_concepts: 0,
+            dead_out_edges: 0,
+            dead_in_edges: 0,
+            last_forgotten: 0,
             overlay_items: 0,
             links,
             range_lsn: 0,
@@ -199,17 +215,25 @@ impl ShardStore {
     }
 
     pub fn overlay_is_empty(&self) -> bool {
-        self.concepts.is_empty() && self.out.is_empty() && self.inn.is_empty()
+        self.concepts.is_empty() && self.out.is_empty() && self.inn.is_empty() && self.forgotten.is_empty()
     }
 
     /// (concepts, out-edges, in-edges); overlay upserts of checkpointed items count once.
     pub fn counts(&self) -> (u64, u64, u64) {
         let cp = self.checkpoint.as_ref();
         (
-            cp.map(|c| c.concept_count() as u64).unwrap_or(0) + self.overlay_new_concepts,
-            cp.map(|c| c.out_edge_count() as u64).unwrap_or(0) + self.overlay_out_edges,
-            cp.map(|c| c.in_edge_count() as u64).unwrap_or(0) + self.overlay_in_edges,
+            (cp.map(|c| c.concept_count() as u64).unwrap_or(0) + self.overlay_new_concepts)
+                .saturating_sub(self.dead_concepts),
+            (cp.map(|c| c.out_edge_count() as u64).unwrap_or(0) + self.overlay_out_edges)
+                .saturating_sub(self.dead_out_edges),
+            (cp.map(|c| c.in_edge_count() as u64).unwrap_or(0) + self.overlay_in_edges)
+                .saturating_sub(self.dead_in_edges),
         )
+    }
+
+    /// How many concepts and associations the last applied batch took back here.
+    pub fn last_forgotten(&self) -> u32 {
+        self.last_forgotten
     }
 
     pub fn relation_name(&self, rel: u32) -> &str {
@@ -245,6 +269,7 @@ impl ShardStore {
     pub fn owns(&self, batch: &WriteBatch, ids: &[ConceptId]) -> bool {
         ids.iter().all(|id| self.range.contains(*id))
             && batch.associations.iter().all(|a| self.range.contains(a.source))
+            && batch.forget.iter().all(|f| self.range.contains(f.owner()))
     }
 
     /// [`ShardStore::apply`] with the concepts' ids already derived (the write path has them
@@ -252,6 +277,7 @@ impl ShardStore {
     pub fn apply_with_ids(&mut self, lsn: u64, ts_ms: u64, batch: WriteBatch, ids: &[ConceptId]) -> bool {
         assert!(lsn > self.applied_lsn, "apply out of order: lsn {lsn} after {}", self.applied_lsn);
         assert_eq!(ids.len(), batch.concepts.len(), "one id per concept");
+        self.last_forgotten = 0;
         debug_assert!(batch.concepts.iter().zip(ids).all(|(c, id)| ConceptId::from_label(&c.label) == *id));
         // A frozen shard's data is final: what a merge copies is all there is.
         if self.links.frozen_into.is_some() && !batch.is_empty() {
@@ -264,13 +290,15 @@ impl ShardStore {
         }
         for (c, &id) in batch.concepts.into_iter().zip(ids) {
             self.overlay_bytes += (64 + c.label.len() + c.content.len() + 4 * c.vector.len()) as u64;
+            // A forgotten concept learned again starts afresh.
+            let reborn = self.forgotten.remove(&id);
             let (checkpoint, new_concepts, items, cp_end) =
                 (&self.checkpoint, &mut self.overlay_new_concepts, &mut self.overlay_items, self.cp_end);
             let p = self.concepts.entry(id).or_insert_with(|| {
                 *items += 1;
                 let base = checkpoint
                     .as_ref()
-                    .filter(|_| id.placement_key() <= cp_end)
+                    .filter(|_| id.placement_key() <= cp_end && !reborn)
                     .and_then(|cp| cp.concept(cp.find(id)?));
                 base.unwrap_or_else(|| {
                     *new_concepts += 1;
@@ -295,14 +323,131 @@ impl ShardStore {
             p.confidence = c.confidence;
             p.updated_ms = ts_ms;
         }
+        let n = batch.associations.len();
         for (i, a) in batch.associations.into_iter().enumerate() {
             if self.range.contains(a.source) && !self.range.contains(a.target) {
                 self.links.outbox.insert(links::seq(lsn, i), a.clone());
             }
             self.upsert_association(a);
         }
+        let mut next = n;
+        for f in batch.forget {
+            let gone = match f {
+                Forget::Concept(id) => self.forget_concept(id),
+                Forget::Association { source, target, relation, kind } => self
+                    .ends_of(source, target, &relation, kind)
+                    .into_iter()
+                    .map(|(k, rel)| (source, target, k, rel))
+                    .collect(),
+            };
+            for (source, target, kind, relation) in gone {
+                // The target's side on another shard follows through the outbox, in order
+                // with the association's upserts.
+                let remote = self.range.contains(source) && !self.range.contains(target);
+                if remote && next >= links::ITEMS_PER_ENTRY_MAX {
+                    // No sequence number left in this entry: both sides stay (writers bound
+                    // a concept's associations before they forget it, `FORGET_EDGES_MAX`).
+                    continue;
+                }
+                self.last_forgotten += self.retract(source, target, kind, &relation) as u32;
+                if remote {
+                    let r = Association::retraction(source, target, kind, &relation);
+                    self.links.outbox.insert(links::seq(lsn, next), r);
+                    next += 1;
+                }
+            }
+        }
         self.applied_lsn = lsn;
         true
+    }
+
+    /// The (kind, relation) of every live association source -> target named `relation`
+    /// (of `kind`, if given) this shard holds the source's side of.
+    fn ends_of(
+        &self,
+        source: ConceptId,
+        target: ConceptId,
+        relation: &str,
+        kind: Option<AssocKind>,
+    ) -> Vec<(AssocKind, String)> {
+        let mut out = Vec::new();
+        let filter = EdgeFilter { direction: Direction::Out, ..Default::default() };
+        self.for_each_edge(source, &filter, |e| {
+            if e.other == target && e.relation == relation && kind.is_none_or(|k| k == e.kind) {
+                out.push((e.kind, e.relation.to_string()));
+            }
+            true
+        });
+        out
+    }
+
+    /// Forgets concept `id` here: its record, and every association it is an end of, both
+    /// sides where this shard holds them. Returns the associations whose source side it held,
+    /// to retract at their targets (the caller sends those on other shards through the
+    /// outbox); a remote source's side of an in-edge is the router's to forget first
+    /// (`Router::forget_concept`). Counts the concept itself in `last_forgotten`.
+    fn forget_concept(&mut self, id: ConceptId) -> Vec<(ConceptId, ConceptId, AssocKind, String)> {
+        if !self.range.contains(id) {
+            return Vec::new();
+        }
+        if self.concept(id).is_some() {
+            self.concepts.remove(&id);
+            self.dead_concepts += 1;
+            self.last_forgotten += 1;
+            self.vectors.changed(id);
+        }
+        self.forgotten.insert(id);
+        let mut ends = Vec::new();
+        self.for_each_edge(id, &EdgeFilter::default(), |e| {
+            let (s, t) = if e.outgoing { (id, e.other) } else { (e.other, id) };
+            ends.push((s, t, e.kind, e.relation.to_string()));
+            true
+        });
+        ends.sort_by(|a, b| (a.0, a.1, a.2, &a.3).cmp(&(b.0, b.1, b.2, &b.3)));
+        ends.dedup();
+        ends
+    }
+
+    /// Removes both sides of association (source, target, kind, relation) that this shard
+    /// holds. True when a side was live.
+    fn retract(&mut self, source: ConceptId, target: ConceptId, kind: AssocKind, relation: &str) -> bool {
+        let Some(rel) = self.relation_id(relation) else { return false };
+        let mut any = false;
+        if self.range.contains(source) && self.kill_edge(source, target, kind, rel, true) {
+            self.dead_out_edges += 1;
+            any = true;
+        }
+        if self.range.contains(target) && self.kill_edge(target, source, kind, rel, false) {
+            self.dead_in_edges += 1;
+            any = true;
+        }
+        any
+    }
+
+    /// Puts a tombstone over `v`'s edge to `other` (kind, rel) on one side. True when the
+    /// edge was live (in the overlay or the checkpoint).
+    fn kill_edge(&mut self, v: ConceptId, other: ConceptId, kind: AssocKind, rel: u32, out: bool) -> bool {
+        let in_checkpoint = self.cp_find(v).is_some_and(|(cp, i)| {
+            cp.edge_range(i, out).any(|x| {
+                let ev = cp.edge(x, out);
+                ev.other == other && ev.kind == kind && ev.rel == rel
+            })
+        });
+        let map = if out { &mut self.out } else { &mut self.inn };
+        let list = map.entry(v).or_default();
+        let dead = EdgeRec::tombstone(other, kind, rel);
+        if let Some(slot) = list.iter_mut().find(|x| x.same_key(other, kind, rel)) {
+            let was_live = !slot.is_tombstone();
+            *slot = dead;
+            return was_live;
+        }
+        if in_checkpoint {
+            list.push(dead);
+            self.overlay_items += 1;
+        } else if list.is_empty() {
+            map.remove(&v);
+        }
+        in_checkpoint
     }
 
     /// Applies in-edges delivered from `e.source_shard`, skipping any at or below its inbox
@@ -325,7 +470,12 @@ impl ShardStore {
             if s > top {
                 top = s;
                 // A merge may have left a higher mark for the target's side (`links::Scoped`).
-                if !self.links.applied(src, s, a.target.placement_key()) {
+                if self.links.applied(src, s, a.target.placement_key()) {
+                    continue;
+                }
+                if a.is_retraction() {
+                    self.retract(a.source, a.target, a.kind, &a.relation);
+                } else {
                     self.upsert_association(a);
                 }
             }
@@ -371,6 +521,7 @@ impl ShardStore {
         self.cp_end = self.cp_end.min(at - 1);
         let gone = |id: &ConceptId| right.contains(*id);
         self.vectors().retain(|id| !gone(&id));
+        self.forgotten.retain(|id| !gone(id));
         self.concepts.retain(|id, _| !gone(id));
         self.out.retain(|id, _| !gone(id));
         self.inn.retain(|id, _| !gone(id));
@@ -519,8 +670,10 @@ impl ShardStore {
         let map = if out { &mut self.out } else { &mut self.inn };
         let list = map.entry(v).or_default();
         if let Some(slot) = list.iter_mut().find(|x| x.same_key(e.other, e.kind, e.rel)) {
+            // Learned again after it was forgotten: counted as new (its removal was counted).
+            let revived = slot.is_tombstone();
             *slot = e;
-            return false;
+            return revived;
         }
         list.push(e);
         self.overlay_items += 1;
@@ -534,6 +687,9 @@ impl ShardStore {
         }
         if let Some(c) = self.concepts.get(&id) {
             return Some(c.clone());
+        }
+        if self.forgotten.contains(&id) {
+            return None;
         }
         let (cp, i) = self.cp_find(id)?;
         cp.concept(i)
@@ -589,7 +745,11 @@ impl ShardStore {
         if let Some(cp) = &self.checkpoint {
             for i in 0..cp.vertices() as u32 {
                 let id = cp.id_at(i);
-                if self.concepts.contains_key(&id) || !self.range.contains(id) || id.placement_key() > self.cp_end {
+                if self.concepts.contains_key(&id)
+                    || self.forgotten.contains(&id)
+                    || !self.range.contains(id)
+                    || id.placement_key() > self.cp_end
+                {
                     continue;
                 }
                 if let Some(c) = cp.concept(i).filter(|c| c.vector.len() == query.len()) {
@@ -686,7 +846,7 @@ impl ShardStore {
                 }
             }
             for o in overlay {
-                if !pass(o.kind, o.rel, o.confidence) {
+                if o.is_tombstone() || !pass(o.kind, o.rel, o.confidence) {
                     continue;
                 }
                 let edge = Edge {
@@ -706,11 +866,21 @@ impl ShardStore {
 
     /// Does this replica hold anything (concept or edges) for `v`?
     pub fn knows(&self, v: ConceptId) -> bool {
-        self.range.contains(v)
-            && (self.concepts.contains_key(&v)
-                || self.out.contains_key(&v)
-                || self.inn.contains_key(&v)
-                || self.cp_find(v).is_some())
+        if !self.range.contains(v) {
+            return false;
+        }
+        if self.concepts.contains_key(&v) {
+            return true;
+        }
+        if self.forgotten.contains(&v) || self.out.contains_key(&v) || self.inn.contains_key(&v) {
+            let mut any = false;
+            self.for_each_edge(v, &EdgeFilter::default(), |_| {
+                any = true;
+                false
+            });
+            return any;
+        }
+        self.cp_find(v).is_some()
     }
 
     /// Full single-thread BFS from `start`; returns (vertices reached, edges scanned). Uses the
@@ -754,7 +924,12 @@ impl ShardStore {
 
     /// The vertices of `range` (within this replica's), sorted by id, as a checkpoint lists them.
     pub fn vertices_in(&self, range: KeyRange) -> Vec<VertexData> {
-        self.ids_in(range).into_iter().map(|id| self.vertex_data(id)).collect()
+        // A vertex whose concept and edges were all forgotten is left out: nothing of it stays.
+        self.ids_in(range)
+            .into_iter()
+            .map(|id| self.vertex_data(id))
+            .filter(|v| v.concept.is_some() || !v.out.is_empty() || !v.inn.is_empty())
+            .collect()
     }
 
     /// The vertices from placement key `start` on, sorted by id, until they pass about

@@ -31,6 +31,7 @@ fn store_with(edges: &[(u32, u32, f32)], n: u32) -> ShardStore {
     let batch = WriteBatch {
         concepts: (0..n).map(|i| concept(i, "x")).collect(),
         associations: edges.iter().map(|(a, b, c)| assoc(*a, *b, "r", *c)).collect(),
+        forget: vec![],
     };
     s.apply(1, 1000, batch);
     s
@@ -71,6 +72,7 @@ fn upserts_merge_and_keep_the_first_spelling() {
                 confidence: 1.0,
             }],
             associations: vec![],
+            forget: vec![],
         },
     );
     s.apply(
@@ -84,6 +86,7 @@ fn upserts_merge_and_keep_the_first_spelling() {
                 confidence: 0.5,
             }],
             associations: vec![],
+            forget: vec![],
         },
     );
     let c = s.concept(ConceptId::from_label("EIFFEL TOWER")).unwrap();
@@ -98,6 +101,7 @@ fn upserts_merge_and_keep_the_first_spelling() {
         WriteBatch {
             concepts: vec![],
             associations: vec![assoc(1, 2, "r", 0.5), assoc(1, 2, "r", 0.7), assoc(1, 2, "q", 0.1)],
+            forget: vec![],
         },
     );
     assert_eq!(edges_of(&s, id(1)).len(), 2);
@@ -111,7 +115,11 @@ fn overlay_supersedes_checkpoint_edges() {
     s.apply(
         2,
         2000,
-        WriteBatch { concepts: vec![concept(0, "")], associations: vec![assoc(0, 1, "r", 0.9), assoc(0, 3, "r", 0.2)] },
+        WriteBatch {
+            concepts: vec![concept(0, "")],
+            associations: vec![assoc(0, 1, "r", 0.9), assoc(0, 3, "r", 0.2)],
+            forget: vec![],
+        },
     );
     let e = edges_of(&s, id(0));
     assert_eq!(e.len(), 3, "{e:?}");
@@ -196,7 +204,11 @@ fn the_outbox_holds_in_edges_until_delivered_and_the_inbox_skips_repeats() {
     let a = (0..).find(|n| lo.contains(id(*n))).unwrap();
     let b = (0..).find(|n| hi.contains(id(*n))).unwrap();
     let mut src = ShardStore::new(lo, None);
-    let batch = |conf| WriteBatch { concepts: vec![concept(a, "x")], associations: vec![assoc(a, b, "r", conf)] };
+    let batch = |conf| WriteBatch {
+        concepts: vec![concept(a, "x")],
+        associations: vec![assoc(a, b, "r", conf)],
+        forget: vec![],
+    };
     src.apply(1, 1, batch(0.5));
     src.apply(2, 2, batch(0.7));
     let items = src.outbox_head(10);
@@ -229,7 +241,7 @@ fn the_outbox_holds_in_edges_until_delivered_and_the_inbox_skips_repeats() {
 /// between two upserts produced another image (and digest) than one that had not.
 #[test]
 fn images_do_not_depend_on_when_a_replica_checkpointed() {
-    let one = |a: Association| WriteBatch { concepts: vec![], associations: vec![a] };
+    let one = |a: Association| WriteBatch { concepts: vec![], associations: vec![a], forget: vec![] };
     let batches = [one(assoc(1, 2, "r", 0.5)), one(assoc(1, 0, "r", 0.6)), one(assoc(1, 2, "r", 0.9))];
     let image = |s: &ShardStore| {
         let meta = CheckpointMeta { lsn: s.applied_lsn(), epoch: 1, key_start: 0, key_end: u64::MAX };
@@ -276,7 +288,7 @@ proptest! {
         let stray = (0..30).find(|n| id(*n).placement_key() >= at);
         let kept = (0..30).find(|n| id(*n).placement_key() < at);
         if let (Some(s), Some(k)) = (stray, kept) {
-            let batch = WriteBatch { concepts: vec![concept(k, "new"), concept(s, "new")], associations: vec![] };
+            let batch = WriteBatch { concepts: vec![concept(k, "new"), concept(s, "new")], associations: vec![], forget: vec![] };
             let before = left.concept(id(k));
             prop_assert!(!left.apply(4, 2000, batch));
             prop_assert_eq!(left.concept(id(k)), before);
@@ -298,7 +310,7 @@ proptest! {
         let mut s = ShardStore::new(range, None);
         let own: Vec<Association> =
             edges.iter().map(|(a, b, c)| assoc(*a, *b, "r", *c)).filter(|a| range.contains(a.source)).collect();
-        let batch = WriteBatch { concepts: vec![], associations: own };
+        let batch = WriteBatch { concepts: vec![], associations: own, forget: vec![] };
         prop_assert!(s.apply(1, 1000, batch));
         let before = s.links().outbox.clone();
         let at = ((hi as f64 * frac) as u64).max(1);
@@ -321,9 +333,17 @@ fn write_later(later: &[(u32, u32, f32)], at: u64, whole: &mut ShardStore, halve
             later.iter().map(|(a, b, c)| assoc(*a, *b, "later", if round == 0 { *c } else { 1.0 - *c })).collect();
         let (l, r): (Vec<_>, Vec<_>) = all.iter().cloned().partition(|a| a.source.placement_key() < at);
         let next = |s: &ShardStore| s.applied_lsn() + 1;
-        prop_assume_ok(whole.apply(next(whole), 3000, WriteBatch { concepts: vec![], associations: all }));
-        prop_assume_ok(left.apply(next(left), 3000, WriteBatch { concepts: vec![], associations: l }));
-        prop_assume_ok(right.apply(next(right), 3000, WriteBatch { concepts: vec![], associations: r }));
+        prop_assume_ok(whole.apply(
+            next(whole),
+            3000,
+            WriteBatch { concepts: vec![], associations: all, forget: vec![] },
+        ));
+        prop_assume_ok(left.apply(next(left), 3000, WriteBatch { concepts: vec![], associations: l, forget: vec![] }));
+        prop_assume_ok(right.apply(
+            next(right),
+            3000,
+            WriteBatch { concepts: vec![], associations: r, forget: vec![] },
+        ));
     }
 }
 
@@ -400,7 +420,7 @@ proptest! {
         }
         // Frozen: the right half takes nothing any more.
         right.apply_freeze(right.applied_lsn() + 1, l_id);
-        let stray = WriteBatch { concepts: vec![], associations: later.iter().map(|(a, b, _)| assoc(*a, *b, "late", 0.5)).filter(|a| a.source.placement_key() >= at).collect() };
+        let stray = WriteBatch { concepts: vec![], associations: later.iter().map(|(a, b, _)| assoc(*a, *b, "late", 0.5)).filter(|a| a.source.placement_key() >= at).collect(), forget: vec![] };
         if !stray.is_empty() {
             prop_assert!(!right.apply(right.applied_lsn() + 1, 4000, stray));
         }
@@ -506,7 +526,7 @@ fn store_with_vectors(n: u32, dim: usize) -> ShardStore {
             }
         })
         .collect();
-    s.apply(1, 1000, WriteBatch { concepts, associations: vec![] });
+    s.apply(1, 1000, WriteBatch { concepts, associations: vec![], forget: vec![] });
     s
 }
 
@@ -559,7 +579,7 @@ fn a_changed_vector_is_found_by_its_new_value_only() {
     index_all(&s);
     let v = crate::model::embed::embed("zebra quokka", dim);
     let c = ConceptWrite { label: "c5".into(), content: String::new(), vector: v.clone(), confidence: 0.9 };
-    s.apply(2, 1001, WriteBatch { concepts: vec![c], associations: vec![] });
+    s.apply(2, 1001, WriteBatch { concepts: vec![c], associations: vec![], forget: vec![] });
     let hits = s.nearest(&v, 1, false);
     assert_eq!(hits[0].1.id, id(5));
     assert!((hits[0].0 - 1.0).abs() < 1e-5);
@@ -603,4 +623,132 @@ fn after_a_split_the_index_answers_only_this_half() {
     assert!(hits.iter().all(|(_, c)| c.id.placement_key() < at));
     assert_eq!(ranked(&hits), ranked(&s.nearest(&q, 50, true)));
     assert!(s.vector_index_stats().indexed < 400);
+}
+
+fn forget_batch(forget: Vec<Forget>) -> WriteBatch {
+    WriteBatch { forget, ..Default::default() }
+}
+
+fn forget_assoc(a: u32, b: u32, rel: &str) -> Forget {
+    Forget::Association { source: id(a), target: id(b), relation: rel.into(), kind: None }
+}
+
+/// architecture.md §12: a retraction hides both sides this shard holds, from the overlay and
+/// from the checkpoint, the next checkpoint drops them, and learning again brings them back.
+#[test]
+fn forgetting_an_association_removes_both_local_sides_and_checkpoints_drop_it() {
+    let s = store_with(&[(0, 1, 0.5), (0, 2, 0.6), (1, 2, 0.7)], 3);
+    let mut s = checkpointed(&s);
+    assert_eq!(s.counts(), (3, 3, 3));
+    assert!(s.apply(2, 2000, forget_batch(vec![forget_assoc(0, 1, "r")])));
+    assert_eq!(s.last_forgotten(), 1, "one association (both its sides)");
+    assert!(!edges_of(&s, id(0)).iter().any(|e| e.0 == id(1).to_string()));
+    assert!(!edges_of(&s, id(1)).iter().any(|e| e.0 == id(0).to_string()));
+    assert_eq!(s.counts(), (3, 2, 2));
+    // Again, or one that never existed: nothing to take back.
+    assert!(s.apply(3, 2001, forget_batch(vec![forget_assoc(0, 1, "r"), forget_assoc(2, 0, "r")])));
+    assert_eq!(s.last_forgotten(), 0);
+    assert_eq!(s.counts(), (3, 2, 2));
+    let c = checkpointed(&s);
+    assert_eq!(c.counts(), (3, 2, 2));
+    assert_eq!(edges_of(&c, id(0)), edges_of(&s, id(0)));
+    assert_eq!(edges_of(&c, id(1)), edges_of(&s, id(1)));
+    // Learned again.
+    assert!(s.apply(4, 2002, WriteBatch { associations: vec![assoc(0, 1, "r", 0.9)], ..Default::default() }));
+    assert_eq!(s.counts(), (3, 3, 3));
+    assert!(edges_of(&s, id(1)).iter().any(|e| e.0 == id(0).to_string() && f32::from_bits(e.3) == 0.9));
+    // Only the named kind, when one is named.
+    let k = Forget::Association { source: id(1), target: id(2), relation: "r".into(), kind: Some(AssocKind::Causal) };
+    assert!(s.apply(5, 2003, forget_batch(vec![k])));
+    assert_eq!(s.last_forgotten(), 0, "the association is semantic");
+}
+
+#[test]
+fn forgetting_a_concept_removes_it_and_its_local_edges_and_relearning_starts_afresh() {
+    let mut s = store_with(&[(0, 1, 0.5), (2, 0, 0.6), (1, 2, 0.7)], 3);
+    let mut c = concept(0, "");
+    c.vector = vec![1.0, 0.0];
+    assert!(s.apply(2, 1500, WriteBatch { concepts: vec![c], ..Default::default() }));
+    let mut s = checkpointed(&s);
+    assert!(s.nearest(&[1.0, 0.0], 1, true).first().is_some_and(|(_, c)| c.id == id(0)));
+    assert!(s.apply(3, 2000, forget_batch(vec![Forget::Concept(id(0))])));
+    assert_eq!(s.last_forgotten(), 1 + 2, "the concept and its two associations");
+    assert!(s.concept(id(0)).is_none());
+    assert!(edges_of(&s, id(0)).is_empty() && !s.knows(id(0)));
+    assert_eq!(edges_of(&s, id(1)).len(), 1, "c1 keeps c1 -> c2 only");
+    assert_eq!(edges_of(&s, id(2)).len(), 1, "c2 keeps c1 -> c2 only");
+    assert_eq!(s.counts(), (2, 1, 1));
+    for exact in [true, false] {
+        assert!(s.nearest(&[1.0, 0.0], 3, exact).iter().all(|(_, c)| c.id != id(0)), "exact: {exact}");
+    }
+    let c = checkpointed(&s);
+    assert!(c.concept(id(0)).is_none() && !c.knows(id(0)));
+    assert_eq!(c.counts(), (2, 1, 1));
+    assert_eq!(c.snapshot_vertices().len(), 2, "nothing of the forgotten concept is saved");
+    // Learned again: a new concept, not the old record.
+    assert!(s.apply(4, 3000, WriteBatch { concepts: vec![concept(0, "")], ..Default::default() }));
+    let again = s.concept(id(0)).unwrap();
+    assert_eq!((again.content.as_str(), again.created_ms, again.vector.len()), ("", 3000, 0));
+    assert_eq!(s.counts(), (3, 1, 1));
+}
+
+/// The target's side on another shard goes through the outbox, in order with the
+/// association's upserts; a concept's remote out-edges likewise.
+#[test]
+fn retractions_reach_the_targets_shard_through_the_outbox() {
+    let mid = u64::MAX / 2;
+    let (lo, hi) = (KeyRange { start: 0, end: mid }, KeyRange { start: mid + 1, end: u64::MAX });
+    let a = (0..).find(|n| lo.contains(id(*n))).unwrap();
+    let b = (0..).find(|n| hi.contains(id(*n))).unwrap();
+    let mut src = ShardStore::new(lo, None);
+    let mut dst = ShardStore::new(hi, None);
+    let deliver = |dst: &mut ShardStore, lsn, src: &ShardStore| {
+        let items = src.outbox_head(100);
+        assert!(dst.apply_in_edges(lsn, InEdges { source_shard: 0, items, routed: None }));
+    };
+    assert!(src.apply(1, 1, WriteBatch { associations: vec![assoc(a, b, "r", 0.5)], ..Default::default() }));
+    assert!(src.apply(2, 2, forget_batch(vec![forget_assoc(a, b, "r")])));
+    assert_eq!(src.last_forgotten(), 1, "the source's side");
+    let items = src.outbox_head(10);
+    assert_eq!(items.len(), 2);
+    assert!(items[1].1.is_retraction() && items[1].0 == links::seq(2, 0));
+    // Both at once, in order: nothing is left at the target.
+    deliver(&mut dst, 1, &src);
+    assert!(edges_of(&dst, id(b)).is_empty());
+    // The retraction alone, after the upsert was delivered: the in-edge goes.
+    let mut dst2 = ShardStore::new(hi, None);
+    assert!(dst2.apply_in_edges(1, InEdges { source_shard: 0, items: items[..1].to_vec(), routed: None }));
+    assert_eq!(edges_of(&dst2, id(b)).len(), 1);
+    assert!(dst2.apply_in_edges(2, InEdges { source_shard: 0, items: items.clone(), routed: None }));
+    assert!(edges_of(&dst2, id(b)).is_empty());
+    // A late copy of the upsert does not bring it back.
+    assert!(dst2.apply_in_edges(3, InEdges { source_shard: 0, items: items[..1].to_vec(), routed: None }));
+    assert!(edges_of(&dst2, id(b)).is_empty());
+    // Forgetting the source concept retracts its remote out-edge as well.
+    assert!(src.apply(3, 3, WriteBatch { associations: vec![assoc(a, b, "q", 0.5)], ..Default::default() }));
+    assert!(src.apply(4, 4, forget_batch(vec![Forget::Concept(id(a))])));
+    deliver(&mut dst, 2, &src);
+    assert!(edges_of(&dst, id(b)).is_empty(), "{:?}", edges_of(&dst, id(b)));
+    assert!(src.outbox_head(10).last().is_some_and(|(s, r)| r.is_retraction() && *s == links::seq(4, 0)));
+}
+
+#[test]
+fn batches_with_retractions_round_trip_through_the_log_codec() {
+    let b = WriteBatch {
+        concepts: vec![concept(1, "x")],
+        associations: vec![assoc(1, 2, "r", 0.5)],
+        forget: vec![
+            Forget::Concept(id(3)),
+            forget_assoc(1, 2, "r"),
+            Forget::Association { source: id(4), target: id(5), relation: "q".into(), kind: Some(AssocKind::Causal) },
+        ],
+    };
+    let bytes = batch_codec::encode(7, &b);
+    assert_eq!(batch_codec::decode(&bytes).unwrap(), (7, b.clone()));
+    let plain = WriteBatch { forget: vec![], ..b };
+    assert_eq!(batch_codec::decode(&batch_codec::encode(7, &plain)).unwrap(), (7, plain));
+    let mut bad = bytes.clone();
+    let n = bad.len();
+    bad.truncate(n - 1);
+    assert!(batch_codec::decode(&bad).is_err());
 }

@@ -80,6 +80,7 @@ fn batch(w: u32, i: u32) -> WriteBatch {
                 evidence: format!("w{w} b{i}"),
             },
         ],
+        forget: vec![],
     }
 }
 

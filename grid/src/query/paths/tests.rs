@@ -43,12 +43,14 @@ impl Sharded {
                     evidence: String::new(),
                 })
                 .collect(),
+            forget: vec![],
         };
         // Each shard stores the sides it owns (in-edges arrive as the outbox would bring them).
         for s in &mut shards {
             let own = WriteBatch {
                 concepts: Vec::new(),
                 associations: batch.associations.iter().filter(|a| s.range.contains(a.source)).cloned().collect(),
+                forget: vec![],
             };
             assert!(s.apply(1, 0, own));
             let remote: Vec<(u64, Association)> = batch
