@@ -211,6 +211,8 @@ struct ShardLive {
     last_lsn: u64,
     commit_lsn: u64,
     outbox_items: u64,
+    /// It may not vote yet (`pb::ShardStat::resyncing`).
+    resyncing: bool,
 }
 
 /// A shard's size and load as its primary's heartbeats report them (the split policy's input).
@@ -553,6 +555,7 @@ impl MasterState {
                     last_lsn: s.last_lsn,
                     commit_lsn: s.commit_lsn,
                     outbox_items: s.outbox_items,
+                    resyncing: s.resyncing,
                 };
                 (s.shard, live)
             })
@@ -998,8 +1001,12 @@ impl MasterState {
                     };
                     if let Some(why) = why {
                         out.push(MemberChange::DropLearner { shard, why });
-                    } else if learner.is_some_and(|r| r.serving && r.last_lsn + cfg.catch_up_lag >= primary.commit_lsn)
-                    {
+                    } else if learner.is_some_and(|r| {
+                        // A learner that cannot vote yet would join as a voter that refuses
+                        // fences: two of those in four voters left no majority to elect a
+                        // primary that could catch them up (swarm seed 1000021).
+                        r.serving && !r.resyncing && r.last_lsn + cfg.catch_up_lag >= primary.commit_lsn
+                    }) {
                         let mut next = voters.clone();
                         next.push(l.0);
                         out.push(MemberChange::Reconfigure { shard, voters: next });

@@ -183,7 +183,13 @@ fn heartbeat_request(
         .iter()
         .map(|(id, slot)| {
             let i = super::service::shard_info(*id, slot);
-            let leading = matches!(slot, super::ShardSlot::Serving(s) if s.replication().leading);
+            let (leading, resyncing) = match slot {
+                super::ShardSlot::Serving(s) => {
+                    let r = s.replication();
+                    (r.leading, r.resyncing)
+                }
+                _ => (false, false),
+            };
             pb::ShardStat {
                 leading,
                 shard: i.shard,
@@ -196,6 +202,7 @@ fn heartbeat_request(
                 outbox_items: i.outbox_items,
                 bytes: i.bytes,
                 requests: i.requests,
+                resyncing,
             }
         })
         .collect();

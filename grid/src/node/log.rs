@@ -236,6 +236,12 @@ impl Shared {
 
     /// Applies every committed entry not applied yet, then acknowledges their writers.
     fn apply_committed(&self, waiters: &mut BTreeMap<u64, Waiter>) {
+        // A replica that stopped serving applies nothing more: the entry that failed may have
+        // changed the state before it failed (a split whose new replica could not be written),
+        // so applying it again would apply it twice (swarm seed 1000429, a full disk).
+        if self.fault().is_some() {
+            return;
+        }
         let entries = match self.core().to_apply() {
             Ok(e) if e.is_empty() => return,
             Ok(e) => e,

@@ -68,6 +68,8 @@ pub struct ReplicationInfo {
     pub last: EntryId,
     /// Leads with a lease (its epoch-start entry committed): a membership change may go on.
     pub leading: bool,
+    /// Catching up from a primary; it may not vote until it holds everything committed.
+    pub resyncing: bool,
 }
 
 /// (epoch, lsn, lsn_epoch, bytes so far).
@@ -368,10 +370,10 @@ impl Shard {
             commit: c.applied,
             last: c.role.log().last(),
             leading: c.leads_with_lease(crate::io::clock::lease_now()),
+            resyncing: c.promise.resync,
         }
     }
 
-    /// Alive while anything of this replica still runs (its log task, shippers, readers).
     /// Stops the log of a replica that left its replica set: writes it holds, and any sent
     /// later, fail instead of waiting for a commit that nobody will make.
     pub(crate) fn retire(&self) {
@@ -381,6 +383,7 @@ impl Shard {
         });
     }
 
+    /// Alive while anything of this replica still runs (its log task, shippers, readers).
     pub(crate) fn liveness(&self) -> std::sync::Weak<super::log::Shared> {
         Arc::downgrade(&self.sh)
     }
