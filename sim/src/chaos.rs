@@ -1513,6 +1513,7 @@ async fn writer(
     let mut router = None;
     let mut failed = 0u64;
     let mut i = 0u32;
+    let mut retracting = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let Some(r) = client_router(&mut router).await else { continue };
         let labels: Vec<String> = (0..concepts).map(|j| format!("w{w}-b{i}-c{j}")).collect();
@@ -1552,7 +1553,10 @@ async fn writer(
                 acked.lock().unwrap().extend(labels.iter().cloned());
                 edges.lock().unwrap().record(keys(), true, true);
                 if i >= 2 && concepts >= 3 && i.is_multiple_of(2) {
-                    retract(&r, w, i, concepts, &acked, &edges).await;
+                    // Beside the writes, not in their way: a retraction waits for every
+                    // outbox, and the recovery checks time the writes (primary-restarts).
+                    let (r, acked, edges) = (r.clone(), acked.clone(), edges.clone());
+                    retracting.push(tokio::spawn(async move { retract(&r, w, i, concepts, &acked, &edges).await }));
                 }
                 // Every third batch reads its own write back, as `/learn` (wait_for: in_edges) does.
                 if i % 3 == 1 {
@@ -1577,6 +1581,10 @@ async fn writer(
         }
         i += 1;
         tokio::time::sleep(pause).await;
+    }
+    // The checkers read the edge log once the writers return.
+    for t in retracting {
+        let _ = t.await;
     }
     failed
 }

@@ -872,12 +872,15 @@ impl ShardStore {
         if self.concepts.contains_key(&v) {
             return true;
         }
+        // Tombstones may hide all of what the checkpoint holds for it.
         if self.forgotten.contains(&v) || self.out.contains_key(&v) || self.inn.contains_key(&v) {
-            let mut any = false;
-            self.for_each_edge(v, &EdgeFilter::default(), |_| {
-                any = true;
-                false
-            });
+            let mut any = self.concept(v).is_some();
+            if !any {
+                self.for_each_edge(v, &EdgeFilter::default(), |_| {
+                    any = true;
+                    false
+                });
+            }
             return any;
         }
         self.cp_find(v).is_some()

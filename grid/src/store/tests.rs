@@ -642,11 +642,14 @@ fn forgetting_an_association_removes_both_local_sides_and_checkpoints_drop_it() 
     assert_eq!(s.counts(), (3, 3, 3));
     assert!(s.apply(2, 2000, forget_batch(vec![forget_assoc(0, 1, "r")])));
     assert_eq!(s.last_forgotten(), 1, "one association (both its sides)");
+    assert!(s.apply(3, 2000, forget_batch(vec![forget_assoc(0, 2, "r")])));
+    assert!(s.knows(id(0)), "its concept is still there, though every edge it had is gone");
+    assert!(s.apply(4, 2002, WriteBatch { associations: vec![assoc(0, 2, "r", 0.6)], ..Default::default() }));
     assert!(!edges_of(&s, id(0)).iter().any(|e| e.0 == id(1).to_string()));
     assert!(!edges_of(&s, id(1)).iter().any(|e| e.0 == id(0).to_string()));
     assert_eq!(s.counts(), (3, 2, 2));
     // Again, or one that never existed: nothing to take back.
-    assert!(s.apply(3, 2001, forget_batch(vec![forget_assoc(0, 1, "r"), forget_assoc(2, 0, "r")])));
+    assert!(s.apply(5, 2001, forget_batch(vec![forget_assoc(0, 1, "r"), forget_assoc(2, 0, "r")])));
     assert_eq!(s.last_forgotten(), 0);
     assert_eq!(s.counts(), (3, 2, 2));
     let c = checkpointed(&s);
@@ -654,12 +657,12 @@ fn forgetting_an_association_removes_both_local_sides_and_checkpoints_drop_it() 
     assert_eq!(edges_of(&c, id(0)), edges_of(&s, id(0)));
     assert_eq!(edges_of(&c, id(1)), edges_of(&s, id(1)));
     // Learned again.
-    assert!(s.apply(4, 2002, WriteBatch { associations: vec![assoc(0, 1, "r", 0.9)], ..Default::default() }));
+    assert!(s.apply(6, 2002, WriteBatch { associations: vec![assoc(0, 1, "r", 0.9)], ..Default::default() }));
     assert_eq!(s.counts(), (3, 3, 3));
     assert!(edges_of(&s, id(1)).iter().any(|e| e.0 == id(0).to_string() && f32::from_bits(e.3) == 0.9));
     // Only the named kind, when one is named.
     let k = Forget::Association { source: id(1), target: id(2), relation: "r".into(), kind: Some(AssocKind::Causal) };
-    assert!(s.apply(5, 2003, forget_batch(vec![k])));
+    assert!(s.apply(7, 2003, forget_batch(vec![k])));
     assert_eq!(s.last_forgotten(), 0, "the association is semantic");
 }
 
